@@ -1,0 +1,247 @@
+//! Types shared by warden's eBPF programs and its userspace.
+//!
+//! Everything here is `#[repr(C)]` with explicit padding, so the kernel and user
+//! sides agree byte for byte; sizes are checked at compile time. The `user`
+//! feature implements `aya::Pod` so userspace can read and write the maps.
+//!
+//! Addresses are always 16 bytes: IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`), so
+//! one lookup structure serves both families and an IPv4-mapped IPv6 address
+//! matches exactly the IPv4 rules that cover it.
+#![no_std]
+
+/// Directory under bpffs where warden pins its maps and links.
+pub const PIN_DIR: &str = "ollama-warden";
+/// Bumped whenever a map layout or map semantics change; a daemon refuses to
+/// adopt pinned state of another layout.
+pub const ABI_VERSION: u32 = 1;
+
+/// Policy slots: userspace fills the inactive one, then flips `STATE[ACTIVE_SLOT]`.
+pub const SLOTS: u32 = 2;
+/// Index of the active slot in the `STATE` array.
+pub const STATE_ACTIVE_SLOT: u32 = 0;
+/// Index of the ABI version in the `STATE` array.
+pub const STATE_ABI: u32 = 1;
+pub const STATE_LEN: u32 = 4;
+
+/// How deep a cgroup may be nested and still be matched by an ancestor rule.
+pub const MAX_CGROUP_DEPTH: u32 = 32;
+/// Port rules one egress prefix can carry (after folding covering prefixes in).
+pub const EGRESS_RULES_PER_PREFIX: usize = 8;
+/// Rule ids index the per-rule counters.
+pub const MAX_RULES: u32 = 65_536;
+
+pub const MAX_INGRESS_PREFIXES: u32 = 262_144;
+pub const MAX_EGRESS_PREFIXES: u32 = 65_536;
+pub const MAX_CGROUP_ENTRIES: u32 = 16_384;
+pub const EVENTS_BYTES: u32 = 4 << 20;
+
+/// Rule id used when no rule matched (the default deny of a protected port or
+/// of an egress policy).
+pub const RULE_DEFAULT_DENY: u32 = 0;
+
+/// `PORTS` value flags, per (slot, port).
+pub const PORT_PROTECTED: u32 = 1;
+
+/// `CGROUPS` value flags.
+pub const CG_MAY_CONNECT: u32 = 1;
+pub const CG_MAY_BIND: u32 = 2;
+
+/// Protocol bits in [`PortRule::protos`].
+pub const PROTO_TCP: u32 = 1;
+pub const PROTO_UDP: u32 = 2;
+
+/// Which hook produced an event.
+pub mod hook {
+    pub const XDP: u8 = 1;
+    pub const CONNECT4: u8 = 2;
+    pub const CONNECT6: u8 = 3;
+    pub const SENDMSG4: u8 = 4;
+    pub const SENDMSG6: u8 = 5;
+    pub const BIND4: u8 = 6;
+    pub const BIND6: u8 = 7;
+}
+
+pub mod verdict {
+    pub const ALLOW: u8 = 1;
+    pub const DENY: u8 = 2;
+}
+
+/// Why a verdict was reached.
+pub mod reason {
+    /// Source address is in the port's ingress allowlist.
+    pub const INGRESS_ALLOWED: u8 = 1;
+    /// Source address is not in the port's ingress allowlist.
+    pub const INGRESS_NOT_ALLOWED: u8 = 2;
+    /// A frame that might be for a protected port could not be classified.
+    pub const MALFORMED: u8 = 3;
+    /// The connecting cgroup (or an ancestor) may reach the protected port.
+    pub const LOCAL_ALLOWED: u8 = 4;
+    pub const LOCAL_NOT_ALLOWED: u8 = 5;
+    /// The binding cgroup (or an ancestor) is a server cgroup.
+    pub const BIND_ALLOWED: u8 = 6;
+    pub const BIND_NOT_ALLOWED: u8 = 7;
+    pub const EGRESS_ALLOWED: u8 = 8;
+    pub const EGRESS_NOT_ALLOWED: u8 = 9;
+}
+
+/// Indices of the per-CPU `STATS` counters.
+pub mod stat {
+    /// Ring-buffer reservations that failed: events lost in the kernel.
+    pub const EVENTS_LOST: u32 = 0;
+    /// Frames dropped because they could not be classified.
+    pub const MALFORMED: u32 = 1;
+    /// Non-first IP fragments passed (the first fragment carries the ports).
+    pub const FRAGMENTS_PASSED: u32 = 2;
+    pub const LEN: u32 = 8;
+}
+
+/// A 16-byte address; IPv4 is IPv4-mapped.
+pub type Addr = [u8; 16];
+
+/// Key of the `CGROUPS` and `EGRESS_CGROUPS` hash maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CgroupKey {
+    pub slot: u32,
+    pub _pad: u32,
+    pub cgroup_id: u64,
+}
+
+/// Value of the `CGROUPS` map: what a cgroup (and its descendants) may do.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupRule {
+    pub flags: u32,
+    pub rule_id: u32,
+}
+
+/// Data part of an `INGRESS` LPM key: (slot, port) then the source address.
+/// Prefix length counts from the start of `slot_port`.
+#[repr(C, packed)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IngressKey {
+    /// `slot << 16 | port`, big-endian so the LPM trie matches it bit by bit.
+    pub slot_port: [u8; 4],
+    pub addr: Addr,
+}
+
+/// Bits of an `IngressKey` before the address starts.
+pub const INGRESS_KEY_FIXED_BITS: u32 = 32;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IngressRule {
+    pub rule_id: u32,
+}
+
+/// Data part of an `EGRESS` LPM key: (slot, egress policy index) then the destination.
+#[repr(C, packed)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EgressKey {
+    /// `slot << 24 | policy index`, big-endian.
+    pub slot_policy: [u8; 4],
+    pub addr: Addr,
+}
+
+pub const EGRESS_KEY_FIXED_BITS: u32 = 32;
+
+/// Value of the `EGRESS_CGROUPS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EgressPolicyRef {
+    pub policy: u32,
+    pub _pad: u32,
+}
+
+/// One allowed (protocols, port range) for a destination prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortRule {
+    pub rule_id: u32,
+    pub port_lo: u16,
+    pub port_hi: u16,
+    pub protos: u32,
+}
+
+/// Value of the `EGRESS` trie: every rule covering the prefix, folded in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EgressEntry {
+    pub rules: [PortRule; EGRESS_RULES_PER_PREFIX],
+    pub len: u32,
+    pub _pad: u32,
+}
+
+/// Per-slot metadata (`SLOT_META` array, indexed by slot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotMeta {
+    pub generation: u32,
+    pub flags: u32,
+}
+
+/// One ring-buffer record: a verdict on a packet, connect, sendmsg or bind.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowEvent {
+    /// CLOCK_BOOTTIME nanoseconds.
+    pub ts_ns: u64,
+    /// SO_COOKIE of the socket (0 for XDP).
+    pub cookie: u64,
+    pub cgroup_id: u64,
+    pub pid: u32,
+    pub tgid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub ifindex: u32,
+    pub rule_id: u32,
+    pub generation: u32,
+    /// AF_INET or AF_INET6 (the socket's family; for XDP the packet's).
+    pub family: u16,
+    /// IPPROTO_TCP or IPPROTO_UDP.
+    pub proto: u8,
+    pub hook: u8,
+    pub verdict: u8,
+    pub reason: u8,
+    pub _pad: [u8; 2],
+    /// Host byte order; 0 when not yet known (connect before bind).
+    pub sport: u16,
+    pub dport: u16,
+    pub saddr: Addr,
+    pub daddr: Addr,
+    pub comm: [u8; 16],
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<FlowEvent>() == 112);
+    assert!(core::mem::align_of::<FlowEvent>() == 8);
+    assert!(core::mem::size_of::<CgroupKey>() == 16);
+    assert!(core::mem::size_of::<IngressKey>() == 20);
+    assert!(core::mem::size_of::<EgressKey>() == 20);
+    assert!(core::mem::size_of::<EgressEntry>() == 8 + 12 * EGRESS_RULES_PER_PREFIX);
+    assert!(core::mem::size_of::<PortRule>() == 12);
+};
+
+/// IPv4-mapped form of an IPv4 address in network byte order.
+#[inline(always)]
+pub fn mapped_v4(octets: [u8; 4]) -> Addr {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
+    ]
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C) plain data without implicit padding (sizes
+    // are asserted above) and every bit pattern is valid.
+    unsafe impl aya::Pod for CgroupKey {}
+    unsafe impl aya::Pod for CgroupRule {}
+    unsafe impl aya::Pod for IngressKey {}
+    unsafe impl aya::Pod for IngressRule {}
+    unsafe impl aya::Pod for EgressKey {}
+    unsafe impl aya::Pod for EgressPolicyRef {}
+    unsafe impl aya::Pod for EgressEntry {}
+    unsafe impl aya::Pod for SlotMeta {}
+    unsafe impl aya::Pod for FlowEvent {}
+}

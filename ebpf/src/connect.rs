@@ -1,0 +1,164 @@
+//! cgroup `connect4`/`connect6` (Linux 4.17) and `sendmsg4`/`sendmsg6` (4.18),
+//! attached at the cgroup2 root so they see every process on the host.
+//!
+//! Two checks, in order:
+//! 1. Local access: a destination port that is protected may be reached only from a
+//!    cgroup allowed to connect, whatever the destination address (loopback, any
+//!    local address, the wildcard, IPv4-mapped IPv6 — all are the same port).
+//! 2. Egress: every egress policy covering the task's cgroup (its own and its
+//!    ancestors') must allow the destination, protocol and port.
+//!
+//! Returning 0 makes the syscall fail with EPERM.
+
+use crate::{
+    cgroup,
+    event::{self, EMPTY},
+    maps::{EGRESS, RULE_HITS, active_slot, count, port_protected},
+};
+use aya_ebpf::{
+    bindings::bpf_sock_addr,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        generated::bpf_get_socket_cookie,
+    },
+    macros::cgroup_sock_addr,
+    maps::lpm_trie::Key,
+    programs::SockAddrContext,
+};
+use warden_common::*;
+
+const ALLOW: i32 = 1;
+const DENY: i32 = 0;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const IPPROTO_TCP: u32 = 6;
+const IPPROTO_UDP: u32 = 17;
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    decide(&ctx, hook::CONNECT4)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    decide(&ctx, hook::CONNECT6)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    decide(&ctx, hook::SENDMSG4)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    decide(&ctx, hook::SENDMSG6)
+}
+
+/// The verdict-independent part of an event: who is calling, to where.
+#[inline(always)]
+pub fn caller_event(ctx: &SockAddrContext, hook: u8, generation: u32) -> FlowEvent {
+    // SAFETY: the context pointer is valid for the program's whole run.
+    let sa: &bpf_sock_addr = unsafe { &*ctx.sock_addr };
+    let v6 = matches!(hook, hook::CONNECT6 | hook::SENDMSG6 | hook::BIND6);
+    let mut ev = EMPTY;
+    if v6 {
+        let w = sa.user_ip6;
+        let mut a = [0u8; 16];
+        a[0..4].copy_from_slice(&w[0].to_ne_bytes());
+        a[4..8].copy_from_slice(&w[1].to_ne_bytes());
+        a[8..12].copy_from_slice(&w[2].to_ne_bytes());
+        a[12..16].copy_from_slice(&w[3].to_ne_bytes());
+        ev.daddr = a;
+        ev.family = AF_INET6;
+    } else {
+        ev.daddr = mapped_v4(sa.user_ip4.to_ne_bytes());
+        ev.family = AF_INET;
+    }
+    ev.dport = u16::from_be(sa.user_port as u16);
+    ev.proto = sa.protocol as u8;
+    ev.hook = hook;
+    ev.generation = generation;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    ev.pid = pid_tgid as u32;
+    ev.tgid = (pid_tgid >> 32) as u32;
+    let uid_gid = bpf_get_current_uid_gid();
+    ev.uid = uid_gid as u32;
+    ev.gid = (uid_gid >> 32) as u32;
+    ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    ev.cgroup_id = cgroup::current_id();
+    // SAFETY: valid context of a cgroup/sock_addr program.
+    ev.cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    ev
+}
+
+#[inline(always)]
+fn decide(ctx: &SockAddrContext, hook: u8) -> i32 {
+    let (slot, generation) = active_slot();
+    let mut ev = caller_event(ctx, hook, generation);
+    let is_connect = matches!(hook, hook::CONNECT4 | hook::CONNECT6);
+
+    if port_protected(slot, ev.dport) {
+        match cgroup::access_rule(slot) {
+            Some(rule) if rule.flags & CG_MAY_CONNECT != 0 => {
+                ev.verdict = verdict::ALLOW;
+                ev.reason = reason::LOCAL_ALLOWED;
+                ev.rule_id = rule.rule_id;
+                // Every accepted connection is recorded; datagrams only counted.
+                event::record(&ev, is_connect);
+            }
+            rule => {
+                ev.verdict = verdict::DENY;
+                ev.reason = reason::LOCAL_NOT_ALLOWED;
+                ev.rule_id = rule.map(|r| r.rule_id).unwrap_or(RULE_DEFAULT_DENY);
+                event::record(&ev, true);
+                return DENY;
+            }
+        }
+    }
+
+    let proto = match ev.proto as u32 {
+        IPPROTO_TCP => PROTO_TCP,
+        IPPROTO_UDP => PROTO_UDP,
+        _ => 0,
+    };
+    let denied = cgroup::for_each_egress_policy(slot, |policy| {
+        match egress_rule(slot, policy.policy, &ev.daddr, proto, ev.dport) {
+            Some(rule_id) => {
+                count(&RULE_HITS, rule_id);
+                None
+            }
+            None => Some(()),
+        }
+    });
+    if denied.is_some() {
+        ev.verdict = verdict::DENY;
+        ev.reason = reason::EGRESS_NOT_ALLOWED;
+        ev.rule_id = RULE_DEFAULT_DENY;
+        event::record(&ev, true);
+        return DENY;
+    }
+    ALLOW
+}
+
+/// The id of the rule of egress policy `policy` that allows this destination.
+#[inline(always)]
+fn egress_rule(slot: u32, policy: u32, daddr: &Addr, proto: u32, port: u16) -> Option<u32> {
+    let tag = (slot << 24 | (policy & 0x00ff_ffff)).to_be_bytes();
+    let key = Key::new(
+        EGRESS_KEY_FIXED_BITS + 128,
+        EgressKey { slot_policy: tag, addr: *daddr },
+    );
+    let entry = EGRESS.get(&key)?;
+    let mut i = 0;
+    while i < EGRESS_RULES_PER_PREFIX {
+        if i as u32 >= entry.len {
+            break;
+        }
+        let r = &entry.rules[i];
+        if r.protos & proto != 0 && r.port_lo <= port && port <= r.port_hi {
+            return Some(r.rule_id);
+        }
+        i += 1;
+    }
+    None
+}

@@ -1,0 +1,67 @@
+//! Maps shared with userspace. All are pinned by name under warden's bpffs
+//! directory, so enforcement outlives the daemon and a restarted daemon adopts them.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+};
+use warden_common::*;
+
+/// `STATE[STATE_ACTIVE_SLOT]` is the slot programs read; `STATE[STATE_ABI]` the layout.
+#[map(name = "STATE")]
+pub static STATE: Array<u32> = Array::pinned(STATE_LEN, 0);
+
+#[map(name = "SLOT_META")]
+pub static SLOT_META: Array<SlotMeta> = Array::pinned(SLOTS, 0);
+
+/// Indexed by `slot << 16 | port`; `PORT_PROTECTED` marks a protected port.
+#[map(name = "PORTS")]
+pub static PORTS: Array<u32> = Array::pinned(SLOTS << 16, 0);
+
+#[map(name = "INGRESS")]
+pub static INGRESS: LpmTrie<IngressKey, IngressRule> = LpmTrie::pinned(MAX_INGRESS_PREFIXES, 0);
+
+/// Cgroups that may connect to / bind the protected ports; flags already include
+/// those of every listed ancestor.
+#[map(name = "CGROUPS")]
+pub static CGROUPS: HashMap<CgroupKey, CgroupRule> = HashMap::pinned(MAX_CGROUP_ENTRIES, 0);
+
+/// Cgroups with an egress allowlist.
+#[map(name = "EGRESS_CGROUPS")]
+pub static EGRESS_CGROUPS: HashMap<CgroupKey, EgressPolicyRef> =
+    HashMap::pinned(MAX_CGROUP_ENTRIES, 0);
+
+#[map(name = "EGRESS")]
+pub static EGRESS: LpmTrie<EgressKey, EgressEntry> = LpmTrie::pinned(MAX_EGRESS_PREFIXES, 0);
+
+#[map(name = "RULE_HITS")]
+pub static RULE_HITS: PerCpuArray<u64> = PerCpuArray::pinned(MAX_RULES, 0);
+
+#[map(name = "STATS")]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::LEN, 0);
+
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
+
+/// The active slot and its generation.
+#[inline(always)]
+pub fn active_slot() -> (u32, u32) {
+    let slot = STATE.get(STATE_ACTIVE_SLOT).copied().unwrap_or(0) & 1;
+    let generation = SLOT_META.get(slot).map(|m| m.generation).unwrap_or(0);
+    (slot, generation)
+}
+
+#[inline(always)]
+pub fn port_protected(slot: u32, port: u16) -> bool {
+    PORTS
+        .get(slot << 16 | port as u32)
+        .is_some_and(|f| f & PORT_PROTECTED != 0)
+}
+
+#[inline(always)]
+pub fn count(map: &PerCpuArray<u64>, index: u32) {
+    if let Some(c) = map.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *c += 1 };
+    }
+}

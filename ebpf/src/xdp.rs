@@ -1,0 +1,251 @@
+//! XDP ingress allowlist (Linux 4.8; bpf links 5.9): packets to a protected port
+//! from a source outside that port's allowlist are dropped at the driver.
+//!
+//! The parser is defensive: anything that could be for a protected port but cannot
+//! be classified with certainty (truncated headers, bad IHL, an IPv6 extension
+//! chain too long to walk, a first fragment too short to carry the ports) is
+//! dropped and counted. Non-first fragments pass: they carry no ports, and without
+//! their first fragment (which is judged here) they never reassemble.
+
+use crate::{
+    event::{self, EMPTY},
+    maps::{INGRESS, STATS, active_slot, count, port_protected},
+};
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    macros::xdp,
+    maps::lpm_trie::Key,
+    programs::XdpContext,
+};
+use warden_common::*;
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+/// IPv6 extension headers walked before giving up.
+const MAX_EXT_HEADERS: u32 = 8;
+
+enum Class {
+    /// Not for a protected port (or not IP at all): pass untouched.
+    Pass,
+    /// Might be for a protected port but unreadable: drop.
+    Malformed,
+    /// A TCP/UDP packet with readable ports.
+    L4 { family: u16, proto: u8, saddr: Addr, daddr: Addr, sport: u16, dport: u16, syn: bool },
+}
+
+#[xdp]
+pub fn xdp_ingress(ctx: XdpContext) -> u32 {
+    match classify(&ctx) {
+        Class::Pass => XDP_PASS,
+        Class::Malformed => {
+            count(&STATS, stat::MALFORMED);
+            XDP_DROP
+        }
+        Class::L4 { family, proto, saddr, daddr, sport, dport, syn } => {
+            let (slot, generation) = active_slot();
+            if !port_protected(slot, dport) {
+                return XDP_PASS;
+            }
+            let key = Key::new(
+                INGRESS_KEY_FIXED_BITS + 128,
+                IngressKey { slot_port: (slot << 16 | dport as u32).to_be_bytes(), addr: saddr },
+            );
+            let rule = INGRESS.get(&key).map(|r| r.rule_id);
+            let mut ev = EMPTY;
+            ev.family = family;
+            ev.proto = proto;
+            ev.hook = hook::XDP;
+            ev.generation = generation;
+            ev.saddr = saddr;
+            ev.daddr = daddr;
+            ev.sport = sport;
+            ev.dport = dport;
+            ev.ifindex = ctx.ingress_ifindex() as u32;
+            match rule {
+                Some(rule_id) => {
+                    ev.verdict = verdict::ALLOW;
+                    ev.reason = reason::INGRESS_ALLOWED;
+                    ev.rule_id = rule_id;
+                    // One record per new connection, not per packet.
+                    event::record(&ev, syn);
+                    XDP_PASS
+                }
+                None => {
+                    ev.verdict = verdict::DENY;
+                    ev.reason = reason::INGRESS_NOT_ALLOWED;
+                    ev.rule_id = RULE_DEFAULT_DENY;
+                    event::record(&ev, true);
+                    XDP_DROP
+                }
+            }
+        }
+    }
+}
+
+/// Bounds-checked pointer to a `T` at `off` bytes into the frame.
+#[inline(always)]
+fn at<T>(ctx: &XdpContext, off: usize) -> Option<*const T> {
+    let start = ctx.data();
+    if start + off + core::mem::size_of::<T>() > ctx.data_end() {
+        return None;
+    }
+    Some((start + off) as *const T)
+}
+
+#[inline(always)]
+fn u8_at(ctx: &XdpContext, off: usize) -> Option<u8> {
+    // SAFETY: `at` checked the bounds.
+    at::<u8>(ctx, off).map(|p| unsafe { *p })
+}
+
+#[inline(always)]
+fn be16_at(ctx: &XdpContext, off: usize) -> Option<u16> {
+    // SAFETY: `at` checked the bounds; unaligned read of plain bytes.
+    at::<[u8; 2]>(ctx, off).map(|p| u16::from_be_bytes(unsafe { *p }))
+}
+
+#[inline(always)]
+fn classify(ctx: &XdpContext) -> Class {
+    let Some(mut proto) = be16_at(ctx, 12) else {
+        // Shorter than an Ethernet header: the stack drops it anyway.
+        return Class::Pass;
+    };
+    let mut off = ETH_HLEN;
+    // Up to two VLAN tags (802.1Q, 802.1ad QinQ).
+    let mut tags = 0;
+    while tags < 2 && (proto == ETH_P_8021Q || proto == ETH_P_8021AD) {
+        match be16_at(ctx, off + 2) {
+            Some(p) => proto = p,
+            None => return Class::Malformed,
+        }
+        off += 4;
+        tags += 1;
+    }
+    match proto {
+        ETH_P_IP => ipv4(ctx, off),
+        ETH_P_IPV6 => ipv6(ctx, off),
+        // A third tag could hide IP from this parser; the stack would not
+        // deliver it locally either, but drop rather than guess.
+        ETH_P_8021Q | ETH_P_8021AD => Class::Malformed,
+        _ => Class::Pass,
+    }
+}
+
+#[inline(always)]
+fn ipv4(ctx: &XdpContext, off: usize) -> Class {
+    let Some(hdr) = at::<[u8; 20]>(ctx, off) else {
+        return Class::Malformed;
+    };
+    // SAFETY: bounds checked by `at`.
+    let h = unsafe { *hdr };
+    let ihl = (h[0] & 0x0f) as usize * 4;
+    if h[0] >> 4 != 4 || ihl < 20 {
+        return Class::Malformed;
+    }
+    let total_len = u16::from_be_bytes([h[2], h[3]]) as usize;
+    let frag = u16::from_be_bytes([h[6], h[7]]);
+    let proto = h[9];
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        return Class::Pass;
+    }
+    if frag & 0x1fff != 0 {
+        count(&STATS, stat::FRAGMENTS_PASSED);
+        return Class::Pass;
+    }
+    // The ports must lie inside both the frame and the IP datagram.
+    if total_len < ihl + 4 {
+        return Class::Malformed;
+    }
+    let l4 = off + ihl;
+    let (Some(sport), Some(dport)) = (be16_at(ctx, l4), be16_at(ctx, l4 + 2)) else {
+        return Class::Malformed;
+    };
+    let syn = proto == IPPROTO_TCP && tcp_syn(ctx, l4);
+    Class::L4 {
+        family: 2,
+        proto,
+        saddr: mapped_v4([h[12], h[13], h[14], h[15]]),
+        daddr: mapped_v4([h[16], h[17], h[18], h[19]]),
+        sport,
+        dport,
+        syn,
+    }
+}
+
+/// SYN without ACK: the first packet of a new connection.
+#[inline(always)]
+fn tcp_syn(ctx: &XdpContext, l4: usize) -> bool {
+    u8_at(ctx, l4 + 13).is_some_and(|f| f & 0x12 == 0x02)
+}
+
+#[inline(always)]
+fn ipv6(ctx: &XdpContext, off: usize) -> Class {
+    let Some(hdr) = at::<[u8; 40]>(ctx, off) else {
+        return Class::Malformed;
+    };
+    // SAFETY: bounds checked by `at`.
+    let h = unsafe { *hdr };
+    if h[0] >> 4 != 6 {
+        return Class::Malformed;
+    }
+    let mut saddr = [0u8; 16];
+    let mut daddr = [0u8; 16];
+    saddr.copy_from_slice(&h[8..24]);
+    daddr.copy_from_slice(&h[24..40]);
+    let mut next = h[6];
+    let mut l4 = off + 40;
+    let mut walked = 0;
+    loop {
+        match next {
+            IPPROTO_TCP | IPPROTO_UDP => break,
+            // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
+            0 | 43 | 60 => {
+                let (Some(nh), Some(len)) = (u8_at(ctx, l4), u8_at(ctx, l4 + 1)) else {
+                    return Class::Malformed;
+                };
+                next = nh;
+                l4 += (len as usize + 1) * 8;
+            }
+            // Authentication header: (len + 2) * 4 bytes.
+            51 => {
+                let (Some(nh), Some(len)) = (u8_at(ctx, l4), u8_at(ctx, l4 + 1)) else {
+                    return Class::Malformed;
+                };
+                next = nh;
+                l4 += (len as usize + 2) * 4;
+            }
+            // Fragment header: 8 bytes; only the first fragment carries ports.
+            44 => {
+                let (Some(nh), Some(fo)) = (u8_at(ctx, l4), be16_at(ctx, l4 + 2)) else {
+                    return Class::Malformed;
+                };
+                if fo & 0xfff8 != 0 {
+                    count(&STATS, stat::FRAGMENTS_PASSED);
+                    return Class::Pass;
+                }
+                next = nh;
+                l4 += 8;
+            }
+            // ICMPv6, ESP, no-next-header and everything else carry no ports.
+            _ => return Class::Pass,
+        }
+        walked += 1;
+        if walked >= MAX_EXT_HEADERS {
+            return Class::Malformed;
+        }
+    }
+    let payload_len = u16::from_be_bytes([h[4], h[5]]) as usize;
+    if payload_len < l4 - off - 40 + 4 {
+        return Class::Malformed;
+    }
+    let (Some(sport), Some(dport)) = (be16_at(ctx, l4), be16_at(ctx, l4 + 2)) else {
+        return Class::Malformed;
+    };
+    let syn = next == IPPROTO_TCP && tcp_syn(ctx, l4);
+    Class::L4 { family: 10, proto: next, saddr, daddr, sport, dport, syn }
+}

@@ -1,0 +1,51 @@
+//! Developer tasks: `cargo xtask setup | build | run | test`.
+//!
+//! Each task is a module; this file only parses arguments and hands over.
+
+mod cmd;
+mod run;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "ollama-warden developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install everything the build and the tests need (idempotent).
+    Setup,
+    /// Build the warden binary (eBPF object included).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build and run `warden daemon` on its embedded default policy.
+    Run {
+        /// Extra arguments for `warden daemon`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Setup, fmt check, clippy, unit tests and privileged integration tests.
+    Test {
+        /// Skip setup (when you know the machine is ready).
+        #[arg(long)]
+        no_setup: bool,
+        /// Only run integration tests whose name contains this filter.
+        filter: Option<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Build { release } => run::build(release),
+        Task::Run { args } => run::daemon(&args),
+        Task::Test { no_setup, filter } => test::run(!no_setup, filter.as_deref()),
+    }
+}

@@ -1,0 +1,161 @@
+//! `cargo xtask setup`: make a fresh machine able to build and test warden.
+//!
+//! Every step checks first and installs only what is missing, so a second run
+//! takes seconds. A step that cannot install says what is missing and how to fix it.
+
+use crate::cmd::{self, output};
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+/// Debian packages the build, the lab and the tests use.
+const APT_PACKAGES: &[&str] = &[
+    "iproute2",
+    "nftables",
+    "bpftool",
+    "procps",
+    "curl",
+    "python3-venv",
+];
+
+pub fn run() -> Result<()> {
+    let start = Instant::now();
+    step("apt packages", apt_packages)?;
+    step("nightly rust-src", rust_src)?;
+    step("bpf-linker", bpf_linker)?;
+    step("bpffs", bpffs)?;
+    println!("setup: ready in {:.1}s", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn step(name: &str, f: fn() -> Result<String>) -> Result<()> {
+    let start = Instant::now();
+    let what = f().with_context(|| format!("setup step `{name}`"))?;
+    println!(
+        "setup: {name:<18} {what} ({:.1}s)",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn apt_packages() -> Result<String> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_none_or(|s| !s.ends_with("installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok("present".into());
+    }
+    if !cmd::is_root() {
+        bail!(
+            "missing Debian packages: {}; run as root or `sudo apt-get install -y {}`",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+    };
+    if !install()?.success() {
+        // Fresh machines often have empty package lists.
+        cmd::run(Command::new("apt-get").args(["update", "-q"]))?;
+        if !install()?.success() {
+            bail!("apt-get could not install {}", missing.join(" "));
+        }
+    }
+    Ok(format!("installed {}", missing.join(" ")))
+}
+
+fn nightly_sysroot() -> Result<PathBuf> {
+    output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .map(PathBuf::from)
+        .context("no nightly toolchain: install it with `rustup toolchain install nightly`")
+}
+
+fn rust_src() -> Result<String> {
+    let src = nightly_sysroot()?.join("lib/rustlib/src/rust/library/core");
+    if src.exists() {
+        return Ok("present".into());
+    }
+    cmd::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+        .context("could not add rust-src; it needs network access to static.rust-lang.org")?;
+    Ok("installed".into())
+}
+
+/// bpf-linker must link against the same LLVM as the nightly rustc that emits the
+/// bitcode, so it is built against the nightly toolchain's own libLLVM.
+fn bpf_linker() -> Result<String> {
+    if let Some(v) = output(Command::new("bpf-linker").arg("--version")) {
+        return Ok(format!("present ({v})"));
+    }
+    let sysroot = nightly_sysroot()?;
+    let verbose = output(Command::new("rustc").args(["+nightly", "-vV"])).unwrap_or_default();
+    let llvm = verbose
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .context("`rustc +nightly -vV` does not print an LLVM version")?;
+    let major = llvm.split('.').next().unwrap_or_default();
+    let lib = find_libllvm(&sysroot.join("lib"))?;
+    // The linker keeps an rpath to this prefix, so it lives beside the cargo home.
+    let prefix = cargo_home().join("warden-llvm").join(major);
+    let libdir = prefix.join("lib");
+    std::fs::create_dir_all(&libdir)?;
+    for name in [
+        "libLLVM.so".to_owned(),
+        lib.file_name().unwrap().to_string_lossy().into_owned(),
+    ] {
+        let link = libdir.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&lib, &link)?;
+    }
+    cmd::run(
+        Command::new("cargo")
+            .args(["install", "--locked", "bpf-linker", "--no-default-features"])
+            .args(["--features", &format!("llvm-{major}")])
+            .env("LLVM_PREFIX", &prefix),
+    )
+    .with_context(|| format!("building bpf-linker against LLVM {llvm} from {}", lib.display()))?;
+    Ok(format!("built against LLVM {llvm}"))
+}
+
+fn find_libllvm(dir: &Path) -> Result<PathBuf> {
+    std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so."))
+        })
+        .with_context(|| format!("no libLLVM.so.* in {}", dir.display()))
+}
+
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo"))
+}
+
+fn bpffs() -> Result<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let mounted = mounts.lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        f.get(4) == Some(&"/sys/fs/bpf") && l.contains(" - bpf ")
+    });
+    if mounted {
+        return Ok("mounted".into());
+    }
+    if !cmd::is_root() {
+        bail!("bpffs is not mounted; run `sudo mount -t bpf bpf /sys/fs/bpf`");
+    }
+    cmd::run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+    Ok("mounted now".into())
+}

@@ -1,0 +1,45 @@
+//! `cargo xtask test`: everything CI checks, in order, with a summary at the end.
+
+use crate::cmd;
+use anyhow::{Result, bail};
+use std::time::Instant;
+
+pub fn run(setup: bool, filter: Option<&str>) -> Result<()> {
+    let mut results: Vec<(&str, bool, f64)> = Vec::new();
+    let mut record = |name: &'static str, f: &mut dyn FnMut() -> Result<()>| {
+        let start = Instant::now();
+        let r = f();
+        if let Err(e) = &r {
+            eprintln!("xtask test: {name} failed: {e:#}");
+        }
+        results.push((name, r.is_ok(), start.elapsed().as_secs_f64()));
+        r.is_ok()
+    };
+    let ok = (!setup || record("setup", &mut crate::setup::run))
+        && record("fmt", &mut || {
+            cmd::run(cmd::cargo().args(["fmt", "--all", "--check"]))
+        })
+        && record("clippy", &mut || {
+            cmd::run(cmd::cargo().args([
+                "clippy", "--workspace", "--all-targets", "--exclude", "warden-ebpf", "--",
+                "-D", "warnings",
+            ]))
+        })
+        && record("unit tests", &mut || cmd::run(cmd::cargo().arg("test")))
+        && record("integration tests", &mut || {
+            let mut c = cmd::cargo();
+            c.args(["test", "--package", "warden-tests", "--", "--test-threads=2"]);
+            if let Some(f) = filter {
+                c.arg(f);
+            }
+            cmd::run(&mut c)
+        });
+    println!("\n== xtask test summary ==");
+    for (name, passed, secs) in &results {
+        println!("  {:<18} {:<4} {secs:>7.1}s", name, if *passed { "ok" } else { "FAIL" });
+    }
+    if !ok {
+        bail!("tests failed");
+    }
+    Ok(())
+}
