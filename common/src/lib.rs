@@ -39,8 +39,25 @@ pub const EVENTS_BYTES: u32 = 4 << 20;
 /// of an egress policy).
 pub const RULE_DEFAULT_DENY: u32 = 0;
 
-/// `PORTS` value flags, per (slot, port).
-pub const PORT_PROTECTED: u32 = 1;
+/// `PORTS` value: one bit per port, one bitmap per slot (written in one syscall).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortBitmap {
+    pub words: [u64; 1024],
+}
+
+impl PortBitmap {
+    pub const EMPTY: Self = Self { words: [0; 1024] };
+
+    #[inline(always)]
+    pub fn contains(&self, port: u16) -> bool {
+        self.words[(port >> 6) as usize] & (1u64 << (port & 63)) != 0
+    }
+
+    pub fn insert(&mut self, port: u16) {
+        self.words[(port >> 6) as usize] |= 1u64 << (port & 63);
+    }
+}
 
 /// `CGROUPS` value flags.
 pub const CG_MAY_CONNECT: u32 = 1;
@@ -243,5 +260,6 @@ mod pod {
     unsafe impl aya::Pod for EgressPolicyRef {}
     unsafe impl aya::Pod for EgressEntry {}
     unsafe impl aya::Pod for SlotMeta {}
+    unsafe impl aya::Pod for PortBitmap {}
     unsafe impl aya::Pod for FlowEvent {}
 }

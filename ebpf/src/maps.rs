@@ -14,9 +14,9 @@ pub static STATE: Array<u32> = Array::pinned(STATE_LEN, 0);
 #[map(name = "SLOT_META")]
 pub static SLOT_META: Array<SlotMeta> = Array::pinned(SLOTS, 0);
 
-/// Indexed by `slot << 16 | port`; `PORT_PROTECTED` marks a protected port.
+/// The protected ports of each slot, as a bitmap.
 #[map(name = "PORTS")]
-pub static PORTS: Array<u32> = Array::pinned(SLOTS << 16, 0);
+pub static PORTS: Array<PortBitmap> = Array::pinned(SLOTS, 0);
 
 #[map(name = "INGRESS")]
 pub static INGRESS: LpmTrie<IngressKey, IngressRule> = LpmTrie::pinned(MAX_INGRESS_PREFIXES, 0);
@@ -53,9 +53,7 @@ pub fn active_slot() -> (u32, u32) {
 
 #[inline(always)]
 pub fn port_protected(slot: u32, port: u16) -> bool {
-    PORTS
-        .get(slot << 16 | port as u32)
-        .is_some_and(|f| f & PORT_PROTECTED != 0)
+    PORTS.get(slot).is_some_and(|b| b.contains(port))
 }
 
 #[inline(always)]

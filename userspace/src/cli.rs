@@ -1,0 +1,247 @@
+//! The `warden` command line: argument parsing and dispatch to the library.
+
+use crate::daemon::{self, BackendChoice};
+use crate::enforce::{ebpf, maps::Maps};
+use crate::state::DaemonState;
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use warden_common::stat;
+
+#[derive(Parser)]
+#[command(name = "warden", version, about = "Kernel-enforced access control for Ollama hosts")]
+pub struct Cli {
+    /// warden's bpffs directory (maps and links are pinned here).
+    #[arg(long, global = true, env = "WARDEN_PIN_DIR", default_value = "/sys/fs/bpf/ollama-warden")]
+    pin_dir: PathBuf,
+    /// Directory for the daemon's state file.
+    #[arg(long, global = true, env = "WARDEN_RUN_DIR", default_value = "/run/ollama-warden")]
+    run_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate and inspect policy files.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Enforce a policy (the embedded default when no --policy is given).
+    Daemon {
+        /// Policy file or directory (policy.d); repeatable.
+        #[arg(long)]
+        policy: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value = "auto")]
+        backend: BackendChoice,
+        /// Event sink: `stdout` or a file path.
+        #[arg(long, default_value = "stdout")]
+        events: String,
+        /// Cgroup where the cgroup programs attach (default: the cgroup2 root, i.e. the whole host).
+        #[arg(long)]
+        attach_cgroup: Option<PathBuf>,
+        /// Seconds between scans for new interfaces and newly created policy cgroups.
+        #[arg(long, default_value_t = 1.0)]
+        rescan_secs: f64,
+    },
+    /// Backend, attached programs, policy generation, counters.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the daemon and detach and unpin everything warden owns.
+    Down,
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Exit 0 if valid; otherwise print every problem as file:line:col: message.
+    Check {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Print the merged policy (the embedded default without paths) as JSON.
+    Show {
+        /// Print what the backends load instead.
+        #[arg(long)]
+        compiled: bool,
+        paths: Vec<PathBuf>,
+    },
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Policy { command: PolicyCommand::Check { paths } } => policy_check(&paths),
+        Command::Policy { command: PolicyCommand::Show { compiled, paths } } => policy_show(&paths, compiled),
+        Command::Daemon { policy, backend, events, attach_cgroup, rescan_secs } => {
+            let opts = daemon::Options {
+                policy,
+                backend,
+                ebpf: ebpf::Options { pin_dir: cli.pin_dir, attach_cgroup },
+                events,
+                run_dir: cli.run_dir,
+                rescan: Duration::from_secs_f64(rescan_secs.max(0.05)),
+            };
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            match rt.map_err(daemon::DaemonError::from).and_then(|rt| rt.block_on(daemon::run(opts))) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("warden: {}", error_chain(&e));
+                    e.exit_code()
+                }
+            }
+        }
+        Command::Status { json } => status(&cli.pin_dir, &cli.run_dir, json),
+        Command::Down => down(&cli.pin_dir, &cli.run_dir),
+    }
+}
+
+fn policy_check(paths: &[PathBuf]) -> i32 {
+    match daemon::load_policy(paths) {
+        Ok((policy, c)) => {
+            println!(
+                "ok: {} file(s); ports {:?}; {} ingress prefix(es); {} local cgroup(s); {} egress polic(ies); {}",
+                policy.sources.len(),
+                c.ports,
+                c.ingress.len(),
+                c.cgroups.len(),
+                c.egress.len(),
+                c.digest
+            );
+            0
+        }
+        Err(daemon::DaemonError::Policy(text)) => {
+            eprintln!("{text}");
+            1
+        }
+        Err(e) => {
+            eprintln!("warden: {e}");
+            1
+        }
+    }
+}
+
+fn policy_show(paths: &[PathBuf], compiled: bool) -> i32 {
+    match daemon::load_policy(paths) {
+        Ok((policy, c)) => {
+            let v = if compiled { serde_json::to_value(&c) } else { serde_json::to_value(&policy) };
+            println!("{}", serde_json::to_string_pretty(&v.unwrap_or_default()).unwrap_or_default());
+            0
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
+    }
+}
+
+fn status(pin_dir: &Path, run_dir: &Path, as_json: bool) -> i32 {
+    let state = DaemonState::read(run_dir);
+    let daemon_running = state.as_ref().is_some_and(|s| process_is_warden(s.pid));
+    let maps = Maps::open_pinned(pin_dir).ok();
+    let links: Vec<String> = std::fs::read_dir(pin_dir.join("links"))
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+        .unwrap_or_default();
+    let mut report = json!({
+        "enforcing": maps.is_some() && !links.is_empty(),
+        "backend": if maps.is_some() { "ebpf" } else { "none" },
+        "pin_dir": pin_dir,
+        "daemon": { "running": daemon_running, "pid": state.as_ref().map(|s| s.pid) },
+        "links": links,
+    });
+    if let Some(m) = &maps {
+        let rules: Vec<_> = state
+            .as_ref()
+            .map(|s| s.rules.iter().map(|r| json!({
+                "id": r.id, "kind": r.kind, "description": r.description, "origin": r.origin,
+                "hits": Maps::sum(&m.rule_hits, r.id),
+            })).collect())
+            .unwrap_or_default();
+        report["generation"] = json!(m.generation().unwrap_or(0));
+        report["active_slot"] = json!(m.active_slot().unwrap_or(0));
+        report["counters"] = json!({
+            "events_lost": Maps::sum(&m.stats, stat::EVENTS_LOST),
+            "malformed_dropped": Maps::sum(&m.stats, stat::MALFORMED),
+            "fragments_passed": Maps::sum(&m.stats, stat::FRAGMENTS_PASSED),
+        });
+        report["rules"] = json!(rules);
+    }
+    if let Some(s) = &state {
+        report["policy"] = json!({ "digest": s.digest, "sources": s.sources, "ports": s.ports,
+                                   "unresolved_cgroups": s.unresolved_cgroups });
+    }
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    } else {
+        print_status(&report);
+    }
+    0
+}
+
+fn print_status(r: &serde_json::Value) {
+    println!("enforcing:   {}", r["enforcing"]);
+    println!("backend:     {}", r["backend"].as_str().unwrap_or("none"));
+    println!("daemon:      {}", if r["daemon"]["running"].as_bool() == Some(true) {
+        format!("running (pid {})", r["daemon"]["pid"])
+    } else {
+        "not running (pinned enforcement, if any, stays in force)".into()
+    });
+    if let Some(g) = r.get("generation") {
+        println!("generation:  {g} (digest {})", r["policy"]["digest"].as_str().unwrap_or("?"));
+        println!("links:       {}", r["links"].as_array().map(|l| l.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(" ")).unwrap_or_default());
+        println!("counters:    {}", r["counters"]);
+        for rule in r["rules"].as_array().into_iter().flatten() {
+            println!("  rule {:>4} {:>10} hits  {} {}", rule["id"], rule["hits"], rule["description"].as_str().unwrap_or(""), rule["origin"].as_str().unwrap_or(""));
+        }
+    }
+}
+
+fn process_is_warden(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "warden")
+}
+
+fn down(pin_dir: &Path, run_dir: &Path) -> i32 {
+    if let Some(state) = DaemonState::read(run_dir)
+        && process_is_warden(state.pid)
+    {
+        // SAFETY: plain kill(2).
+        unsafe { libc::kill(state.pid as i32, libc::SIGTERM) };
+        for _ in 0..100 {
+            if !process_is_warden(state.pid) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let _ = std::fs::remove_file(run_dir.join("state.json"));
+    match ebpf::down(pin_dir) {
+        Ok(removed) if removed.is_empty() => {
+            println!("nothing pinned in {}", pin_dir.display());
+            0
+        }
+        Ok(removed) => {
+            println!("enforcement stopped; unpinned {} object(s) from {}", removed.len(), pin_dir.display());
+            0
+        }
+        Err(e) => {
+            eprintln!("warden down: {e}");
+            1
+        }
+    }
+}
+
+/// An error and its sources, one `: ` apart.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}

@@ -1,0 +1,353 @@
+//! Compiles a [`Policy`] into the entries every backend loads.
+//!
+//! The compiled form is backend-neutral: protected ports, (port, source prefix)
+//! ingress entries, cgroup grants with ancestors' grants folded in, and egress
+//! prefixes that each carry every rule covering them. Each entry keeps a rule id
+//! that indexes the per-rule counters and names the policy line it came from.
+
+use ipnet::IpNet;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use thiserror::Error;
+use warden_common::{
+    CG_MAY_BIND, CG_MAY_CONNECT, EGRESS_RULES_PER_PREFIX, MAX_RULES, PROTO_TCP, PROTO_UDP,
+    PortRule, RULE_DEFAULT_DENY,
+};
+use warden_policy::{CgroupPath, Policy, Proto};
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum CompileError {
+    #[error(
+        "{origin}: egress prefix {net} of cgroup {cgroup} is covered by {count} port rules; at most {max} fit (merge port ranges)"
+    )]
+    TooManyEgressRules { origin: String, cgroup: String, net: IpNet, count: usize, max: usize },
+    #[error("the policy has {0} rules; at most {max} are supported", max = MAX_RULES - 1)]
+    TooManyRules(usize),
+}
+
+/// One policy rule: what a rule id in an event or counter refers to.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RuleInfo {
+    pub id: u32,
+    pub kind: &'static str,
+    pub description: String,
+    pub origin: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct IngressEntry {
+    pub port: u16,
+    pub net: IpNet,
+    pub rule_id: u32,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CgroupGrant {
+    pub cgroup: CgroupPath,
+    /// `CG_MAY_CONNECT` / `CG_MAY_BIND`, including those of listed ancestors.
+    pub flags: u32,
+    pub rule_id: u32,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct EgressPrefix {
+    pub net: IpNet,
+    #[serde(serialize_with = "ser_port_rules")]
+    pub rules: Vec<PortRule>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CompiledEgress {
+    pub cgroup: CgroupPath,
+    pub prefixes: Vec<EgressPrefix>,
+}
+
+/// What the backends load; `Compiled::rules[i].id == i`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Compiled {
+    pub ports: Vec<u16>,
+    pub interfaces: Vec<String>,
+    pub ingress: Vec<IngressEntry>,
+    pub cgroups: Vec<CgroupGrant>,
+    pub egress: Vec<CompiledEgress>,
+    pub rules: Vec<RuleInfo>,
+    pub digest: String,
+}
+
+impl Compiled {
+    /// Every interface except loopback when the policy says `*`.
+    pub fn all_interfaces(&self) -> bool {
+        self.interfaces.iter().any(|i| i == "*")
+    }
+}
+
+pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
+    let mut rules = vec![RuleInfo {
+        id: RULE_DEFAULT_DENY,
+        kind: "default-deny",
+        description: "no rule allows it".into(),
+        origin: String::new(),
+    }];
+    let mut add = |kind: &'static str, description: String, origin: String| {
+        let id = rules.len() as u32;
+        rules.push(RuleInfo { id, kind, description, origin });
+        id
+    };
+
+    let mut ingress = Vec::new();
+    for l in &policy.ingress.allow {
+        let id = add("ingress", format!("{} may reach {:?}", l.value, policy.ports), l.origin.to_string());
+        ingress.extend(policy.ports.iter().map(|&port| IngressEntry { port, net: l.value, rule_id: id }));
+    }
+    for p in &policy.ingress.per_port {
+        for l in &p.allow {
+            let id = add("ingress", format!("{} may reach {}", l.value, p.port), l.origin.to_string());
+            ingress.push(IngressEntry { port: p.port, net: l.value, rule_id: id });
+        }
+    }
+
+    // Grants by cgroup path; a path listed twice gets the union.
+    let mut grants: BTreeMap<CgroupPath, (u32, u32)> = BTreeMap::new();
+    for l in &policy.server_cgroups {
+        let id = add("bind", format!("{} may bind and connect", l.value), l.origin.to_string());
+        let g = grants.entry(l.value.clone()).or_insert((0, id));
+        g.0 |= CG_MAY_BIND | CG_MAY_CONNECT;
+    }
+    for l in &policy.local_allow {
+        let id = add("local", format!("{} may connect", l.value), l.origin.to_string());
+        grants.entry(l.value.clone()).or_insert((0, id)).0 |= CG_MAY_CONNECT;
+    }
+    // The kernel matches the deepest listed cgroup, so fold ancestors' flags in.
+    let cgroups = grants
+        .iter()
+        .map(|(path, &(flags, rule_id))| {
+            let inherited = grants
+                .iter()
+                .filter(|(other, _)| other.covers(path))
+                .fold(flags, |acc, (_, (f, _))| acc | f);
+            CgroupGrant { cgroup: path.clone(), flags: inherited, rule_id }
+        })
+        .collect();
+
+    let mut egress = Vec::new();
+    for e in &policy.egress {
+        let mut port_rules: Vec<(IpNet, PortRule, String)> = Vec::new();
+        for r in &e.allow {
+            let id = add(
+                "egress",
+                format!("{} may reach {} {}{}", e.cgroup, r.net, r.proto, ports_text(&r.ports)),
+                r.origin.to_string(),
+            );
+            let protos = match r.proto {
+                Proto::Tcp => PROTO_TCP,
+                Proto::Udp => PROTO_UDP,
+                Proto::Any => PROTO_TCP | PROTO_UDP,
+            };
+            let ranges: Vec<(u16, u16)> = if r.ports.is_empty() {
+                vec![(0, u16::MAX)]
+            } else {
+                r.ports.iter().map(|p| (p.lo, p.hi)).collect()
+            };
+            for (lo, hi) in ranges {
+                port_rules.push((
+                    r.net,
+                    PortRule { rule_id: id, port_lo: lo, port_hi: hi, protos },
+                    r.origin.to_string(),
+                ));
+            }
+        }
+        egress.push(fold_egress(&e.cgroup, &port_rules)?);
+    }
+
+    if rules.len() >= MAX_RULES as usize {
+        return Err(CompileError::TooManyRules(rules.len()));
+    }
+    Ok(Compiled {
+        ports: policy.ports.clone(),
+        interfaces: policy.ingress.interfaces.clone(),
+        ingress,
+        cgroups,
+        egress,
+        rules,
+        digest: policy.digest(),
+    })
+}
+
+/// Each distinct prefix carries the rules of every prefix that contains it, so the
+/// kernel's longest-prefix match alone finds every rule that applies.
+fn fold_egress(
+    cgroup: &CgroupPath,
+    rules: &[(IpNet, PortRule, String)],
+) -> Result<CompiledEgress, CompileError> {
+    let mut nets: Vec<IpNet> = rules.iter().map(|(n, _, _)| mapped(*n)).collect();
+    nets.sort();
+    nets.dedup();
+    let mut prefixes = Vec::with_capacity(nets.len());
+    for net in nets {
+        let covering: Vec<PortRule> = rules
+            .iter()
+            .filter(|(n, _, _)| mapped(*n).contains(&net))
+            .map(|(_, r, _)| *r)
+            .collect();
+        if covering.len() > EGRESS_RULES_PER_PREFIX {
+            let origin = rules.iter().find(|(n, _, _)| mapped(*n) == net).map(|r| r.2.clone());
+            return Err(CompileError::TooManyEgressRules {
+                origin: origin.unwrap_or_default(),
+                cgroup: cgroup.to_string(),
+                net: unmapped(net),
+                count: covering.len(),
+                max: EGRESS_RULES_PER_PREFIX,
+            });
+        }
+        prefixes.push(EgressPrefix { net: unmapped(net), rules: covering });
+    }
+    Ok(CompiledEgress { cgroup: cgroup.clone(), prefixes })
+}
+
+/// IPv4 networks as IPv4-mapped IPv6, the form the kernel maps use.
+pub fn mapped(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V4(v4) => IpNet::new(v4.addr().to_ipv6_mapped().into(), 96 + v4.prefix_len())
+            .expect("prefix length of a mapped IPv4 network is at most 128"),
+        v6 => v6,
+    }
+}
+
+fn unmapped(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => IpNet::new(v4.into(), v6.prefix_len() - 96).unwrap_or(net),
+            None => net,
+        },
+        other => other,
+    }
+}
+
+/// The (prefix length, 16 bytes) a kernel LPM key stores for `net`.
+pub fn lpm_addr(net: IpNet) -> (u32, [u8; 16]) {
+    let m = mapped(net);
+    let addr = match m.network() {
+        std::net::IpAddr::V6(a) => a.octets(),
+        std::net::IpAddr::V4(_) => unreachable!("mapped() returns IPv6"),
+    };
+    (m.prefix_len() as u32, addr)
+}
+
+fn ports_text(ports: &[warden_policy::PortRange]) -> String {
+    if ports.is_empty() {
+        return " any port".into();
+    }
+    let list: Vec<String> = ports
+        .iter()
+        .map(|p| if p.lo == p.hi { p.lo.to_string() } else { format!("{}-{}", p.lo, p.hi) })
+        .collect();
+    format!(" port {}", list.join(","))
+}
+
+fn ser_port_rules<S: serde::Serializer>(rules: &[PortRule], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(Some(rules.len()))?;
+    for r in rules {
+        let protos = match r.protos {
+            PROTO_TCP => "tcp",
+            PROTO_UDP => "udp",
+            _ => "any",
+        };
+        seq.serialize_element(&serde_json::json!({
+            "rule_id": r.rule_id, "ports": format!("{}-{}", r.port_lo, r.port_hi), "proto": protos,
+        }))?;
+    }
+    seq.end()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn policy(text: &str) -> Policy {
+        warden_policy::parse_str(Path::new("t.toml"), text).expect("valid test policy")
+    }
+
+    #[test]
+    fn ancestors_flags_fold_into_descendants() {
+        let c = compile(&policy(
+            r#"version = 1
+[service]
+ports = [11434]
+server_cgroups = ["a"]
+[local]
+allow_cgroups = ["a/b", "c"]
+"#,
+        ))
+        .unwrap();
+        let flags = |p: &str| c.cgroups.iter().find(|g| g.cgroup.as_str() == p).unwrap().flags;
+        assert_eq!(flags("a"), CG_MAY_BIND | CG_MAY_CONNECT);
+        assert_eq!(flags("a/b"), CG_MAY_BIND | CG_MAY_CONNECT);
+        assert_eq!(flags("c"), CG_MAY_CONNECT);
+    }
+
+    #[test]
+    fn egress_prefixes_carry_covering_rules_and_ipv4_is_mapped() {
+        let c = compile(&policy(
+            r#"version = 1
+[service]
+ports = [11434]
+server_cgroups = ["s"]
+[[egress]]
+cgroup = "s"
+[[egress.allow]]
+net = "10.0.0.0/8"
+ports = [53]
+proto = "udp"
+[[egress.allow]]
+net = "10.1.0.0/16"
+ports = [443, "8000-8100"]
+proto = "tcp"
+"#,
+        ))
+        .unwrap();
+        let e = &c.egress[0];
+        assert_eq!(e.prefixes.len(), 2);
+        let narrow = e.prefixes.iter().find(|p| p.net.prefix_len() == 16).unwrap();
+        assert_eq!(narrow.rules.len(), 3, "the /8 rule covers the /16 too");
+        let wide = e.prefixes.iter().find(|p| p.net.prefix_len() == 8).unwrap();
+        assert_eq!(wide.rules.len(), 1);
+        assert_eq!(lpm_addr("10.1.0.0/16".parse().unwrap()).0, 96 + 16);
+        assert_eq!(lpm_addr("fd00::/8".parse().unwrap()).0, 8);
+    }
+
+    #[test]
+    fn ingress_entries_per_port_and_rule_ids_index_rules() {
+        let c = compile(&policy(
+            r#"version = 1
+[service]
+ports = [11434, 11435]
+server_cgroups = ["s"]
+[ingress]
+allow = ["192.0.2.0/24", "2001:db8::/32"]
+[[ingress.port]]
+port = 11435
+allow = ["198.51.100.7"]
+"#,
+        ))
+        .unwrap();
+        assert_eq!(c.ingress.len(), 5);
+        for (i, r) in c.rules.iter().enumerate() {
+            assert_eq!(r.id as usize, i);
+        }
+        assert!(c.ingress.iter().all(|e| c.rules[e.rule_id as usize].kind == "ingress"));
+    }
+
+    #[test]
+    fn too_many_rules_on_one_prefix_is_an_error() {
+        let mut text = String::from(
+            "version = 1\n[service]\nports = [11434]\nserver_cgroups = [\"s\"]\n[[egress]]\ncgroup = \"s\"\n",
+        );
+        for p in 0..9 {
+            text += &format!("[[egress.allow]]\nnet = \"10.0.0.0/8\"\nports = [{}]\n", 100 + p);
+        }
+        let err = compile(&policy(&text)).unwrap_err();
+        assert!(matches!(err, CompileError::TooManyEgressRules { count: 9, .. }), "{err}");
+    }
+}

@@ -1,0 +1,257 @@
+//! `warden daemon`: load the policy, enforce it, keep it enforced.
+//!
+//! Start-up order keeps enforcement fail-closed: the policy is swapped into the
+//! maps *before* any program is attached, so no program ever runs on an empty
+//! policy; pinned links from an earlier run are adopted, never re-attached. On
+//! SIGHUP the policy is re-read and swapped atomically; a bad one is rejected and
+//! the running one stays. SIGTERM stops the daemon and leaves enforcement in place.
+
+use crate::compile::{Compiled, compile};
+use crate::enforce::ebpf::{self, Applied, Attachment, EbpfBackend};
+use crate::events::{flow_json, lifecycle};
+use crate::state::DaemonState;
+use aya::maps::{MapData, RingBuf};
+use serde_json::{Value, json};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::io::unix::AsyncFd;
+use tokio::signal::unix::{SignalKind, signal};
+use warden_common::FlowEvent;
+use warden_policy::Policy;
+
+/// EX_USAGE: the policy given at start-up is invalid.
+pub const EXIT_BAD_POLICY: i32 = 64;
+/// EX_UNAVAILABLE: the backend cannot enforce on this host.
+pub const EXIT_BACKEND: i32 = 69;
+
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error("invalid policy:\n{0}")]
+    Policy(String),
+    #[error(transparent)]
+    Enforce(#[from] crate::enforce::EnforceError),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl DaemonError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Policy(_) => EXIT_BAD_POLICY,
+            _ => EXIT_BACKEND,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendChoice {
+    Auto,
+    Ebpf,
+    Nft,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Policy files or directories; empty = the embedded default.
+    pub policy: Vec<PathBuf>,
+    pub backend: BackendChoice,
+    pub ebpf: ebpf::Options,
+    /// Where events go: `-`/`stdout` or a file path (appended).
+    pub events: String,
+    pub run_dir: PathBuf,
+    /// How often to look for new interfaces and newly created policy cgroups.
+    pub rescan: Duration,
+}
+
+/// Reads and compiles the policy the daemon was told to use.
+pub fn load_policy(paths: &[PathBuf]) -> Result<(Policy, Compiled), DaemonError> {
+    let policy = if paths.is_empty() {
+        warden_policy::embedded_default()
+    } else {
+        warden_policy::load_paths(paths).map_err(|diags| {
+            DaemonError::Policy(diags.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))
+        })?
+    };
+    let compiled = compile(&policy).map_err(|e| DaemonError::Policy(e.to_string()))?;
+    Ok((policy, compiled))
+}
+
+struct Sink(Box<dyn Write + Send>);
+
+impl Sink {
+    fn open(spec: &str) -> std::io::Result<Self> {
+        Ok(Self(match spec {
+            "-" | "stdout" => Box::new(std::io::stdout()),
+            path => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
+        }))
+    }
+
+    fn emit(&mut self, v: &Value) {
+        // A failing sink must not stop enforcement; losses are reported on stderr.
+        if writeln!(self.0, "{v}").and_then(|_| self.0.flush()).is_err() {
+            eprintln!("warden: event sink write failed");
+        }
+    }
+}
+
+pub async fn run(opts: Options) -> Result<(), DaemonError> {
+    if opts.backend == BackendChoice::Nft {
+        return Err(DaemonError::Unsupported(
+            "the nftables backend is not available in this build; use --backend ebpf".into(),
+        ));
+    }
+    let (policy, compiled) = load_policy(&opts.policy)?;
+    let mut sink = Sink::open(&opts.events)?;
+    let mut backend = EbpfBackend::open(&opts.ebpf)?;
+    let generation = backend.maps.generation()? + 1;
+    let applied = backend.apply(&compiled, generation)?;
+    let mut attachments = backend.attach_cgroup_programs()?;
+    attachments.extend(backend.sync_xdp(&compiled)?);
+
+    let mut current = Arc::new(compiled);
+    let mut state = DaemonState::new(&opts, &policy, &current, &applied, &attachments);
+    state.write(&opts.run_dir)?;
+    print_summary(&policy, &current, &applied, &attachments);
+    sink.emit(&lifecycle("start", json!({ "backend": "ebpf", "attachments": attachments })));
+    sink.emit(&applied_event(&current, &applied, &policy));
+    let mut resolved = applied.resolved_ids.clone();
+
+    let ring = backend.take_events().ok_or_else(|| {
+        DaemonError::Unsupported("the eBPF object has no EVENTS ring buffer".into())
+    })?;
+    // SAFETY: the ring buffer owns its map fd and keeps it open until dropped.
+    let mut events = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| DaemonError::Io(e.into()))?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut rescan = tokio::time::interval(opts.rescan);
+    notify_ready();
+
+    loop {
+        tokio::select! {
+            guard = events.readable_mut() => {
+                let mut guard = guard?;
+                drain(guard.get_inner_mut(), &current, &mut sink);
+                guard.clear_ready();
+            }
+            _ = hup.recv() => {
+                match reload(&opts, &mut backend) {
+                    Ok((policy, compiled, applied)) => {
+                        current = Arc::new(compiled);
+                        resolved = applied.resolved_ids.clone();
+                        sink.emit(&applied_event(&current, &applied, &policy));
+                        state.policy_applied(&policy, &current, &applied);
+                        state.write(&opts.run_dir)?;
+                    }
+                    Err(e) => {
+                        eprintln!("warden: policy rejected, previous policy stays in force: {e}");
+                        sink.emit(&lifecycle("policy_rejected", json!({
+                            "error": e.to_string(),
+                            "generation_in_force": state.generation,
+                        })));
+                    }
+                }
+            }
+            _ = rescan.tick() => {
+                // Cgroups named by the policy that appeared or were recreated.
+                if backend.resolve_ids(&current) != resolved {
+                    let generation = backend.maps.generation()? + 1;
+                    match backend.apply(&current, generation) {
+                        Ok(applied) => {
+                            resolved = applied.resolved_ids.clone();
+                            sink.emit(&lifecycle("cgroups_resolved", json!({
+                                "generation": applied.generation, "unresolved": applied.unresolved,
+                            })));
+                            state.generation = applied.generation;
+                            state.write(&opts.run_dir)?;
+                        }
+                        Err(e) => eprintln!("warden: re-applying after cgroup change failed: {e}"),
+                    }
+                }
+                match backend.sync_xdp(&current) {
+                    Ok(changes) => {
+                        let changes: Vec<&Attachment> = changes.iter().filter(|a| a.state != "adopted").collect();
+                        if !changes.is_empty() {
+                            sink.emit(&lifecycle("attachments_changed", json!({ "attachments": changes })));
+                        }
+                    }
+                    Err(e) => eprintln!("warden: XDP attach: {e}"),
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    drain(events.get_mut(), &current, &mut sink);
+    sink.emit(&lifecycle("stop", json!({ "enforcement": "stays pinned; `warden down` removes it" })));
+    Ok(())
+}
+
+fn reload(opts: &Options, backend: &mut EbpfBackend) -> Result<(Policy, Compiled, Applied), DaemonError> {
+    let (policy, compiled) = load_policy(&opts.policy)?;
+    let generation = backend.maps.generation()? + 1;
+    let applied = backend.apply(&compiled, generation)?;
+    backend.sync_xdp(&compiled)?;
+    Ok((policy, compiled, applied))
+}
+
+fn drain(ring: &mut RingBuf<MapData>, compiled: &Compiled, sink: &mut Sink) {
+    while let Some(item) = ring.next() {
+        if item.len() < std::mem::size_of::<FlowEvent>() {
+            continue;
+        }
+        // SAFETY: the kernel wrote a whole FlowEvent; read unaligned as plain data.
+        let ev: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+        let rule = compiled.rules.get(ev.rule_id as usize).map(|r| r.description.as_str());
+        sink.emit(&flow_json(&ev, rule));
+    }
+}
+
+fn applied_event(compiled: &Compiled, applied: &Applied, policy: &Policy) -> Value {
+    lifecycle(
+        "policy_applied",
+        json!({
+            "generation": applied.generation,
+            "digest": compiled.digest,
+            "sources": policy.sources.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            "unresolved_cgroups": applied.unresolved,
+        }),
+    )
+}
+
+fn print_summary(policy: &Policy, c: &Compiled, applied: &Applied, attachments: &[Attachment]) {
+    let sources: Vec<String> = policy.sources.iter().map(|p| p.display().to_string()).collect();
+    eprintln!("warden: enforcing policy generation {} ({}) from {}", applied.generation, c.digest, sources.join(", "));
+    eprintln!("  protected ports: {:?}", c.ports);
+    let remote: Vec<String> = c.ingress.iter().map(|e| format!("{}→{}", e.net, e.port)).collect();
+    eprintln!(
+        "  remote sources allowed: {}",
+        if remote.is_empty() { "none (local access only)".to_owned() } else { remote.join(", ") }
+    );
+    for g in &c.cgroups {
+        let what = if g.flags & warden_common::CG_MAY_BIND != 0 { "bind+connect" } else { "connect" };
+        eprintln!("  local cgroup {} may {what}", g.cgroup);
+    }
+    for e in &c.egress {
+        eprintln!("  egress of {} limited to {} prefix(es)", e.cgroup, e.prefixes.len());
+    }
+    for u in &applied.unresolved {
+        eprintln!("  note: cgroup {u} does not exist yet; granted as soon as it appears");
+    }
+    for a in attachments {
+        eprintln!("  {} on {}: {}{}", a.program, a.target, a.state, a.mode.map(|m| format!(" ({m})")).unwrap_or_default());
+    }
+}
+
+/// Tells systemd (Type=notify) that enforcement is attached.
+fn notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else { return };
+    let _ = sock.send_to(b"READY=1", PathBuf::from(path));
+}

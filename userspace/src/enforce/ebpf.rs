@@ -1,0 +1,327 @@
+//! The eBPF backend: loads warden's object with its maps pinned under bpffs,
+//! attaches the programs through bpf links and pins the links, so enforcement
+//! stays exactly as it is if the daemon dies. A restarted daemon adopts what is
+//! pinned (no detach, no second attach) and only swaps in its policy.
+
+use super::EnforceError;
+use super::maps::{Maps, ResolvedEgress, ResolvedGrant};
+use crate::cgroupfs;
+use crate::compile::Compiled;
+use aya::maps::{MapData, RingBuf};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, Xdp, XdpMode};
+use aya::{Ebpf, EbpfLoader};
+use std::path::{Path, PathBuf};
+use warden_common::CgroupRule;
+
+/// The object built from the `warden-ebpf` crate by build.rs.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/warden-ebpf"));
+
+/// cgroup programs, attached at the attach cgroup (the cgroup2 root by default).
+pub const CGROUP_PROGRAMS: [&str; 6] = ["connect4", "connect6", "sendmsg4", "sendmsg6", "bind4", "bind6"];
+const XDP_PROGRAM: &str = "xdp_ingress";
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Warden's own bpffs directory, e.g. `/sys/fs/bpf/ollama-warden`.
+    pub pin_dir: PathBuf,
+    /// Where the cgroup programs attach; `None` = the cgroup2 root (the whole host).
+    pub attach_cgroup: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            pin_dir: Path::new("/sys/fs/bpf").join(warden_common::PIN_DIR),
+            attach_cgroup: None,
+        }
+    }
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Applied {
+    pub generation: u32,
+    pub slot: u32,
+    /// Policy cgroups that do not exist (yet): nothing is granted to them until they do.
+    pub unresolved: Vec<String>,
+    /// The cgroup ids that were resolved, to notice when that changes.
+    #[serde(skip)]
+    pub resolved_ids: Vec<Option<u64>>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Attachment {
+    pub program: String,
+    pub target: String,
+    /// "attached", "adopted" (pinned by an earlier run) or "detached".
+    pub state: &'static str,
+    pub mode: Option<&'static str>,
+}
+
+pub struct EbpfBackend {
+    ebpf: Ebpf,
+    pub maps: Maps,
+    events: Option<RingBuf<MapData>>,
+    pin_dir: PathBuf,
+    cgroup2: PathBuf,
+    attach_cgroup: PathBuf,
+}
+
+impl EbpfBackend {
+    /// Loads the object, creating the pinned maps or reusing those already pinned.
+    pub fn open(opts: &Options) -> Result<Self, EnforceError> {
+        ensure_bpffs(&opts.pin_dir)?;
+        let links = opts.pin_dir.join("links");
+        std::fs::create_dir_all(&links).map_err(|e| EnforceError::Io { path: links.clone(), source: e })?;
+        let cgroup2 = cgroupfs::cgroup2_mount()?;
+        let attach_cgroup = opts.attach_cgroup.clone().unwrap_or_else(|| cgroup2.clone());
+        let mut ebpf = EbpfLoader::new().default_map_pin_directory(&opts.pin_dir).load(EBPF_OBJECT)?;
+        let maps = Maps::from_source(|name| {
+            ebpf.take_map(name).ok_or_else(|| EnforceError::Bpffs(format!("object has no map {name}")))
+        })?;
+        let events = ebpf.take_map("EVENTS").map(RingBuf::try_from).transpose().map_err(|e| {
+            EnforceError::Map { name: "EVENTS".into(), source: e }
+        })?;
+        let backend = Self { ebpf, maps, events, pin_dir: opts.pin_dir.clone(), cgroup2, attach_cgroup };
+        let abi = backend.maps.abi()?;
+        if abi != 0 && abi != warden_common::ABI_VERSION {
+            return Err(EnforceError::AbiMismatch { pinned: abi, ours: warden_common::ABI_VERSION });
+        }
+        Ok(backend)
+    }
+
+    pub fn cgroup2_root(&self) -> &Path {
+        &self.cgroup2
+    }
+
+    /// The ring buffer of flow events (taken once, by the event reader).
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// Resolves the policy's cgroups and swaps the policy in as `generation`.
+    pub fn apply(&mut self, compiled: &Compiled, generation: u32) -> Result<Applied, EnforceError> {
+        let mut unresolved = Vec::new();
+        let mut resolved_ids = Vec::new();
+        let mut resolve = |path: &str| {
+            let id = cgroupfs::cgroup_id(&self.cgroup2.join(path)).ok();
+            if id.is_none() {
+                unresolved.push(path.to_owned());
+            }
+            resolved_ids.push(id);
+            id
+        };
+        let grants: Vec<ResolvedGrant> = compiled
+            .cgroups
+            .iter()
+            .filter_map(|g| {
+                resolve(g.cgroup.as_str()).map(|cgroup_id| ResolvedGrant {
+                    cgroup_id,
+                    rule: CgroupRule { flags: g.flags, rule_id: g.rule_id },
+                })
+            })
+            .collect();
+        let egress: Vec<ResolvedEgress> = compiled
+            .egress
+            .iter()
+            .map(|e| ResolvedEgress { cgroup_id: resolve(e.cgroup.as_str()) })
+            .collect();
+        let slot = self.maps.swap_in(compiled, &grants, &egress, generation)?;
+        Ok(Applied { generation, slot, unresolved, resolved_ids })
+    }
+
+    /// The cgroup ids the policy's cgroups resolve to now (to detect creation).
+    pub fn resolve_ids(&self, compiled: &Compiled) -> Vec<Option<u64>> {
+        compiled
+            .cgroups
+            .iter()
+            .map(|g| g.cgroup.as_str())
+            .chain(compiled.egress.iter().map(|e| e.cgroup.as_str()))
+            .map(|p| cgroupfs::cgroup_id(&self.cgroup2.join(p)).ok())
+            .collect()
+    }
+
+    /// Attaches the cgroup programs unless pinned links from an earlier run exist.
+    pub fn attach_cgroup_programs(&mut self) -> Result<Vec<Attachment>, EnforceError> {
+        let mut out = Vec::new();
+        for name in CGROUP_PROGRAMS {
+            let pin = self.pin_dir.join("links").join(name);
+            let target = self.attach_cgroup.display().to_string();
+            if PinnedLink::from_pin(&pin).is_ok() {
+                out.push(Attachment { program: name.into(), target, state: "adopted", mode: None });
+                continue;
+            }
+            let perr = |e| EnforceError::Program { name: name.into(), source: e };
+            let prog: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| EnforceError::Bpffs(format!("object has no program {name}")))?
+                .try_into()
+                .map_err(perr)?;
+            prog.load().map_err(perr)?;
+            let cgroup = std::fs::File::open(&self.attach_cgroup)
+                .map_err(|e| EnforceError::Io { path: self.attach_cgroup.clone(), source: e })?;
+            // Through a bpf link (5.7+) the attachment always coexists with other
+            // programs (multi-attach); link_create rejects attach flags, so pass none.
+            let id = prog.attach(&cgroup, CgroupAttachMode::Single).map_err(perr)?;
+            let link = FdLink::try_from(prog.take_link(id).map_err(perr)?).map_err(|e| {
+                EnforceError::Bpffs(format!("{name}: the kernel has no bpf links for cgroups: {e}"))
+            })?;
+            link.pin(&pin).map_err(|e| EnforceError::Pin { path: pin.clone(), source: e })?;
+            out.push(Attachment { program: name.into(), target, state: "attached", mode: None });
+        }
+        Ok(out)
+    }
+
+    /// Makes the XDP attachments match `compiled.interfaces` in this network
+    /// namespace: attaches where missing (native mode, else generic), keeps pinned
+    /// ones, and unpins links whose interface is gone.
+    pub fn sync_xdp(&mut self, compiled: &Compiled) -> Result<Vec<Attachment>, EnforceError> {
+        let links = self.pin_dir.join("links");
+        let current = interfaces();
+        let wanted: Vec<(u32, String)> = current
+            .into_iter()
+            .filter(|(_, name)| {
+                if compiled.all_interfaces() { name != "lo" } else { compiled.interfaces.contains(name) }
+            })
+            .collect();
+        for name in &compiled.interfaces {
+            if name != "*" && !wanted.iter().any(|(_, n)| n == name) {
+                return Err(EnforceError::Interface {
+                    iface: name.clone(),
+                    reason: "no such interface in this network namespace".into(),
+                });
+            }
+        }
+        let mut out = Vec::new();
+        // Unpin links of interfaces that went away or are no longer wanted.
+        for (path, ifindex, name) in pinned_xdp_links(&links) {
+            if !wanted.iter().any(|(i, n)| *i == ifindex && *n == name) {
+                let _ = std::fs::remove_file(&path);
+                out.push(Attachment { program: XDP_PROGRAM.into(), target: name, state: "detached", mode: None });
+            }
+        }
+        for (ifindex, name) in wanted {
+            let pin = links.join(format!("xdp-{ifindex}-{name}"));
+            if PinnedLink::from_pin(&pin).is_ok() {
+                out.push(Attachment { program: XDP_PROGRAM.into(), target: name, state: "adopted", mode: None });
+                continue;
+            }
+            let perr = |e| EnforceError::Program { name: XDP_PROGRAM.into(), source: e };
+            let prog: &mut Xdp = self
+                .ebpf
+                .program_mut(XDP_PROGRAM)
+                .ok_or_else(|| EnforceError::Bpffs(format!("object has no program {XDP_PROGRAM}")))?
+                .try_into()
+                .map_err(perr)?;
+            if prog.fd().is_err() {
+                prog.load().map_err(perr)?;
+            }
+            let (id, mode) = match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
+                Ok(id) => (id, "native"),
+                Err(_) => (
+                    prog.attach_to_if_index(ifindex, XdpMode::Skb).map_err(|e| EnforceError::Interface {
+                        iface: name.clone(),
+                        reason: format!("cannot attach XDP (another XDP program?): {e}"),
+                    })?,
+                    "generic",
+                ),
+            };
+            let link = FdLink::try_from(prog.take_link(id).map_err(perr)?).map_err(|e| {
+                EnforceError::Interface { iface: name.clone(), reason: format!("no bpf link support: {e}") }
+            })?;
+            link.pin(&pin).map_err(|e| EnforceError::Pin { path: pin.clone(), source: e })?;
+            out.push(Attachment { program: XDP_PROGRAM.into(), target: name, state: "attached", mode: Some(mode) });
+        }
+        Ok(out)
+    }
+}
+
+/// `(ifindex, name)` of every interface in this network namespace.
+pub fn interfaces() -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    // SAFETY: if_nameindex returns an array terminated by a zero entry, freed below.
+    unsafe {
+        let list = libc::if_nameindex();
+        if list.is_null() {
+            return out;
+        }
+        let mut p = list;
+        while (*p).if_index != 0 {
+            let name = std::ffi::CStr::from_ptr((*p).if_name).to_string_lossy().into_owned();
+            out.push(((*p).if_index, name));
+            p = p.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
+    out
+}
+
+/// Pinned XDP links: `(path, ifindex, interface name)`.
+pub fn pinned_xdp_links(links: &Path) -> Vec<(PathBuf, u32, String)> {
+    let Ok(dir) = std::fs::read_dir(links) else { return Vec::new() };
+    dir.filter_map(|e| {
+        let e = e.ok()?;
+        let file = e.file_name().into_string().ok()?;
+        let (ifindex, name) = file.strip_prefix("xdp-")?.split_once('-')?;
+        Some((e.path(), ifindex.parse().ok()?, name.to_owned()))
+    })
+    .collect()
+}
+
+fn ensure_bpffs(pin_dir: &Path) -> Result<(), EnforceError> {
+    let parent = pin_dir.parent().unwrap_or(Path::new("/"));
+    if !is_bpffs(parent) {
+        if parent != Path::new("/sys/fs/bpf") {
+            return Err(EnforceError::Bpffs(format!("{} is not on a bpf filesystem", parent.display())));
+        }
+        let rc = std::process::Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]).status();
+        if !rc.is_ok_and(|s| s.success()) || !is_bpffs(parent) {
+            return Err(EnforceError::Bpffs(
+                "bpffs is not mounted at /sys/fs/bpf and mounting it failed; run `mount -t bpf bpf /sys/fs/bpf`".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub fn is_bpffs(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return false };
+    // SAFETY: valid C string and a zeroed out-parameter.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    }
+}
+
+/// Detaches and unpins everything warden pinned in `pin_dir` (`warden down`).
+/// Removing a link's pin detaches it once no process holds it open.
+pub fn down(pin_dir: &Path) -> Result<Vec<String>, EnforceError> {
+    let mut removed = Vec::new();
+    if !pin_dir.exists() {
+        return Ok(removed);
+    }
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |e| EnforceError::Io { path, source: e }
+    };
+    let links = pin_dir.join("links");
+    if links.exists() {
+        for e in std::fs::read_dir(&links).map_err(io(&links))? {
+            let p = e.map_err(io(&links))?.path();
+            std::fs::remove_file(&p).map_err(io(&p))?;
+            removed.push(format!("link {}", p.file_name().unwrap_or_default().to_string_lossy()));
+        }
+        std::fs::remove_dir(&links).map_err(io(&links))?;
+    }
+    for e in std::fs::read_dir(pin_dir).map_err(io(pin_dir))? {
+        let p = e.map_err(io(pin_dir))?.path();
+        std::fs::remove_file(&p).map_err(io(&p))?;
+        removed.push(format!("map {}", p.file_name().unwrap_or_default().to_string_lossy()));
+    }
+    std::fs::remove_dir(pin_dir).map_err(io(pin_dir))?;
+    Ok(removed)
+}

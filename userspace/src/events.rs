@@ -1,0 +1,147 @@
+//! Kernel flow records as JSON lines, plus warden's lifecycle events.
+//!
+//! This is the raw record, complete but unenriched; SIEM encodings build on it.
+
+use serde_json::{Value, json};
+use std::net::{IpAddr, Ipv6Addr};
+use std::time::{SystemTime, UNIX_EPOCH};
+use warden_common::{FlowEvent, hook, reason, verdict};
+
+pub fn hook_name(h: u8) -> &'static str {
+    match h {
+        hook::XDP => "xdp",
+        hook::CONNECT4 => "connect4",
+        hook::CONNECT6 => "connect6",
+        hook::SENDMSG4 => "sendmsg4",
+        hook::SENDMSG6 => "sendmsg6",
+        hook::BIND4 => "bind4",
+        hook::BIND6 => "bind6",
+        _ => "unknown",
+    }
+}
+
+pub fn reason_name(r: u8) -> &'static str {
+    match r {
+        reason::INGRESS_ALLOWED => "ingress_allowed",
+        reason::INGRESS_NOT_ALLOWED => "ingress_not_allowed",
+        reason::MALFORMED => "malformed",
+        reason::LOCAL_ALLOWED => "local_allowed",
+        reason::LOCAL_NOT_ALLOWED => "local_not_allowed",
+        reason::BIND_ALLOWED => "bind_allowed",
+        reason::BIND_NOT_ALLOWED => "bind_not_allowed",
+        reason::EGRESS_ALLOWED => "egress_allowed",
+        reason::EGRESS_NOT_ALLOWED => "egress_not_allowed",
+        _ => "unknown",
+    }
+}
+
+/// An address as the user would write it: IPv4-mapped addresses of IPv4
+/// sockets/packets print as IPv4, an IPv6 socket's mapped address stays mapped.
+pub fn addr(bytes: [u8; 16], family: u16) -> IpAddr {
+    let v6 = Ipv6Addr::from(bytes);
+    match (family, v6.to_ipv4_mapped()) {
+        (2, Some(v4)) => IpAddr::V4(v4),
+        _ => IpAddr::V6(v6),
+    }
+}
+
+/// CLOCK_BOOTTIME nanoseconds to Unix milliseconds.
+pub fn boot_ns_to_unix_ms(ts_ns: u64) -> u64 {
+    let mut boot = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-parameter.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut boot) };
+    let boot_now = boot.tv_sec as u64 * 1_000_000_000 + boot.tv_nsec as u64;
+    let wall_now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+    (wall_now.saturating_sub(boot_now.saturating_sub(ts_ns))) / 1_000_000
+}
+
+fn comm(c: &[u8; 16]) -> String {
+    let end = c.iter().position(|&b| b == 0).unwrap_or(c.len());
+    String::from_utf8_lossy(&c[..end]).into_owned()
+}
+
+/// The JSON record of one kernel flow event.
+pub fn flow_json(ev: &FlowEvent, rule: Option<&str>) -> Value {
+    let is_bind = matches!(ev.hook, hook::BIND4 | hook::BIND6);
+    let mut v = json!({
+        "type": "flow",
+        "time_ms": boot_ns_to_unix_ms(ev.ts_ns),
+        "hook": hook_name(ev.hook),
+        "verdict": if ev.verdict == verdict::ALLOW { "allow" } else { "deny" },
+        "reason": reason_name(ev.reason),
+        "rule_id": ev.rule_id,
+        "generation": ev.generation,
+        "family": if ev.family == 10 { "ipv6" } else { "ipv4" },
+        "proto": match ev.proto { 6 => "tcp", 17 => "udp", _ => "other" },
+        "dst_addr": addr(ev.daddr, ev.family).to_string(),
+        "dst_port": ev.dport,
+    });
+    let o = v.as_object_mut().expect("object");
+    if let Some(rule) = rule {
+        o.insert("rule".into(), rule.into());
+    }
+    if ev.hook == hook::XDP {
+        o.insert("src_addr".into(), addr(ev.saddr, ev.family).to_string().into());
+        o.insert("src_port".into(), ev.sport.into());
+        o.insert("ifindex".into(), ev.ifindex.into());
+    } else {
+        o.insert("pid".into(), ev.tgid.into());
+        o.insert("tid".into(), ev.pid.into());
+        o.insert("uid".into(), ev.uid.into());
+        o.insert("gid".into(), ev.gid.into());
+        o.insert("comm".into(), comm(&ev.comm).into());
+        o.insert("cgroup_id".into(), ev.cgroup_id.into());
+        o.insert("socket_cookie".into(), ev.cookie.into());
+        if is_bind {
+            // For binds the "destination" is the local address being bound.
+            let (a, p) = (o.remove("dst_addr"), o.remove("dst_port"));
+            o.insert("bind_addr".into(), a.unwrap_or_default());
+            o.insert("bind_port".into(), p.unwrap_or_default());
+        }
+    }
+    v
+}
+
+/// A lifecycle event (`start`, `policy_applied`, `policy_rejected`, ...).
+pub fn lifecycle(kind: &str, fields: Value) -> Value {
+    let mut v = json!({
+        "type": kind,
+        "time_ms": SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64,
+    });
+    if let (Some(o), Value::Object(f)) = (v.as_object_mut(), fields) {
+        o.extend(f);
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warden_common::mapped_v4;
+
+    #[test]
+    fn mapped_addresses_print_by_family() {
+        let a = mapped_v4([127, 0, 0, 1]);
+        assert_eq!(addr(a, 2).to_string(), "127.0.0.1");
+        assert_eq!(addr(a, 10).to_string(), "::ffff:127.0.0.1");
+    }
+
+    #[test]
+    fn bind_events_name_the_bound_address() {
+        let mut ev: FlowEvent = unsafe { std::mem::zeroed() };
+        ev.hook = hook::BIND4;
+        ev.family = 2;
+        ev.proto = 6;
+        ev.verdict = verdict::DENY;
+        ev.reason = reason::BIND_NOT_ALLOWED;
+        ev.daddr = mapped_v4([0, 0, 0, 0]);
+        ev.dport = 11434;
+        ev.comm[..3].copy_from_slice(b"nc\0");
+        let j = flow_json(&ev, None);
+        assert_eq!(j["bind_port"], 11434);
+        assert_eq!(j["bind_addr"], "0.0.0.0");
+        assert_eq!(j["verdict"], "deny");
+        assert_eq!(j["comm"], "nc");
+        assert!(j.get("dst_port").is_none());
+    }
+}

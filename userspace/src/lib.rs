@@ -1,0 +1,18 @@
+//! ollama-warden: kernel-enforced access control for hosts that serve Ollama.
+//!
+//! - [`compile`]: a validated [`warden_policy::Policy`] → backend-neutral entries.
+//! - [`enforce`]: backends; [`enforce::ebpf`] loads, pins and attaches the kernel
+//!   programs, [`enforce::maps`] swaps policies atomically between two slots.
+//! - [`daemon`]: the enforcing daemon's lifecycle (start, reload, rescan, stop).
+//! - [`events`]: kernel flow records and lifecycle events as JSON lines.
+//! - [`cgroupfs`]: finding cgroup2 and cgroup ids.
+//! - [`state`]: the daemon's state file for `status` and `down`.
+//! - [`cli`]: the command line.
+
+pub mod cgroupfs;
+pub mod cli;
+pub mod compile;
+pub mod daemon;
+pub mod enforce;
+pub mod events;
+pub mod state;
