@@ -13,6 +13,7 @@ use crate::{
 };
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    helpers::generated::bpf_xdp_load_bytes,
     macros::xdp,
     maps::lpm_trie::Key,
     programs::XdpContext,
@@ -109,6 +110,32 @@ fn be16_at(ctx: &XdpContext, off: usize) -> Option<u16> {
     at::<[u8; 2]>(ctx, off).map(|p| u16::from_be_bytes(unsafe { *p }))
 }
 
+/// Copies `N` bytes at a variable offset with `bpf_xdp_load_bytes` (Linux 5.18):
+/// the verifier needs no packet-range proof, and multi-buffer frames work too.
+#[inline(always)]
+fn load<const N: usize>(ctx: &XdpContext, off: usize) -> Option<[u8; N]> {
+    let mut buf = [0u8; N];
+    // SAFETY: `buf` is N writable bytes on the stack.
+    let rc = unsafe { bpf_xdp_load_bytes(ctx.ctx, off as u32, buf.as_mut_ptr().cast(), N as u32) };
+    (rc == 0).then_some(buf)
+}
+
+/// Source and destination port and TCP flags at `l4`; `direct` when `l4` is one of
+/// the common constant offsets (read straight from the packet, cheapest).
+#[inline(always)]
+fn ports(ctx: &XdpContext, l4: usize, proto: u8, direct: bool) -> Option<(u16, u16, bool)> {
+    let (sport, dport) = if direct {
+        (be16_at(ctx, l4)?, be16_at(ctx, l4 + 2)?)
+    } else {
+        let b: [u8; 4] = load(ctx, l4)?;
+        (u16::from_be_bytes([b[0], b[1]]), u16::from_be_bytes([b[2], b[3]]))
+    };
+    let syn = proto == IPPROTO_TCP
+        && if direct { u8_at(ctx, l4 + 13) } else { load::<1>(ctx, l4 + 13).map(|b| b[0]) }
+            .is_some_and(|f| f & 0x12 == 0x02);
+    Some((sport, dport, syn))
+}
+
 #[inline(always)]
 fn classify(ctx: &XdpContext) -> Class {
     let Some(mut proto) = be16_at(ctx, 12) else {
@@ -161,11 +188,9 @@ fn ipv4(ctx: &XdpContext, off: usize) -> Class {
     if total_len < ihl + 4 {
         return Class::Malformed;
     }
-    let l4 = off + ihl;
-    let (Some(sport), Some(dport)) = (be16_at(ctx, l4), be16_at(ctx, l4 + 2)) else {
+    let Some((sport, dport, syn)) = ports(ctx, off + ihl, proto, ihl == 20) else {
         return Class::Malformed;
     };
-    let syn = proto == IPPROTO_TCP && tcp_syn(ctx, l4);
     Class::L4 {
         family: 2,
         proto,
@@ -175,12 +200,6 @@ fn ipv4(ctx: &XdpContext, off: usize) -> Class {
         dport,
         syn,
     }
-}
-
-/// SYN without ACK: the first packet of a new connection.
-#[inline(always)]
-fn tcp_syn(ctx: &XdpContext, l4: usize) -> bool {
-    u8_at(ctx, l4 + 13).is_some_and(|f| f & 0x12 == 0x02)
 }
 
 #[inline(always)]
@@ -205,7 +224,7 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Class {
             IPPROTO_TCP | IPPROTO_UDP => break,
             // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
             0 | 43 | 60 => {
-                let (Some(nh), Some(len)) = (u8_at(ctx, l4), u8_at(ctx, l4 + 1)) else {
+                let Some([nh, len]) = load::<2>(ctx, l4) else {
                     return Class::Malformed;
                 };
                 next = nh;
@@ -213,7 +232,7 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Class {
             }
             // Authentication header: (len + 2) * 4 bytes.
             51 => {
-                let (Some(nh), Some(len)) = (u8_at(ctx, l4), u8_at(ctx, l4 + 1)) else {
+                let Some([nh, len]) = load::<2>(ctx, l4) else {
                     return Class::Malformed;
                 };
                 next = nh;
@@ -221,10 +240,10 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Class {
             }
             // Fragment header: 8 bytes; only the first fragment carries ports.
             44 => {
-                let (Some(nh), Some(fo)) = (u8_at(ctx, l4), be16_at(ctx, l4 + 2)) else {
+                let Some([nh, _, fo_hi, fo_lo]) = load::<4>(ctx, l4) else {
                     return Class::Malformed;
                 };
-                if fo & 0xfff8 != 0 {
+                if u16::from_be_bytes([fo_hi, fo_lo]) & 0xfff8 != 0 {
                     count(&STATS, stat::FRAGMENTS_PASSED);
                     return Class::Pass;
                 }
@@ -243,9 +262,8 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Class {
     if payload_len < l4 - off - 40 + 4 {
         return Class::Malformed;
     }
-    let (Some(sport), Some(dport)) = (be16_at(ctx, l4), be16_at(ctx, l4 + 2)) else {
+    let Some((sport, dport, syn)) = ports(ctx, l4, next, walked == 0) else {
         return Class::Malformed;
     };
-    let syn = next == IPPROTO_TCP && tcp_syn(ctx, l4);
     Class::L4 { family: 10, proto: next, saddr, daddr, sport, dport, syn }
 }

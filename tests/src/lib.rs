@@ -1,1 +1,214 @@
+//! The privileged test lab: network namespaces, veth links, cgroups, a bpffs pin
+//! directory and a running `warden daemon`, all owned by one [`Lab`] and removed
+//! when it drops — also when the test panics.
+//!
+//! Names carry the process id and a counter, so tests run in parallel. The cgroup
+//! programs attach at the lab's own cgroup, so a test only ever affects processes
+//! it started inside that cgroup; XDP attaches inside the lab's namespaces.
+//! Addresses are used only inside the lab's namespaces.
 
+mod daemon;
+mod probe;
+
+pub use daemon::Daemon;
+pub use probe::Prober;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+/// The `warden` binary under test (`WARDEN_BIN`, else the workspace's debug build).
+pub fn warden_bin() -> PathBuf {
+    let p = std::env::var_os("WARDEN_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/debug/warden"));
+    assert!(p.exists(), "{} missing: run `cargo build -p warden` (cargo xtask test does)", p.display());
+    p
+}
+
+/// The cgroup2 mount, from mountinfo (hybrid hosts mount it below /sys/fs/cgroup).
+pub fn cgroup2_root() -> PathBuf {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let mount = left.split(' ').nth(4)?;
+            (right.split(' ').next()? == "cgroup2").then(|| PathBuf::from(mount))
+        })
+        .expect("cgroup2 is mounted")
+}
+
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub struct Lab {
+    /// Short unique id, e.g. `w1234x3`.
+    pub id: String,
+    /// The lab's cgroup (absolute path); cgroup programs attach here.
+    pub cgroup: PathBuf,
+    pub pin_dir: PathBuf,
+    pub run_dir: PathBuf,
+    netns: Vec<String>,
+}
+
+impl Lab {
+    pub fn new() -> Self {
+        let id = format!("w{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
+        let cgroup = cgroup2_root().join(format!("warden-test-{id}"));
+        std::fs::create_dir_all(&cgroup).expect("create lab cgroup");
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/warden-test-{id}"));
+        let run_dir = std::env::temp_dir().join(format!("warden-test-{id}"));
+        std::fs::create_dir_all(&run_dir).unwrap();
+        Self { id, cgroup, pin_dir, run_dir, netns: Vec::new() }
+    }
+
+    /// Creates (if needed) a cgroup below the lab's; returns its path relative to
+    /// the cgroup2 root, as a policy names it.
+    pub fn cgroup(&self, name: &str) -> String {
+        std::fs::create_dir_all(self.cgroup.join(name)).expect("create cgroup");
+        self.cgroup_rel(name)
+    }
+
+    pub fn cgroup_rel(&self, name: &str) -> String {
+        self.cgroup.join(name).strip_prefix(cgroup2_root()).unwrap().display().to_string()
+    }
+
+    /// A new network namespace with loopback up; returns its name.
+    pub fn netns(&mut self, short: &str) -> String {
+        let name = format!("{}-{short}", self.id);
+        sh(&format!("ip netns add {name} && ip -n {name} link set lo up"));
+        self.netns.push(name.clone());
+        name
+    }
+
+    /// A veth pair between two namespaces with the given `addr/len` lists
+    /// (IPv4 and IPv6, used only inside these namespaces).
+    pub fn veth(&self, a: &str, a_addrs: &[&str], b: &str, b_addrs: &[&str]) -> (String, String) {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let (ia, ib) = (format!("va{n}"), format!("vb{n}"));
+        sh(&format!("ip link add {ia} netns {a} type veth peer name {ib} netns {b}"));
+        for (ns, ifc, addrs) in [(a, &ia, a_addrs), (b, &ib, b_addrs)] {
+            for addr in addrs {
+                sh(&format!("ip -n {ns} addr add {addr} dev {ifc} nodad"));
+            }
+            sh(&format!("ip -n {ns} link set {ifc} up"));
+        }
+        (ia, ib)
+    }
+
+    /// Starts a prober in `netns` (None = the test's own) and lab cgroup `cgroup`
+    /// (None = stay in the test's cgroup, outside the lab's cgroup programs).
+    pub fn prober(&self, netns: Option<&str>, cgroup: Option<&str>) -> Prober {
+        let cg = cgroup.map(|c| {
+            std::fs::create_dir_all(self.cgroup.join(c)).unwrap();
+            self.cgroup.join(c)
+        });
+        Prober::spawn(netns, cg.as_deref())
+    }
+
+    /// Writes a policy file into the run directory.
+    pub fn policy(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.run_dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// Starts `warden daemon` in `netns` with the lab's pin dir and cgroup.
+    pub fn daemon(&self, netns: Option<&str>, policy: &Path) -> Daemon {
+        Daemon::start(self, netns, policy)
+    }
+
+    /// `warden status --json` for this lab.
+    pub fn status(&self) -> serde_json::Value {
+        let out = self.warden(&["status", "--json"]);
+        serde_json::from_str(&out).expect("status JSON")
+    }
+
+    /// Runs warden with the lab's directories; returns stdout.
+    pub fn warden(&self, args: &[&str]) -> String {
+        let out = Command::new(warden_bin())
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .arg("--run-dir")
+            .arg(&self.run_dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "warden {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Programs attached at the lab cgroup, as `bpftool cgroup show` lists them.
+    pub fn cgroup_programs(&self) -> Vec<String> {
+        let out = sh(&format!("bpftool -j cgroup show {}", self.cgroup.display()));
+        let v: serde_json::Value = serde_json::from_str(if out.trim().is_empty() { "[]" } else { &out }).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["attach_type"].as_str().unwrap_or("?").to_owned())
+            .collect()
+    }
+}
+
+impl Default for Lab {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Unpin (detaches the programs), then kill what is left in the cgroups.
+        let _ = Command::new(warden_bin())
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .arg("--run-dir")
+            .arg(&self.run_dir)
+            .arg("down")
+            .output();
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        remove_cgroup_tree(&self.cgroup);
+        for ns in &self.netns {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.run_dir);
+    }
+}
+
+/// Kills every process in a cgroup tree and removes it, deepest first.
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    for _ in 0..50 {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        if procs.trim().is_empty() {
+            break;
+        }
+        for pid in procs.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+            // SAFETY: plain kill(2) of a process the lab started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_dir(dir);
+}

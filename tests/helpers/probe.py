@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""A network prober the lab starts inside a network namespace and cgroup.
+
+Reads one command per line on stdin and answers one word per line on stdout:
+  connect HOST PORT [TIMEOUT]  TCP connect  -> connected | refused | denied | timeout | error:ERRNO
+  udpsend HOST PORT            unconnected UDP sendto -> ok | denied | error:ERRNO
+  udpconnect HOST PORT         UDP connect() -> ok | denied | error:ERRNO
+  bind HOST PORT               TCP bind, then close -> ok | denied | inuse | error:ERRNO
+  listen HOST PORT             TCP listen, accept in the background -> ok | denied | inuse | error:ERRNO
+  udplisten HOST PORT          UDP bind, count datagrams -> ok | ...
+  received PORT                datagrams received on a udplisten port -> N
+  close                        close every listener -> ok
+  pid                          -> the prober's pid
+"""
+import errno
+import socket
+import sys
+import threading
+
+listeners = []
+received = {}
+
+
+def family(host):
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def classify(e):
+    if isinstance(e, socket.timeout):
+        return "timeout"
+    code = e.errno
+    if code in (errno.EPERM, errno.EACCES):
+        return "denied"
+    if code == errno.ECONNREFUSED:
+        return "refused"
+    if code == errno.EADDRINUSE:
+        return "inuse"
+    if code in (errno.ETIMEDOUT, errno.EHOSTUNREACH):
+        return "timeout"
+    return "error:%s" % errno.errorcode.get(code, code)
+
+
+def accept_loop(s):
+    while True:
+        try:
+            c, _ = s.accept()
+            c.close()
+        except OSError:
+            return
+
+
+def udp_loop(s, port):
+    while True:
+        try:
+            s.recvfrom(2048)
+            received[port] = received.get(port, 0) + 1
+        except OSError:
+            return
+
+
+def handle(words):
+    cmd = words[0]
+    if cmd == "pid":
+        import os
+        return str(os.getpid())
+    if cmd == "close":
+        for s in listeners:
+            s.close()
+        listeners.clear()
+        return "ok"
+    if cmd == "received":
+        return str(received.get(int(words[1]), 0))
+    host, port = words[1], int(words[2])
+    if cmd == "connect":
+        s = socket.socket(family(host), socket.SOCK_STREAM)
+        s.settimeout(float(words[3]) if len(words) > 3 else 1.0)
+        try:
+            s.connect((host, port))
+            return "connected"
+        finally:
+            s.close()
+    if cmd in ("udpsend", "udpconnect"):
+        s = socket.socket(family(host), socket.SOCK_DGRAM)
+        try:
+            if cmd == "udpconnect":
+                s.connect((host, port))
+                s.send(b"probe")
+            else:
+                s.sendto(b"probe", (host, port))
+            return "ok"
+        finally:
+            s.close()
+    if cmd in ("bind", "listen", "udplisten"):
+        kind = socket.SOCK_DGRAM if cmd == "udplisten" else socket.SOCK_STREAM
+        s = socket.socket(family(host), kind)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            s.close()
+            raise
+        if cmd == "bind":
+            s.close()
+            return "ok"
+        listeners.append(s)
+        if cmd == "listen":
+            s.listen(128)
+            threading.Thread(target=accept_loop, args=(s,), daemon=True).start()
+        else:
+            threading.Thread(target=udp_loop, args=(s, port), daemon=True).start()
+        return "ok"
+    return "error:unknown-command"
+
+
+for line in sys.stdin:
+    words = line.split()
+    if not words:
+        continue
+    try:
+        answer = handle(words)
+    except (OSError, socket.timeout) as e:
+        answer = classify(e)
+    sys.stdout.write(answer + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,115 @@
+//! A `warden daemon` run by the lab, with its event file.
+
+use crate::{Lab, probe::enter, warden_bin};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Daemon {
+    child: Option<Child>,
+    pub events: PathBuf,
+    pub stderr: PathBuf,
+    run_dir: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(lab: &Lab, netns: Option<&str>, policy: &Path) -> Self {
+        let n = std::fs::read_dir(&lab.run_dir).map(|d| d.count()).unwrap_or(0);
+        let events = lab.run_dir.join(format!("events-{n}.jsonl"));
+        let stderr = lab.run_dir.join(format!("daemon-{n}.err"));
+        let _ = std::fs::remove_file(lab.run_dir.join("state.json"));
+        let mut cmd = Command::new(warden_bin());
+        cmd.arg("--pin-dir")
+            .arg(&lab.pin_dir)
+            .arg("--run-dir")
+            .arg(&lab.run_dir)
+            .arg("daemon")
+            .arg("--policy")
+            .arg(policy)
+            .arg("--attach-cgroup")
+            .arg(&lab.cgroup)
+            .arg("--events")
+            .arg(&events)
+            .arg("--rescan-secs")
+            .arg("0.2")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap());
+        enter(&mut cmd, netns, None);
+        let child = cmd.spawn().expect("start warden daemon");
+        let mut d = Self { child: Some(child), events, stderr, run_dir: lab.run_dir.clone() };
+        d.wait_ready();
+        d
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.run_dir.join("state.json").exists() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("warden daemon exited ({status}): {}", std::fs::read_to_string(&self.stderr).unwrap_or_default());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("warden daemon not ready: {}", std::fs::read_to_string(&self.stderr).unwrap_or_default());
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) of our child.
+        unsafe { libc::kill(self.pid() as i32, sig) };
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.events)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits until an event matches `pred`; panics with the events seen otherwise.
+    pub fn wait_event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(v) = self.events().into_iter().find(|v| pred(v)) {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!("no event {what}; saw:\n{}", std::fs::read_to_string(&self.events).unwrap_or_default());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: plain kill(2) of our child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                if c.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
