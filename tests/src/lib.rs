@@ -212,3 +212,12 @@ fn remove_cgroup_tree(dir: &Path) {
     }
     let _ = std::fs::remove_dir(dir);
 }
+
+/// The generation the lab's daemon last wrote to its state file (0 if none).
+pub fn state_generation(lab: &Lab) -> u32 {
+    std::fs::read(lab.run_dir.join("state.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["generation"].as_u64())
+        .unwrap_or(0) as u32
+}

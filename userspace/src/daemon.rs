@@ -86,16 +86,31 @@ struct Sink(Box<dyn Write + Send>);
 impl Sink {
     fn open(spec: &str) -> std::io::Result<Self> {
         Ok(Self(match spec {
-            "-" | "stdout" => Box::new(std::io::stdout()),
-            path => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
+            "-" | "stdout" => Box::new(std::io::BufWriter::new(std::io::stdout())),
+            path => Box::new(std::io::BufWriter::new(
+                std::fs::OpenOptions::new().create(true).append(true).open(path)?,
+            )),
         }))
     }
 
-    fn emit(&mut self, v: &Value) {
+    /// Buffers one event; [`Sink::flush`] writes the batch.
+    fn write(&mut self, v: &Value) {
         // A failing sink must not stop enforcement; losses are reported on stderr.
-        if writeln!(self.0, "{v}").and_then(|_| self.0.flush()).is_err() {
+        if writeln!(self.0, "{v}").is_err() {
             eprintln!("warden: event sink write failed");
         }
+    }
+
+    fn flush(&mut self) {
+        if self.0.flush().is_err() {
+            eprintln!("warden: event sink flush failed");
+        }
+    }
+
+    /// Writes one event now (lifecycle events).
+    fn emit(&mut self, v: &Value) {
+        self.write(v);
+        self.flush();
     }
 }
 
@@ -137,8 +152,12 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         tokio::select! {
             guard = events.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut(), &current, &mut sink);
-                guard.clear_ready();
+                // A bounded batch per wake-up, so a flood never starves reloads and
+                // signals; readiness is only cleared once the ring is empty.
+                if drain(guard.get_inner_mut(), &current, &mut sink, DRAIN_BATCH) < DRAIN_BATCH {
+                    guard.clear_ready();
+                }
+                sink.flush();
             }
             _ = hup.recv() => {
                 match reload(&opts, &mut backend) {
@@ -188,7 +207,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
             _ = int.recv() => break,
         }
     }
-    drain(events.get_mut(), &current, &mut sink);
+    drain(events.get_mut(), &current, &mut sink, usize::MAX);
     sink.emit(&lifecycle("stop", json!({ "enforcement": "stays pinned; `warden down` removes it" })));
     Ok(())
 }
@@ -201,16 +220,24 @@ fn reload(opts: &Options, backend: &mut EbpfBackend) -> Result<(Policy, Compiled
     Ok((policy, compiled, applied))
 }
 
-fn drain(ring: &mut RingBuf<MapData>, compiled: &Compiled, sink: &mut Sink) {
-    while let Some(item) = ring.next() {
+/// Events read from the ring buffer per wake-up of the event loop.
+const DRAIN_BATCH: usize = 1024;
+
+/// Reads up to `max` records; returns how many were read.
+fn drain(ring: &mut RingBuf<MapData>, compiled: &Compiled, sink: &mut Sink, max: usize) -> usize {
+    let mut n = 0;
+    while n < max {
+        let Some(item) = ring.next() else { break };
+        n += 1;
         if item.len() < std::mem::size_of::<FlowEvent>() {
             continue;
         }
         // SAFETY: the kernel wrote a whole FlowEvent; read unaligned as plain data.
         let ev: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
         let rule = compiled.rules.get(ev.rule_id as usize).map(|r| r.description.as_str());
-        sink.emit(&flow_json(&ev, rule));
+        sink.write(&flow_json(&ev, rule));
     }
+    n
 }
 
 fn applied_event(compiled: &Compiled, applied: &Applied, policy: &Policy) -> Value {
