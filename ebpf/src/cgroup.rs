@@ -4,9 +4,7 @@
 //! ancestors (`bpf_get_current_ancestor_cgroup_id`, Linux 5.7).
 
 use crate::maps::{CGROUPS, EGRESS_CGROUPS};
-use aya_ebpf::helpers::generated::{
-    bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id,
-};
+use aya_ebpf::helpers::generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id};
 use warden_common::{CgroupKey, CgroupRule, EgressPolicyRef, MAX_CGROUP_DEPTH};
 
 #[inline(always)]
@@ -25,7 +23,11 @@ fn ancestor(level: u32) -> u64 {
 /// ancestor's flags into its descendants' entries, so the deepest match is the union.
 #[inline(always)]
 pub fn access_rule(slot: u32) -> Option<CgroupRule> {
-    let mut key = CgroupKey { slot, _pad: 0, cgroup_id: current_id() };
+    let mut key = CgroupKey {
+        slot,
+        _pad: 0,
+        cgroup_id: current_id(),
+    };
     // SAFETY: plain-data value copied out before the map can change.
     if let Some(rule) = unsafe { CGROUPS.get(&key) } {
         return Some(*rule);
@@ -53,7 +55,11 @@ pub fn for_each_egress_policy<R>(
     mut check: impl FnMut(EgressPolicyRef) -> Option<R>,
 ) -> Option<R> {
     let own = current_id();
-    let mut key = CgroupKey { slot, _pad: 0, cgroup_id: own };
+    let mut key = CgroupKey {
+        slot,
+        _pad: 0,
+        cgroup_id: own,
+    };
     if let Some(p) = unsafe { EGRESS_CGROUPS.get(&key) } {
         if let Some(r) = check(*p) {
             return Some(r);

@@ -146,7 +146,10 @@ fn egress_rule(slot: u32, policy: u32, daddr: &Addr, proto: u32, port: u16) -> O
     let tag = (slot << 24 | (policy & 0x00ff_ffff)).to_be_bytes();
     let key = Key::new(
         EGRESS_KEY_FIXED_BITS + 128,
-        EgressKey { slot_policy: tag, addr: *daddr },
+        EgressKey {
+            slot_policy: tag,
+            addr: *daddr,
+        },
     );
     let entry = EGRESS.get(&key)?;
     let mut i = 0;

@@ -36,7 +36,15 @@ enum Class {
     /// Might be for a protected port but unreadable: drop.
     Malformed,
     /// A TCP/UDP packet with readable ports.
-    L4 { family: u16, proto: u8, saddr: Addr, daddr: Addr, sport: u16, dport: u16, syn: bool },
+    L4 {
+        family: u16,
+        proto: u8,
+        saddr: Addr,
+        daddr: Addr,
+        sport: u16,
+        dport: u16,
+        syn: bool,
+    },
 }
 
 #[xdp]
@@ -47,14 +55,25 @@ pub fn xdp_ingress(ctx: XdpContext) -> u32 {
             count(&STATS, stat::MALFORMED);
             XDP_DROP
         }
-        Class::L4 { family, proto, saddr, daddr, sport, dport, syn } => {
+        Class::L4 {
+            family,
+            proto,
+            saddr,
+            daddr,
+            sport,
+            dport,
+            syn,
+        } => {
             let (slot, generation) = active_slot();
             if !port_protected(slot, dport) {
                 return XDP_PASS;
             }
             let key = Key::new(
                 INGRESS_KEY_FIXED_BITS + 128,
-                IngressKey { slot_port: (slot << 16 | dport as u32).to_be_bytes(), addr: saddr },
+                IngressKey {
+                    slot_port: (slot << 16 | dport as u32).to_be_bytes(),
+                    addr: saddr,
+                },
             );
             let rule = INGRESS.get(&key).map(|r| r.rule_id);
             let mut ev = EMPTY;
@@ -128,11 +147,18 @@ fn ports(ctx: &XdpContext, l4: usize, proto: u8, direct: bool) -> Option<(u16, u
         (be16_at(ctx, l4)?, be16_at(ctx, l4 + 2)?)
     } else {
         let b: [u8; 4] = load(ctx, l4)?;
-        (u16::from_be_bytes([b[0], b[1]]), u16::from_be_bytes([b[2], b[3]]))
+        (
+            u16::from_be_bytes([b[0], b[1]]),
+            u16::from_be_bytes([b[2], b[3]]),
+        )
     };
     let syn = proto == IPPROTO_TCP
-        && if direct { u8_at(ctx, l4 + 13) } else { load::<1>(ctx, l4 + 13).map(|b| b[0]) }
-            .is_some_and(|f| f & 0x12 == 0x02);
+        && if direct {
+            u8_at(ctx, l4 + 13)
+        } else {
+            load::<1>(ctx, l4 + 13).map(|b| b[0])
+        }
+        .is_some_and(|f| f & 0x12 == 0x02);
     Some((sport, dport, syn))
 }
 
@@ -265,5 +291,13 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Class {
     let Some((sport, dport, syn)) = ports(ctx, l4, next, walked == 0) else {
         return Class::Malformed;
     };
-    Class::L4 { family: 10, proto: next, saddr, daddr, sport, dport, syn }
+    Class::L4 {
+        family: 10,
+        proto: next,
+        saddr,
+        daddr,
+        sport,
+        dport,
+        syn,
+    }
 }

@@ -15,7 +15,9 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(lab: &Lab, netns: Option<&str>, policy: &Path) -> Self {
-        let n = std::fs::read_dir(&lab.run_dir).map(|d| d.count()).unwrap_or(0);
+        let n = std::fs::read_dir(&lab.run_dir)
+            .map(|d| d.count())
+            .unwrap_or(0);
         let events = lab.run_dir.join(format!("events-{n}.jsonl"));
         let stderr = lab.run_dir.join(format!("daemon-{n}.err"));
         let _ = std::fs::remove_file(lab.run_dir.join("state.json"));
@@ -37,7 +39,12 @@ impl Daemon {
             .stderr(std::fs::File::create(&stderr).unwrap());
         enter(&mut cmd, netns, None);
         let child = cmd.spawn().expect("start warden daemon");
-        let mut d = Self { child: Some(child), events, stderr, run_dir: lab.run_dir.clone() };
+        let mut d = Self {
+            child: Some(child),
+            events,
+            stderr,
+            run_dir: lab.run_dir.clone(),
+        };
         d.wait_ready();
         d
     }
@@ -49,11 +56,17 @@ impl Daemon {
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("warden daemon exited ({status}): {}", std::fs::read_to_string(&self.stderr).unwrap_or_default());
+                panic!(
+                    "warden daemon exited ({status}): {}",
+                    std::fs::read_to_string(&self.stderr).unwrap_or_default()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("warden daemon not ready: {}", std::fs::read_to_string(&self.stderr).unwrap_or_default());
+        panic!(
+            "warden daemon not ready: {}",
+            std::fs::read_to_string(&self.stderr).unwrap_or_default()
+        );
     }
 
     pub fn pid(&self) -> u32 {
@@ -89,7 +102,10 @@ impl Daemon {
                 return v;
             }
             if Instant::now() > deadline {
-                panic!("no event {what}; saw:\n{}", std::fs::read_to_string(&self.events).unwrap_or_default());
+                panic!(
+                    "no event {what}; saw:\n{}",
+                    std::fs::read_to_string(&self.events).unwrap_or_default()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }

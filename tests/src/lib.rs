@@ -21,7 +21,10 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
 }
 
 /// The `warden` binary under test (`WARDEN_BIN`, else the workspace's debug build).
@@ -29,7 +32,11 @@ pub fn warden_bin() -> PathBuf {
     let p = std::env::var_os("WARDEN_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("target/debug/warden"));
-    assert!(p.exists(), "{} missing: run `cargo build -p warden` (cargo xtask test does)", p.display());
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo build -p warden` (cargo xtask test does)",
+        p.display()
+    );
     p
 }
 
@@ -68,13 +75,23 @@ pub struct Lab {
 
 impl Lab {
     pub fn new() -> Self {
-        let id = format!("w{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
+        let id = format!(
+            "w{}x{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
         let cgroup = cgroup2_root().join(format!("warden-test-{id}"));
         std::fs::create_dir_all(&cgroup).expect("create lab cgroup");
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/warden-test-{id}"));
         let run_dir = std::env::temp_dir().join(format!("warden-test-{id}"));
         std::fs::create_dir_all(&run_dir).unwrap();
-        Self { id, cgroup, pin_dir, run_dir, netns: Vec::new() }
+        Self {
+            id,
+            cgroup,
+            pin_dir,
+            run_dir,
+            netns: Vec::new(),
+        }
     }
 
     /// Creates (if needed) a cgroup below the lab's; returns its path relative to
@@ -85,13 +102,20 @@ impl Lab {
     }
 
     pub fn cgroup_rel(&self, name: &str) -> String {
-        self.cgroup.join(name).strip_prefix(cgroup2_root()).unwrap().display().to_string()
+        self.cgroup
+            .join(name)
+            .strip_prefix(cgroup2_root())
+            .unwrap()
+            .display()
+            .to_string()
     }
 
     /// A new network namespace with loopback up; returns its name.
     pub fn netns(&mut self, short: &str) -> String {
         let name = format!("{}-{short}", self.id);
-        sh(&format!("ip netns add {name} && ip -n {name} link set lo up"));
+        sh(&format!(
+            "ip netns add {name} && ip -n {name} link set lo up"
+        ));
         self.netns.push(name.clone());
         name
     }
@@ -101,7 +125,9 @@ impl Lab {
     pub fn veth(&self, a: &str, a_addrs: &[&str], b: &str, b_addrs: &[&str]) -> (String, String) {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let (ia, ib) = (format!("va{n}"), format!("vb{n}"));
-        sh(&format!("ip link add {ia} netns {a} type veth peer name {ib} netns {b}"));
+        sh(&format!(
+            "ip link add {ia} netns {a} type veth peer name {ib} netns {b}"
+        ));
         for (ns, ifc, addrs) in [(a, &ia, a_addrs), (b, &ib, b_addrs)] {
             for addr in addrs {
                 sh(&format!("ip -n {ns} addr add {addr} dev {ifc} nodad"));
@@ -149,14 +175,19 @@ impl Lab {
             .args(args)
             .output()
             .unwrap();
-        assert!(out.status.success(), "warden {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "warden {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Programs attached at the lab cgroup, as `bpftool cgroup show` lists them.
     pub fn cgroup_programs(&self) -> Vec<String> {
         let out = sh(&format!("bpftool -j cgroup show {}", self.cgroup.display()));
-        let v: serde_json::Value = serde_json::from_str(if out.trim().is_empty() { "[]" } else { &out }).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(if out.trim().is_empty() { "[]" } else { &out }).unwrap();
         v.as_array()
             .unwrap()
             .iter()
@@ -204,7 +235,10 @@ fn remove_cgroup_tree(dir: &Path) {
         if procs.trim().is_empty() {
             break;
         }
-        for pid in procs.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+        for pid in procs
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
             // SAFETY: plain kill(2) of a process the lab started.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }

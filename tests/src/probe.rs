@@ -14,10 +14,12 @@ pub struct Prober {
 /// Runs `cmd` with its network namespace and cgroup switched before exec.
 pub fn enter(cmd: &mut Command, netns: Option<&str>, cgroup: Option<&Path>) {
     let ns_fd = netns.map(|n| {
-        std::fs::File::open(format!("/var/run/netns/{n}")).unwrap_or_else(|e| panic!("netns {n}: {e}"))
+        std::fs::File::open(format!("/var/run/netns/{n}"))
+            .unwrap_or_else(|e| panic!("netns {n}: {e}"))
     });
     let procs = cgroup.map(|c| {
-        std::ffi::CString::new(c.join("cgroup.procs").into_os_string().into_encoded_bytes()).unwrap()
+        std::ffi::CString::new(c.join("cgroup.procs").into_os_string().into_encoded_bytes())
+            .unwrap()
     });
     // SAFETY: the closure only makes raw syscalls (setns, open, write, close).
     unsafe {
@@ -55,7 +57,11 @@ impl Prober {
         let mut child = cmd.spawn().expect("start prober");
         let stdin = child.stdin.take().unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap());
-        Self { child, stdin, stdout }
+        Self {
+            child,
+            stdin,
+            stdout,
+        }
     }
 
     /// Sends one command, returns the one-word answer.

@@ -18,9 +18,24 @@ fn topology() -> Topology {
     let srv = lab.netns("srv");
     let good = lab.netns("good");
     let bad = lab.netns("bad");
-    lab.veth(&srv, &["10.88.1.1/24", "fd00:88:1::1/64"], &good, &["10.88.1.2/24", "fd00:88:1::2/64"]);
-    lab.veth(&srv, &["10.88.2.1/24", "fd00:88:2::1/64"], &bad, &["10.88.2.2/24", "fd00:88:2::2/64"]);
-    Topology { lab, srv, good, bad }
+    lab.veth(
+        &srv,
+        &["10.88.1.1/24", "fd00:88:1::1/64"],
+        &good,
+        &["10.88.1.2/24", "fd00:88:1::2/64"],
+    );
+    lab.veth(
+        &srv,
+        &["10.88.2.1/24", "fd00:88:2::1/64"],
+        &bad,
+        &["10.88.2.2/24", "fd00:88:2::2/64"],
+    );
+    Topology {
+        lab,
+        srv,
+        good,
+        bad,
+    }
 }
 
 fn policy(lab: &Lab) -> String {
@@ -40,7 +55,9 @@ allow = ["10.88.1.0/24", "fd00:88:1::/64"]
 #[test]
 fn remote_sources_outside_the_allowlist_are_dropped() {
     let t = topology();
-    let d = t.lab.daemon(Some(&t.srv), &t.lab.policy("p.toml", &policy(&t.lab)));
+    let d = t
+        .lab
+        .daemon(Some(&t.srv), &t.lab.policy("p.toml", &policy(&t.lab)));
     let mut server = t.lab.prober(Some(&t.srv), Some("server"));
     assert_eq!(server.ask(&format!("listen :: {PORT}")), "ok");
     assert_eq!(server.ask(&format!("listen :: {}", PORT + 1)), "ok");
@@ -50,10 +67,16 @@ fn remote_sources_outside_the_allowlist_are_dropped() {
     for (g, b) in [("10.88.1.1", "10.88.2.1"), ("fd00:88:1::1", "fd00:88:2::1")] {
         assert_eq!(good.connect(g, PORT), "connected", "allowed source to {g}");
         assert_eq!(bad.connect(b, PORT), "timeout", "denied source to {b}");
-        assert_eq!(bad.connect(b, PORT + 1), "connected", "other ports pass untouched ({b})");
+        assert_eq!(
+            bad.connect(b, PORT + 1),
+            "connected",
+            "other ports pass untouched ({b})"
+        );
     }
     for (src, family) in [("10.88.2.2", "ipv4"), ("fd00:88:2::2", "ipv6")] {
-        let ev = d.wait_event(&format!("xdp deny of {src}"), |e| e["hook"] == "xdp" && e["src_addr"] == src);
+        let ev = d.wait_event(&format!("xdp deny of {src}"), |e| {
+            e["hook"] == "xdp" && e["src_addr"] == src
+        });
         assert_eq!(ev["verdict"], "deny");
         assert_eq!(ev["reason"], "ingress_not_allowed");
         assert_eq!(ev["dst_port"], PORT);
@@ -61,23 +84,51 @@ fn remote_sources_outside_the_allowlist_are_dropped() {
         assert!(ev["ifindex"].as_u64().unwrap() > 0);
     }
     for src in ["10.88.1.2", "fd00:88:1::2"] {
-        let ev = d.wait_event(&format!("xdp allow of {src}"), |e| e["hook"] == "xdp" && e["src_addr"] == src);
+        let ev = d.wait_event(&format!("xdp allow of {src}"), |e| {
+            e["hook"] == "xdp" && e["src_addr"] == src
+        });
         assert_eq!(ev["verdict"], "allow");
-        assert_eq!(ev["rule"].as_str().unwrap().split(' ').next().unwrap().contains(':'), src.contains(':'));
+        assert_eq!(
+            ev["rule"]
+                .as_str()
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+                .contains(':'),
+            src.contains(':')
+        );
     }
-    assert!(d.events().iter().all(|e| e["dst_port"] != PORT + 1), "no events for other ports");
-    let xdp: Vec<_> = t.lab.status()["links"].as_array().unwrap().iter()
-        .filter(|l| l.as_str().unwrap().starts_with("xdp-")).cloned().collect();
-    assert_eq!(xdp.len(), 2, "one XDP link per non-loopback interface: {xdp:?}");
+    assert!(
+        d.events().iter().all(|e| e["dst_port"] != PORT + 1),
+        "no events for other ports"
+    );
+    let xdp: Vec<_> = t.lab.status()["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l.as_str().unwrap().starts_with("xdp-"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        xdp.len(),
+        2,
+        "one XDP link per non-loopback interface: {xdp:?}"
+    );
 }
 
 #[test]
 fn interfaces_that_appear_later_are_covered() {
     let mut t = topology();
-    let d = t.lab.daemon(Some(&t.srv), &t.lab.policy("p.toml", &policy(&t.lab)));
+    let d = t
+        .lab
+        .daemon(Some(&t.srv), &t.lab.policy("p.toml", &policy(&t.lab)));
     let late = t.lab.netns("late");
-    t.lab.veth(&t.srv, &["10.88.3.1/24"], &late, &["10.88.3.2/24"]);
-    d.wait_event("attachment of the new interface", |e| e["type"] == "attachments_changed");
+    t.lab
+        .veth(&t.srv, &["10.88.3.1/24"], &late, &["10.88.3.2/24"]);
+    d.wait_event("attachment of the new interface", |e| {
+        e["type"] == "attachments_changed"
+    });
     let mut server = t.lab.prober(Some(&t.srv), Some("server"));
     assert_eq!(server.ask(&format!("listen :: {PORT}")), "ok");
     let mut client = t.lab.prober(Some(&late), None);
@@ -138,51 +189,185 @@ fn ipv6(subnet: u8, exts: &[(u8, Vec<u8>)], proto: u8, l4: &[u8]) -> Vec<u8> {
 }
 
 fn run_xdp(lab: &Lab, frame: &[u8]) -> u32 {
-    let link = std::fs::read_dir(lab.pin_dir.join("links")).unwrap()
-        .filter_map(|e| e.ok()).find(|e| e.file_name().to_string_lossy().starts_with("xdp-"))
-        .expect("an XDP link is pinned").path();
-    let info: serde_json::Value = serde_json::from_str(&sh(&format!("bpftool -j link show pinned {}", link.display()))).unwrap();
+    let link = std::fs::read_dir(lab.pin_dir.join("links"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .find(|e| e.file_name().to_string_lossy().starts_with("xdp-"))
+        .expect("an XDP link is pinned")
+        .path();
+    let info: serde_json::Value = serde_json::from_str(&sh(&format!(
+        "bpftool -j link show pinned {}",
+        link.display()
+    )))
+    .unwrap();
     let file = lab.run_dir.join("frame.bin");
     std::fs::write(&file, frame).unwrap();
-    let out = sh(&format!("bpftool prog run id {} data_in {} repeat 1 2>&1", info["prog_id"], file.display()));
-    let rv = out.lines().find_map(|l| l.strip_prefix("Return value: ")).unwrap_or_else(|| panic!("{out}"));
+    let out = sh(&format!(
+        "bpftool prog run id {} data_in {} repeat 1 2>&1",
+        info["prog_id"],
+        file.display()
+    ));
+    let rv = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Return value: "))
+        .unwrap_or_else(|| panic!("{out}"));
     rv.split(',').next().unwrap().trim().parse().unwrap()
 }
 
 #[test]
 fn crafted_frames_are_classified_or_dropped() {
     let t = topology();
-    let _d = t.lab.daemon(Some(&t.srv), &t.lab.policy("p.toml", &policy(&t.lab)));
+    let _d = t
+        .lab
+        .daemon(Some(&t.srv), &t.lab.policy("p.toml", &policy(&t.lab)));
     let lab = &t.lab;
     let good = [10, 88, 1, 2];
     let bad = [10, 88, 2, 2];
     let frame = |ethertype: u16, payload: Vec<u8>| [eth(ethertype), payload].concat();
-    let hop = |len8: u8| { let mut v = vec![len8]; v.resize(7 + len8 as usize * 8, 1); v };
+    let hop = |len8: u8| {
+        let mut v = vec![len8];
+        v.resize(7 + len8 as usize * 8, 1);
+        v
+    };
 
     let cases: Vec<(&str, Vec<u8>, u32)> = vec![
-        ("allowed IPv4 source", frame(0x0800, ipv4(good, 6, 0, 5, &tcp(PORT))), PASS),
-        ("denied IPv4 source", frame(0x0800, ipv4(bad, 6, 0, 5, &tcp(PORT))), DROP),
-        ("denied source, other port", frame(0x0800, ipv4(bad, 6, 0, 5, &tcp(PORT + 1))), PASS),
-        ("denied source, UDP to the port", frame(0x0800, ipv4(bad, 17, 0, 5, &tcp(PORT)[..8])), DROP),
-        ("IPv4 options before TCP", frame(0x0800, ipv4(bad, 6, 0, 15, &tcp(PORT))), DROP),
-        ("IPv4 options, allowed source", frame(0x0800, ipv4(good, 6, 0, 15, &tcp(PORT))), PASS),
-        ("IHL below 5", frame(0x0800, ipv4(bad, 6, 0, 4, &tcp(PORT))), DROP),
-        ("first fragment too short for ports", frame(0x0800, ipv4(bad, 6, 0x2000, 5, &tcp(PORT)[..2])), DROP),
-        ("non-first fragment", frame(0x0800, ipv4(bad, 6, 0x0003, 5, &tcp(PORT))), PASS),
-        ("truncated IPv4 header", frame(0x0800, ipv4(bad, 6, 0, 5, &[])[..12].to_vec()), DROP),
-        ("802.1Q-tagged, denied", [eth(0x8100), vec![0, 5, 0x08, 0x00], ipv4(bad, 6, 0, 5, &tcp(PORT))].concat(), DROP),
-        ("QinQ-tagged, denied", [eth(0x88a8), vec![0, 5, 0x81, 0x00, 0, 6, 0x08, 0x00], ipv4(bad, 6, 0, 5, &tcp(PORT))].concat(), DROP),
-        ("three VLAN tags", [eth(0x88a8), vec![0, 5, 0x81, 0, 0, 6, 0x81, 0, 0, 7, 0x08, 0]].concat(), DROP),
+        (
+            "allowed IPv4 source",
+            frame(0x0800, ipv4(good, 6, 0, 5, &tcp(PORT))),
+            PASS,
+        ),
+        (
+            "denied IPv4 source",
+            frame(0x0800, ipv4(bad, 6, 0, 5, &tcp(PORT))),
+            DROP,
+        ),
+        (
+            "denied source, other port",
+            frame(0x0800, ipv4(bad, 6, 0, 5, &tcp(PORT + 1))),
+            PASS,
+        ),
+        (
+            "denied source, UDP to the port",
+            frame(0x0800, ipv4(bad, 17, 0, 5, &tcp(PORT)[..8])),
+            DROP,
+        ),
+        (
+            "IPv4 options before TCP",
+            frame(0x0800, ipv4(bad, 6, 0, 15, &tcp(PORT))),
+            DROP,
+        ),
+        (
+            "IPv4 options, allowed source",
+            frame(0x0800, ipv4(good, 6, 0, 15, &tcp(PORT))),
+            PASS,
+        ),
+        (
+            "IHL below 5",
+            frame(0x0800, ipv4(bad, 6, 0, 4, &tcp(PORT))),
+            DROP,
+        ),
+        (
+            "first fragment too short for ports",
+            frame(0x0800, ipv4(bad, 6, 0x2000, 5, &tcp(PORT)[..2])),
+            DROP,
+        ),
+        (
+            "non-first fragment",
+            frame(0x0800, ipv4(bad, 6, 0x0003, 5, &tcp(PORT))),
+            PASS,
+        ),
+        (
+            "truncated IPv4 header",
+            frame(0x0800, ipv4(bad, 6, 0, 5, &[])[..12].to_vec()),
+            DROP,
+        ),
+        (
+            "802.1Q-tagged, denied",
+            [
+                eth(0x8100),
+                vec![0, 5, 0x08, 0x00],
+                ipv4(bad, 6, 0, 5, &tcp(PORT)),
+            ]
+            .concat(),
+            DROP,
+        ),
+        (
+            "QinQ-tagged, denied",
+            [
+                eth(0x88a8),
+                vec![0, 5, 0x81, 0x00, 0, 6, 0x08, 0x00],
+                ipv4(bad, 6, 0, 5, &tcp(PORT)),
+            ]
+            .concat(),
+            DROP,
+        ),
+        (
+            "three VLAN tags",
+            [
+                eth(0x88a8),
+                vec![0, 5, 0x81, 0, 0, 6, 0x81, 0, 0, 7, 0x08, 0],
+            ]
+            .concat(),
+            DROP,
+        ),
         ("ARP", frame(0x0806, vec![0; 28]), PASS),
-        ("allowed IPv6 source", frame(0x86dd, ipv6(1, &[], 6, &tcp(PORT))), PASS),
-        ("denied IPv6 source", frame(0x86dd, ipv6(2, &[], 6, &tcp(PORT))), DROP),
-        ("IPv6 hop-by-hop then TCP, denied", frame(0x86dd, ipv6(2, &[(0, hop(1))], 6, &tcp(PORT))), DROP),
-        ("IPv6 ext chain, allowed", frame(0x86dd, ipv6(1, &[(0, hop(0)), (60, hop(2)), (43, hop(0))], 6, &tcp(PORT))), PASS),
-        ("IPv6 first fragment, denied", frame(0x86dd, ipv6(2, &[(44, vec![0, 0, 1, 0, 0, 0, 1])], 6, &tcp(PORT))), DROP),
-        ("IPv6 later fragment", frame(0x86dd, ipv6(2, &[(44, vec![0, 0, 9, 0, 0, 0, 1])], 6, &tcp(PORT))), PASS),
-        ("IPv6 nine extension headers", frame(0x86dd, ipv6(2, &vec![(60, hop(0)); 9], 6, &tcp(PORT))), DROP),
-        ("IPv6 ext header past the frame", frame(0x86dd, ipv6(2, &[(0, hop(1))], 6, &tcp(PORT))[..44].to_vec()), DROP),
-        ("IPv6 ICMPv6", frame(0x86dd, ipv6(2, &[], 58, &[128, 0, 0, 0])), PASS),
+        (
+            "allowed IPv6 source",
+            frame(0x86dd, ipv6(1, &[], 6, &tcp(PORT))),
+            PASS,
+        ),
+        (
+            "denied IPv6 source",
+            frame(0x86dd, ipv6(2, &[], 6, &tcp(PORT))),
+            DROP,
+        ),
+        (
+            "IPv6 hop-by-hop then TCP, denied",
+            frame(0x86dd, ipv6(2, &[(0, hop(1))], 6, &tcp(PORT))),
+            DROP,
+        ),
+        (
+            "IPv6 ext chain, allowed",
+            frame(
+                0x86dd,
+                ipv6(1, &[(0, hop(0)), (60, hop(2)), (43, hop(0))], 6, &tcp(PORT)),
+            ),
+            PASS,
+        ),
+        (
+            "IPv6 first fragment, denied",
+            frame(
+                0x86dd,
+                ipv6(2, &[(44, vec![0, 0, 1, 0, 0, 0, 1])], 6, &tcp(PORT)),
+            ),
+            DROP,
+        ),
+        (
+            "IPv6 later fragment",
+            frame(
+                0x86dd,
+                ipv6(2, &[(44, vec![0, 0, 9, 0, 0, 0, 1])], 6, &tcp(PORT)),
+            ),
+            PASS,
+        ),
+        (
+            "IPv6 nine extension headers",
+            frame(0x86dd, ipv6(2, &vec![(60, hop(0)); 9], 6, &tcp(PORT))),
+            DROP,
+        ),
+        (
+            "IPv6 ext header past the frame",
+            frame(
+                0x86dd,
+                ipv6(2, &[(0, hop(1))], 6, &tcp(PORT))[..44].to_vec(),
+            ),
+            DROP,
+        ),
+        (
+            "IPv6 ICMPv6",
+            frame(0x86dd, ipv6(2, &[], 58, &[128, 0, 0, 0])),
+            PASS,
+        ),
     ];
     let mut failures = Vec::new();
     for (name, f, want) in &cases {
@@ -192,6 +377,8 @@ fn crafted_frames_are_classified_or_dropped() {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
-    let malformed = lab.status()["counters"]["malformed_dropped"].as_u64().unwrap();
+    let malformed = lab.status()["counters"]["malformed_dropped"]
+        .as_u64()
+        .unwrap();
     assert_eq!(malformed, 6, "each unclassifiable frame is counted");
 }

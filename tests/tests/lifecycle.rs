@@ -10,7 +10,10 @@ use warden_tests::Lab;
 const PORT: u16 = 11434;
 
 fn policy(lab: &Lab, allowed: &[&str]) -> String {
-    let allow: Vec<String> = allowed.iter().map(|c| format!("\"{}\"", lab.cgroup(c))).collect();
+    let allow: Vec<String> = allowed
+        .iter()
+        .map(|c| format!("\"{}\"", lab.cgroup(c)))
+        .collect();
     format!(
         "version = 1\n[service]\nports = [{PORT}]\nserver_cgroups = [\"{}\"]\n[local]\nallow_cgroups = [{}]\n",
         lab.cgroup("server"),
@@ -19,7 +22,10 @@ fn policy(lab: &Lab, allowed: &[&str]) -> String {
 }
 
 /// Connects from `prober` in a loop until stopped; returns every answer.
-fn hammer(mut prober: warden_tests::Prober, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<String>> {
+fn hammer(
+    mut prober: warden_tests::Prober,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<String>> {
     std::thread::spawn(move || {
         let mut seen = Vec::new();
         while !stop.load(Ordering::Relaxed) {
@@ -52,26 +58,60 @@ fn enforcement_survives_sigkill_restart_adopts_and_down_removes() {
     std::thread::sleep(Duration::from_millis(300));
     d.kill();
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(remote.connect("10.55.0.1", PORT), "timeout", "XDP stays after SIGKILL");
+    assert_eq!(
+        remote.connect("10.55.0.1", PORT),
+        "timeout",
+        "XDP stays after SIGKILL"
+    );
     let d = lab.daemon(Some(&ns), &p);
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     let rogue = rogue.join().unwrap();
     let allowed = allowed.join().unwrap();
-    assert!(rogue.len() > 20 && rogue.iter().all(|r| r == "denied"), "rogue: {rogue:?}");
-    assert!(allowed.iter().all(|r| r == "connected"), "allowed: {allowed:?}");
+    assert!(
+        rogue.len() > 20 && rogue.iter().all(|r| r == "denied"),
+        "rogue: {rogue:?}"
+    );
+    assert!(
+        allowed.iter().all(|r| r == "connected"),
+        "allowed: {allowed:?}"
+    );
 
-    assert_eq!(lab.cgroup_programs(), programs_before, "restart adopts, never attaches twice");
+    assert_eq!(
+        lab.cgroup_programs(),
+        programs_before,
+        "restart adopts, never attaches twice"
+    );
     let status = lab.status();
     assert_eq!(status["generation"], 2);
-    assert_eq!(status["links"].as_array().unwrap().len(), 7, "6 cgroup links + 1 XDP link");
+    assert_eq!(
+        status["links"].as_array().unwrap().len(),
+        7,
+        "6 cgroup links + 1 XDP link"
+    );
     let start = d.wait_event("start", |e| e["type"] == "start");
-    assert!(start["attachments"].as_array().unwrap().iter().all(|a| a["state"] == "adopted"), "{start}");
+    assert!(
+        start["attachments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["state"] == "adopted"),
+        "{start}"
+    );
 
     drop(d);
-    assert_eq!(lab.prober(Some(&ns), Some("rogue")).connect("127.0.0.1", PORT), "denied", "SIGTERM keeps enforcement");
+    assert_eq!(
+        lab.prober(Some(&ns), Some("rogue"))
+            .connect("127.0.0.1", PORT),
+        "denied",
+        "SIGTERM keeps enforcement"
+    );
     lab.warden(&["down"]);
-    assert_eq!(lab.prober(Some(&ns), Some("rogue")).connect("127.0.0.1", PORT), "connected");
+    assert_eq!(
+        lab.prober(Some(&ns), Some("rogue"))
+            .connect("127.0.0.1", PORT),
+        "connected"
+    );
     assert_eq!(remote.connect("10.55.0.1", PORT), "connected");
     assert!(!lab.pin_dir.exists(), "nothing left in bpffs");
     assert!(lab.cgroup_programs().is_empty());
@@ -95,7 +135,10 @@ fn policy_swaps_never_show_a_mixture_or_an_empty_policy() {
     // "a" and "b" probe as a pair: a consistent policy lets exactly one through.
     let pairs = Arc::new(Mutex::new(Vec::new()));
     let pair_thread = {
-        let (mut pa, mut pb) = (lab.prober(Some(&ns), Some("a")), lab.prober(Some(&ns), Some("b")));
+        let (mut pa, mut pb) = (
+            lab.prober(Some(&ns), Some("a")),
+            lab.prober(Some(&ns), Some("b")),
+        );
         let (stop, pairs) = (stop.clone(), pairs.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
@@ -122,7 +165,15 @@ fn policy_swaps_never_show_a_mixture_or_an_empty_policy() {
                 "swap {i} not applied (generation {}) wchan {:?} status {:?}: {}\n{:?}",
                 warden_tests::state_generation(&lab),
                 std::fs::read_to_string(format!("/proc/{}/wchan", d.pid())),
-                std::fs::read_to_string(format!("/proc/{}/status", d.pid())).map(|s| s.lines().filter(|l| l.starts_with("State") || l.starts_with("SigPnd") || l.starts_with("ShdPnd") || l.starts_with("SigBlk") || l.starts_with("SigCgt")).collect::<Vec<_>>().join(";")),
+                std::fs::read_to_string(format!("/proc/{}/status", d.pid())).map(|s| s
+                    .lines()
+                    .filter(|l| l.starts_with("State")
+                        || l.starts_with("SigPnd")
+                        || l.starts_with("ShdPnd")
+                        || l.starts_with("SigBlk")
+                        || l.starts_with("SigCgt"))
+                    .collect::<Vec<_>>()
+                    .join(";")),
                 std::fs::read_to_string(&d.stderr).unwrap_or_default(),
                 d.events().iter().rev().take(3).collect::<Vec<_>>()
             );
@@ -134,20 +185,41 @@ fn policy_swaps_never_show_a_mixture_or_an_empty_policy() {
     let always = always.join().unwrap();
     let never = never.join().unwrap();
     pair_thread.join().unwrap();
-    eprintln!("{swaps} swaps in {elapsed:?}; {} + {} probes", always.len(), never.len());
-    let odd = |v: &[String], want: &str| v.iter().filter(|r| *r != want).cloned().collect::<Vec<_>>();
+    eprintln!(
+        "{swaps} swaps in {elapsed:?}; {} + {} probes",
+        always.len(),
+        never.len()
+    );
+    let odd =
+        |v: &[String], want: &str| v.iter().filter(|r| *r != want).cloned().collect::<Vec<_>>();
     assert!(always.len() > 50, "probes ran: {}", always.len());
     // A policy verdict is `denied` (EPERM); under this load a SYN may rarely time
     // out in the listener's backlog, which says nothing about the policy.
     let denied_always = always.iter().filter(|r| *r == "denied").count();
-    assert_eq!(denied_always, 0, "never an empty policy ({:?})", odd(&always, "connected"));
-    assert_eq!(odd(&never, "denied"), Vec::<String>::new(), "never an allow-all");
+    assert_eq!(
+        denied_always,
+        0,
+        "never an empty policy ({:?})",
+        odd(&always, "connected")
+    );
+    assert_eq!(
+        odd(&never, "denied"),
+        Vec::<String>::new(),
+        "never an allow-all"
+    );
     // Both policies really were in force while probing: "a" was let through and
     // refused, and so was "b".
     let pairs = pairs.lock().unwrap();
     for (who, pick) in [("a", 0), ("b", 1)] {
-        let seen = |v: &str| pairs.iter().any(|p| (if pick == 0 { &p.0 } else { &p.1 }) == v);
-        assert!(seen("connected") && seen("denied"), "{who} saw both policies");
+        let seen = |v: &str| {
+            pairs
+                .iter()
+                .any(|p| (if pick == 0 { &p.0 } else { &p.1 }) == v)
+        };
+        assert!(
+            seen("connected") && seen("denied"),
+            "{who} saw both policies"
+        );
     }
     assert_eq!(lab.status()["generation"], swaps as u64 + 1);
 }
@@ -158,12 +230,23 @@ fn a_bad_reload_is_rejected_and_the_running_policy_stays() {
     let ns = lab.netns("host");
     let p = lab.policy("p.toml", &policy(&lab, &["proxy"]));
     let d = lab.daemon(Some(&ns), &p);
-    std::fs::write(&p, "version = 1\n[service]\nports = [0]\nsever_cgroups = []\n").unwrap();
+    std::fs::write(
+        &p,
+        "version = 1\n[service]\nports = [0]\nsever_cgroups = []\n",
+    )
+    .unwrap();
     d.signal(libc::SIGHUP);
     let ev = d.wait_event("policy_rejected", |e| e["type"] == "policy_rejected");
     let err = ev["error"].as_str().unwrap();
-    assert!(err.contains("p.toml:3:10") && err.contains("p.toml:4:1"), "every problem with its place: {err}");
+    assert!(
+        err.contains("p.toml:3:10") && err.contains("p.toml:4:1"),
+        "every problem with its place: {err}"
+    );
     assert_eq!(ev["generation_in_force"], 1);
-    assert_eq!(lab.prober(Some(&ns), Some("rogue")).connect("127.0.0.1", PORT), "denied");
+    assert_eq!(
+        lab.prober(Some(&ns), Some("rogue"))
+            .connect("127.0.0.1", PORT),
+        "denied"
+    );
     assert_eq!(lab.status()["generation"], 1);
 }

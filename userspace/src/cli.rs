@@ -10,13 +10,27 @@ use std::time::Duration;
 use warden_common::stat;
 
 #[derive(Parser)]
-#[command(name = "warden", version, about = "Kernel-enforced access control for Ollama hosts")]
+#[command(
+    name = "warden",
+    version,
+    about = "Kernel-enforced access control for Ollama hosts"
+)]
 pub struct Cli {
     /// warden's bpffs directory (maps and links are pinned here).
-    #[arg(long, global = true, env = "WARDEN_PIN_DIR", default_value = "/sys/fs/bpf/ollama-warden")]
+    #[arg(
+        long,
+        global = true,
+        env = "WARDEN_PIN_DIR",
+        default_value = "/sys/fs/bpf/ollama-warden"
+    )]
     pin_dir: PathBuf,
     /// Directory for the daemon's state file.
-    #[arg(long, global = true, env = "WARDEN_RUN_DIR", default_value = "/run/ollama-warden")]
+    #[arg(
+        long,
+        global = true,
+        env = "WARDEN_RUN_DIR",
+        default_value = "/run/ollama-warden"
+    )]
     run_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -75,19 +89,37 @@ enum PolicyCommand {
 pub fn main() -> i32 {
     let cli = Cli::parse();
     match cli.command {
-        Command::Policy { command: PolicyCommand::Check { paths } } => policy_check(&paths),
-        Command::Policy { command: PolicyCommand::Show { compiled, paths } } => policy_show(&paths, compiled),
-        Command::Daemon { policy, backend, events, attach_cgroup, rescan_secs } => {
+        Command::Policy {
+            command: PolicyCommand::Check { paths },
+        } => policy_check(&paths),
+        Command::Policy {
+            command: PolicyCommand::Show { compiled, paths },
+        } => policy_show(&paths, compiled),
+        Command::Daemon {
+            policy,
+            backend,
+            events,
+            attach_cgroup,
+            rescan_secs,
+        } => {
             let opts = daemon::Options {
                 policy,
                 backend,
-                ebpf: ebpf::Options { pin_dir: cli.pin_dir, attach_cgroup },
+                ebpf: ebpf::Options {
+                    pin_dir: cli.pin_dir,
+                    attach_cgroup,
+                },
                 events,
                 run_dir: cli.run_dir,
                 rescan: Duration::from_secs_f64(rescan_secs.max(0.05)),
             };
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
-            match rt.map_err(daemon::DaemonError::from).and_then(|rt| rt.block_on(daemon::run(opts))) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            match rt
+                .map_err(daemon::DaemonError::from)
+                .and_then(|rt| rt.block_on(daemon::run(opts)))
+            {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("warden: {}", error_chain(&e));
@@ -128,8 +160,15 @@ fn policy_check(paths: &[PathBuf]) -> i32 {
 fn policy_show(paths: &[PathBuf], compiled: bool) -> i32 {
     match daemon::load_policy(paths) {
         Ok((policy, c)) => {
-            let v = if compiled { serde_json::to_value(&c) } else { serde_json::to_value(&policy) };
-            println!("{}", serde_json::to_string_pretty(&v.unwrap_or_default()).unwrap_or_default());
+            let v = if compiled {
+                serde_json::to_value(&c)
+            } else {
+                serde_json::to_value(&policy)
+            };
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&v.unwrap_or_default()).unwrap_or_default()
+            );
             0
         }
         Err(e) => {
@@ -144,7 +183,10 @@ fn status(pin_dir: &Path, run_dir: &Path, as_json: bool) -> i32 {
     let daemon_running = state.as_ref().is_some_and(|s| process_is_warden(s.pid));
     let maps = Maps::open_pinned(pin_dir).ok();
     let links: Vec<String> = std::fs::read_dir(pin_dir.join("links"))
-        .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect()
+        })
         .unwrap_or_default();
     let mut report = json!({
         "enforcing": maps.is_some() && !links.is_empty(),
@@ -156,10 +198,12 @@ fn status(pin_dir: &Path, run_dir: &Path, as_json: bool) -> i32 {
     if let Some(m) = &maps {
         let rules: Vec<_> = state
             .as_ref()
-            .map(|s| s.rules.iter().map(|r| json!({
+            .map(|s| {
+                s.rules.iter().map(|r| json!({
                 "id": r.id, "kind": r.kind, "description": r.description, "origin": r.origin,
                 "hits": Maps::sum(&m.rule_hits, r.id),
-            })).collect())
+            })).collect()
+            })
             .unwrap_or_default();
         report["generation"] = json!(m.generation().unwrap_or(0));
         report["active_slot"] = json!(m.active_slot().unwrap_or(0));
@@ -175,7 +219,10 @@ fn status(pin_dir: &Path, run_dir: &Path, as_json: bool) -> i32 {
                                    "unresolved_cgroups": s.unresolved_cgroups });
     }
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
     } else {
         print_status(&report);
     }
@@ -185,17 +232,39 @@ fn status(pin_dir: &Path, run_dir: &Path, as_json: bool) -> i32 {
 fn print_status(r: &serde_json::Value) {
     println!("enforcing:   {}", r["enforcing"]);
     println!("backend:     {}", r["backend"].as_str().unwrap_or("none"));
-    println!("daemon:      {}", if r["daemon"]["running"].as_bool() == Some(true) {
-        format!("running (pid {})", r["daemon"]["pid"])
-    } else {
-        "not running (pinned enforcement, if any, stays in force)".into()
-    });
+    println!(
+        "daemon:      {}",
+        if r["daemon"]["running"].as_bool() == Some(true) {
+            format!("running (pid {})", r["daemon"]["pid"])
+        } else {
+            "not running (pinned enforcement, if any, stays in force)".into()
+        }
+    );
     if let Some(g) = r.get("generation") {
-        println!("generation:  {g} (digest {})", r["policy"]["digest"].as_str().unwrap_or("?"));
-        println!("links:       {}", r["links"].as_array().map(|l| l.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(" ")).unwrap_or_default());
+        println!(
+            "generation:  {g} (digest {})",
+            r["policy"]["digest"].as_str().unwrap_or("?")
+        );
+        println!(
+            "links:       {}",
+            r["links"]
+                .as_array()
+                .map(|l| l
+                    .iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" "))
+                .unwrap_or_default()
+        );
         println!("counters:    {}", r["counters"]);
         for rule in r["rules"].as_array().into_iter().flatten() {
-            println!("  rule {:>4} {:>10} hits  {} {}", rule["id"], rule["hits"], rule["description"].as_str().unwrap_or(""), rule["origin"].as_str().unwrap_or(""));
+            println!(
+                "  rule {:>4} {:>10} hits  {} {}",
+                rule["id"],
+                rule["hits"],
+                rule["description"].as_str().unwrap_or(""),
+                rule["origin"].as_str().unwrap_or("")
+            );
         }
     }
 }
@@ -224,7 +293,11 @@ fn down(pin_dir: &Path, run_dir: &Path) -> i32 {
             0
         }
         Ok(removed) => {
-            println!("enforcement stopped; unpinned {} object(s) from {}", removed.len(), pin_dir.display());
+            println!(
+                "enforcement stopped; unpinned {} object(s) from {}",
+                removed.len(),
+                pin_dir.display()
+            );
             0
         }
         Err(e) => {

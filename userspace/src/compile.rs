@@ -20,7 +20,13 @@ pub enum CompileError {
     #[error(
         "{origin}: egress prefix {net} of cgroup {cgroup} is covered by {count} port rules; at most {max} fit (merge port ranges)"
     )]
-    TooManyEgressRules { origin: String, cgroup: String, net: IpNet, count: usize, max: usize },
+    TooManyEgressRules {
+        origin: String,
+        cgroup: String,
+        net: IpNet,
+        count: usize,
+        max: usize,
+    },
     #[error("the policy has {0} rules; at most {max} are supported", max = MAX_RULES - 1)]
     TooManyRules(usize),
 }
@@ -90,31 +96,60 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
     }];
     let mut add = |kind: &'static str, description: String, origin: String| {
         let id = rules.len() as u32;
-        rules.push(RuleInfo { id, kind, description, origin });
+        rules.push(RuleInfo {
+            id,
+            kind,
+            description,
+            origin,
+        });
         id
     };
 
     let mut ingress = Vec::new();
     for l in &policy.ingress.allow {
-        let id = add("ingress", format!("{} may reach {:?}", l.value, policy.ports), l.origin.to_string());
-        ingress.extend(policy.ports.iter().map(|&port| IngressEntry { port, net: l.value, rule_id: id }));
+        let id = add(
+            "ingress",
+            format!("{} may reach {:?}", l.value, policy.ports),
+            l.origin.to_string(),
+        );
+        ingress.extend(policy.ports.iter().map(|&port| IngressEntry {
+            port,
+            net: l.value,
+            rule_id: id,
+        }));
     }
     for p in &policy.ingress.per_port {
         for l in &p.allow {
-            let id = add("ingress", format!("{} may reach {}", l.value, p.port), l.origin.to_string());
-            ingress.push(IngressEntry { port: p.port, net: l.value, rule_id: id });
+            let id = add(
+                "ingress",
+                format!("{} may reach {}", l.value, p.port),
+                l.origin.to_string(),
+            );
+            ingress.push(IngressEntry {
+                port: p.port,
+                net: l.value,
+                rule_id: id,
+            });
         }
     }
 
     // Grants by cgroup path; a path listed twice gets the union.
     let mut grants: BTreeMap<CgroupPath, (u32, u32)> = BTreeMap::new();
     for l in &policy.server_cgroups {
-        let id = add("bind", format!("{} may bind and connect", l.value), l.origin.to_string());
+        let id = add(
+            "bind",
+            format!("{} may bind and connect", l.value),
+            l.origin.to_string(),
+        );
         let g = grants.entry(l.value.clone()).or_insert((0, id));
         g.0 |= CG_MAY_BIND | CG_MAY_CONNECT;
     }
     for l in &policy.local_allow {
-        let id = add("local", format!("{} may connect", l.value), l.origin.to_string());
+        let id = add(
+            "local",
+            format!("{} may connect", l.value),
+            l.origin.to_string(),
+        );
         grants.entry(l.value.clone()).or_insert((0, id)).0 |= CG_MAY_CONNECT;
     }
     // The kernel matches the deepest listed cgroup, so fold ancestors' flags in.
@@ -125,7 +160,11 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
                 .iter()
                 .filter(|(other, _)| other.covers(path))
                 .fold(flags, |acc, (_, (f, _))| acc | f);
-            CgroupGrant { cgroup: path.clone(), flags: inherited, rule_id }
+            CgroupGrant {
+                cgroup: path.clone(),
+                flags: inherited,
+                rule_id,
+            }
         })
         .collect();
 
@@ -135,7 +174,13 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
         for r in &e.allow {
             let id = add(
                 "egress",
-                format!("{} may reach {} {}{}", e.cgroup, r.net, r.proto, ports_text(&r.ports)),
+                format!(
+                    "{} may reach {} {}{}",
+                    e.cgroup,
+                    r.net,
+                    r.proto,
+                    ports_text(&r.ports)
+                ),
                 r.origin.to_string(),
             );
             let protos = match r.proto {
@@ -151,7 +196,12 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
             for (lo, hi) in ranges {
                 port_rules.push((
                     r.net,
-                    PortRule { rule_id: id, port_lo: lo, port_hi: hi, protos },
+                    PortRule {
+                        rule_id: id,
+                        port_lo: lo,
+                        port_hi: hi,
+                        protos,
+                    },
                     r.origin.to_string(),
                 ));
             }
@@ -190,7 +240,10 @@ fn fold_egress(
             .map(|(_, r, _)| *r)
             .collect();
         if covering.len() > EGRESS_RULES_PER_PREFIX {
-            let origin = rules.iter().find(|(n, _, _)| mapped(*n) == net).map(|r| r.2.clone());
+            let origin = rules
+                .iter()
+                .find(|(n, _, _)| mapped(*n) == net)
+                .map(|r| r.2.clone());
             return Err(CompileError::TooManyEgressRules {
                 origin: origin.unwrap_or_default(),
                 cgroup: cgroup.to_string(),
@@ -199,9 +252,15 @@ fn fold_egress(
                 max: EGRESS_RULES_PER_PREFIX,
             });
         }
-        prefixes.push(EgressPrefix { net: unmapped(net), rules: covering });
+        prefixes.push(EgressPrefix {
+            net: unmapped(net),
+            rules: covering,
+        });
     }
-    Ok(CompiledEgress { cgroup: cgroup.clone(), prefixes })
+    Ok(CompiledEgress {
+        cgroup: cgroup.clone(),
+        prefixes,
+    })
 }
 
 /// IPv4 networks as IPv4-mapped IPv6, the form the kernel maps use.
@@ -239,7 +298,13 @@ fn ports_text(ports: &[warden_policy::PortRange]) -> String {
     }
     let list: Vec<String> = ports
         .iter()
-        .map(|p| if p.lo == p.hi { p.lo.to_string() } else { format!("{}-{}", p.lo, p.hi) })
+        .map(|p| {
+            if p.lo == p.hi {
+                p.lo.to_string()
+            } else {
+                format!("{}-{}", p.lo, p.hi)
+            }
+        })
         .collect();
     format!(" port {}", list.join(","))
 }
@@ -281,7 +346,13 @@ allow_cgroups = ["a/b", "c"]
 "#,
         ))
         .unwrap();
-        let flags = |p: &str| c.cgroups.iter().find(|g| g.cgroup.as_str() == p).unwrap().flags;
+        let flags = |p: &str| {
+            c.cgroups
+                .iter()
+                .find(|g| g.cgroup.as_str() == p)
+                .unwrap()
+                .flags
+        };
         assert_eq!(flags("a"), CG_MAY_BIND | CG_MAY_CONNECT);
         assert_eq!(flags("a/b"), CG_MAY_BIND | CG_MAY_CONNECT);
         assert_eq!(flags("c"), CG_MAY_CONNECT);
@@ -309,7 +380,11 @@ proto = "tcp"
         .unwrap();
         let e = &c.egress[0];
         assert_eq!(e.prefixes.len(), 2);
-        let narrow = e.prefixes.iter().find(|p| p.net.prefix_len() == 16).unwrap();
+        let narrow = e
+            .prefixes
+            .iter()
+            .find(|p| p.net.prefix_len() == 16)
+            .unwrap();
         assert_eq!(narrow.rules.len(), 3, "the /8 rule covers the /16 too");
         let wide = e.prefixes.iter().find(|p| p.net.prefix_len() == 8).unwrap();
         assert_eq!(wide.rules.len(), 1);
@@ -336,7 +411,11 @@ allow = ["198.51.100.7"]
         for (i, r) in c.rules.iter().enumerate() {
             assert_eq!(r.id as usize, i);
         }
-        assert!(c.ingress.iter().all(|e| c.rules[e.rule_id as usize].kind == "ingress"));
+        assert!(
+            c.ingress
+                .iter()
+                .all(|e| c.rules[e.rule_id as usize].kind == "ingress")
+        );
     }
 
     #[test]
@@ -345,9 +424,15 @@ allow = ["198.51.100.7"]
             "version = 1\n[service]\nports = [11434]\nserver_cgroups = [\"s\"]\n[[egress]]\ncgroup = \"s\"\n",
         );
         for p in 0..9 {
-            text += &format!("[[egress.allow]]\nnet = \"10.0.0.0/8\"\nports = [{}]\n", 100 + p);
+            text += &format!(
+                "[[egress.allow]]\nnet = \"10.0.0.0/8\"\nports = [{}]\n",
+                100 + p
+            );
         }
         let err = compile(&policy(&text)).unwrap_err();
-        assert!(matches!(err, CompileError::TooManyEgressRules { count: 9, .. }), "{err}");
+        assert!(
+            matches!(err, CompileError::TooManyEgressRules { count: 9, .. }),
+            "{err}"
+        );
     }
 }

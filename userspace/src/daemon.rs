@@ -74,7 +74,13 @@ pub fn load_policy(paths: &[PathBuf]) -> Result<(Policy, Compiled), DaemonError>
         warden_policy::embedded_default()
     } else {
         warden_policy::load_paths(paths).map_err(|diags| {
-            DaemonError::Policy(diags.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))
+            DaemonError::Policy(
+                diags
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            )
         })?
     };
     let compiled = compile(&policy).map_err(|e| DaemonError::Policy(e.to_string()))?;
@@ -88,7 +94,10 @@ impl Sink {
         Ok(Self(match spec {
             "-" | "stdout" => Box::new(std::io::BufWriter::new(std::io::stdout())),
             path => Box::new(std::io::BufWriter::new(
-                std::fs::OpenOptions::new().create(true).append(true).open(path)?,
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
             )),
         }))
     }
@@ -132,7 +141,10 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let mut state = DaemonState::new(&opts, &policy, &current, &applied, &attachments);
     state.write(&opts.run_dir)?;
     print_summary(&policy, &current, &applied, &attachments);
-    sink.emit(&lifecycle("start", json!({ "backend": "ebpf", "attachments": attachments })));
+    sink.emit(&lifecycle(
+        "start",
+        json!({ "backend": "ebpf", "attachments": attachments }),
+    ));
     sink.emit(&applied_event(&current, &applied, &policy));
     let mut resolved = applied.resolved_ids.clone();
 
@@ -140,8 +152,9 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         DaemonError::Unsupported("the eBPF object has no EVENTS ring buffer".into())
     })?;
     // SAFETY: the ring buffer owns its map fd and keeps it open until dropped.
-    let mut events = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-        .map_err(|e| DaemonError::Io(e.into()))?;
+    let mut events =
+        unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| DaemonError::Io(e.into()))?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -208,11 +221,17 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         }
     }
     drain(events.get_mut(), &current, &mut sink, usize::MAX);
-    sink.emit(&lifecycle("stop", json!({ "enforcement": "stays pinned; `warden down` removes it" })));
+    sink.emit(&lifecycle(
+        "stop",
+        json!({ "enforcement": "stays pinned; `warden down` removes it" }),
+    ));
     Ok(())
 }
 
-fn reload(opts: &Options, backend: &mut EbpfBackend) -> Result<(Policy, Compiled, Applied), DaemonError> {
+fn reload(
+    opts: &Options,
+    backend: &mut EbpfBackend,
+) -> Result<(Policy, Compiled, Applied), DaemonError> {
     let (policy, compiled) = load_policy(&opts.policy)?;
     let generation = backend.maps.generation()? + 1;
     let applied = backend.apply(&compiled, generation)?;
@@ -234,7 +253,10 @@ fn drain(ring: &mut RingBuf<MapData>, compiled: &Compiled, sink: &mut Sink, max:
         }
         // SAFETY: the kernel wrote a whole FlowEvent; read unaligned as plain data.
         let ev: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-        let rule = compiled.rules.get(ev.rule_id as usize).map(|r| r.description.as_str());
+        let rule = compiled
+            .rules
+            .get(ev.rule_id as usize)
+            .map(|r| r.description.as_str());
         sink.write(&flow_json(&ev, rule));
     }
     n
@@ -253,32 +275,67 @@ fn applied_event(compiled: &Compiled, applied: &Applied, policy: &Policy) -> Val
 }
 
 fn print_summary(policy: &Policy, c: &Compiled, applied: &Applied, attachments: &[Attachment]) {
-    let sources: Vec<String> = policy.sources.iter().map(|p| p.display().to_string()).collect();
-    eprintln!("warden: enforcing policy generation {} ({}) from {}", applied.generation, c.digest, sources.join(", "));
+    let sources: Vec<String> = policy
+        .sources
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    eprintln!(
+        "warden: enforcing policy generation {} ({}) from {}",
+        applied.generation,
+        c.digest,
+        sources.join(", ")
+    );
     eprintln!("  protected ports: {:?}", c.ports);
-    let remote: Vec<String> = c.ingress.iter().map(|e| format!("{}→{}", e.net, e.port)).collect();
+    let remote: Vec<String> = c
+        .ingress
+        .iter()
+        .map(|e| format!("{}→{}", e.net, e.port))
+        .collect();
     eprintln!(
         "  remote sources allowed: {}",
-        if remote.is_empty() { "none (local access only)".to_owned() } else { remote.join(", ") }
+        if remote.is_empty() {
+            "none (local access only)".to_owned()
+        } else {
+            remote.join(", ")
+        }
     );
     for g in &c.cgroups {
-        let what = if g.flags & warden_common::CG_MAY_BIND != 0 { "bind+connect" } else { "connect" };
+        let what = if g.flags & warden_common::CG_MAY_BIND != 0 {
+            "bind+connect"
+        } else {
+            "connect"
+        };
         eprintln!("  local cgroup {} may {what}", g.cgroup);
     }
     for e in &c.egress {
-        eprintln!("  egress of {} limited to {} prefix(es)", e.cgroup, e.prefixes.len());
+        eprintln!(
+            "  egress of {} limited to {} prefix(es)",
+            e.cgroup,
+            e.prefixes.len()
+        );
     }
     for u in &applied.unresolved {
         eprintln!("  note: cgroup {u} does not exist yet; granted as soon as it appears");
     }
     for a in attachments {
-        eprintln!("  {} on {}: {}{}", a.program, a.target, a.state, a.mode.map(|m| format!(" ({m})")).unwrap_or_default());
+        eprintln!(
+            "  {} on {}: {}{}",
+            a.program,
+            a.target,
+            a.state,
+            a.mode.map(|m| format!(" ({m})")).unwrap_or_default()
+        );
     }
 }
 
 /// Tells systemd (Type=notify) that enforcement is attached.
 fn notify_ready() {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
-    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else { return };
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
     let _ = sock.send_to(b"READY=1", PathBuf::from(path));
 }

@@ -47,11 +47,17 @@ pub fn addr(bytes: [u8; 16], family: u16) -> IpAddr {
 
 /// CLOCK_BOOTTIME nanoseconds to Unix milliseconds.
 pub fn boot_ns_to_unix_ms(ts_ns: u64) -> u64 {
-    let mut boot = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut boot = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out-parameter.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut boot) };
     let boot_now = boot.tv_sec as u64 * 1_000_000_000 + boot.tv_nsec as u64;
-    let wall_now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+    let wall_now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64;
     (wall_now.saturating_sub(boot_now.saturating_sub(ts_ns))) / 1_000_000
 }
 
@@ -81,7 +87,10 @@ pub fn flow_json(ev: &FlowEvent, rule: Option<&str>) -> Value {
         o.insert("rule".into(), rule.into());
     }
     if ev.hook == hook::XDP {
-        o.insert("src_addr".into(), addr(ev.saddr, ev.family).to_string().into());
+        o.insert(
+            "src_addr".into(),
+            addr(ev.saddr, ev.family).to_string().into(),
+        );
         o.insert("src_port".into(), ev.sport.into());
         o.insert("ifindex".into(), ev.ifindex.into());
     } else {

@@ -32,12 +32,23 @@ pub struct StateRule {
 
 impl From<&RuleInfo> for StateRule {
     fn from(r: &RuleInfo) -> Self {
-        Self { id: r.id, kind: r.kind.into(), description: r.description.clone(), origin: r.origin.clone() }
+        Self {
+            id: r.id,
+            kind: r.kind.into(),
+            description: r.description.clone(),
+            origin: r.origin.clone(),
+        }
     }
 }
 
 impl DaemonState {
-    pub fn new(opts: &Options, policy: &Policy, c: &Compiled, applied: &Applied, att: &[Attachment]) -> Self {
+    pub fn new(
+        opts: &Options,
+        policy: &Policy,
+        c: &Compiled,
+        applied: &Applied,
+        att: &[Attachment],
+    ) -> Self {
         let mut s = Self {
             pid: std::process::id(),
             backend: "ebpf".into(),
@@ -47,7 +58,10 @@ impl DaemonState {
             sources: Vec::new(),
             ports: Vec::new(),
             rules: Vec::new(),
-            attachments: att.iter().filter_map(|a| serde_json::to_value(a).ok()).collect(),
+            attachments: att
+                .iter()
+                .filter_map(|a| serde_json::to_value(a).ok())
+                .collect(),
             unresolved_cgroups: Vec::new(),
         };
         s.policy_applied(policy, c, applied);
@@ -57,7 +71,11 @@ impl DaemonState {
     pub fn policy_applied(&mut self, policy: &Policy, c: &Compiled, applied: &Applied) {
         self.generation = applied.generation;
         self.digest = c.digest.clone();
-        self.sources = policy.sources.iter().map(|p| p.display().to_string()).collect();
+        self.sources = policy
+            .sources
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
         self.ports = c.ports.clone();
         self.rules = c.rules.iter().map(StateRule::from).collect();
         self.unresolved_cgroups = applied.unresolved.clone();
@@ -66,7 +84,10 @@ impl DaemonState {
     pub fn write(&self, run_dir: &Path) -> std::io::Result<()> {
         std::fs::create_dir_all(run_dir)?;
         let tmp = run_dir.join("state.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?,
+        )?;
         std::fs::rename(tmp, run_dir.join("state.json"))
     }
 

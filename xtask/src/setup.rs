@@ -86,8 +86,14 @@ fn rust_src() -> Result<String> {
     if src.exists() {
         return Ok("present".into());
     }
-    cmd::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
-        .context("could not add rust-src; it needs network access to static.rust-lang.org")?;
+    cmd::run(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))
+    .context("could not add rust-src; it needs network access to static.rust-lang.org")?;
     Ok("installed".into())
 }
 
@@ -123,7 +129,12 @@ fn bpf_linker() -> Result<String> {
             .args(["--features", &format!("llvm-{major}")])
             .env("LLVM_PREFIX", &prefix),
     )
-    .with_context(|| format!("building bpf-linker against LLVM {llvm} from {}", lib.display()))?;
+    .with_context(|| {
+        format!(
+            "building bpf-linker against LLVM {llvm} from {}",
+            lib.display()
+        )
+    })?;
     Ok(format!("built against LLVM {llvm}"))
 }
 
@@ -141,7 +152,9 @@ fn find_libllvm(dir: &Path) -> Result<PathBuf> {
 fn cargo_home() -> PathBuf {
     std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo"))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo")
+        })
 }
 
 fn bpffs() -> Result<String> {

@@ -21,14 +21,26 @@ pub fn run(setup: bool, filter: Option<&str>) -> Result<()> {
         })
         && record("clippy", &mut || {
             cmd::run(cmd::cargo().args([
-                "clippy", "--workspace", "--all-targets", "--exclude", "warden-ebpf", "--",
-                "-D", "warnings",
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--exclude",
+                "warden-ebpf",
+                "--",
+                "-D",
+                "warnings",
             ]))
         })
         && record("unit tests", &mut || cmd::run(cmd::cargo().arg("test")))
         && record("integration tests", &mut || {
             let mut c = cmd::cargo();
-            c.args(["test", "--package", "warden-tests", "--", "--test-threads=2"]);
+            c.args([
+                "test",
+                "--package",
+                "warden-tests",
+                "--",
+                "--test-threads=2",
+            ]);
             if let Some(f) = filter {
                 c.arg(f);
             }
@@ -36,7 +48,11 @@ pub fn run(setup: bool, filter: Option<&str>) -> Result<()> {
         });
     println!("\n== xtask test summary ==");
     for (name, passed, secs) in &results {
-        println!("  {:<18} {:<4} {secs:>7.1}s", name, if *passed { "ok" } else { "FAIL" });
+        println!(
+            "  {:<18} {:<4} {secs:>7.1}s",
+            name,
+            if *passed { "ok" } else { "FAIL" }
+        );
     }
     if !ok {
         bail!("tests failed");

@@ -15,10 +15,13 @@ use std::path::{Path, PathBuf};
 use warden_common::CgroupRule;
 
 /// The object built from the `warden-ebpf` crate by build.rs.
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/warden-ebpf"));
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/warden-ebpf"));
 
 /// cgroup programs, attached at the attach cgroup (the cgroup2 root by default).
-pub const CGROUP_PROGRAMS: [&str; 6] = ["connect4", "connect6", "sendmsg4", "sendmsg6", "bind4", "bind6"];
+pub const CGROUP_PROGRAMS: [&str; 6] = [
+    "connect4", "connect6", "sendmsg4", "sendmsg6", "bind4", "bind6",
+];
 const XDP_PROGRAM: &str = "xdp_ingress";
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
@@ -74,20 +77,44 @@ impl EbpfBackend {
     pub fn open(opts: &Options) -> Result<Self, EnforceError> {
         ensure_bpffs(&opts.pin_dir)?;
         let links = opts.pin_dir.join("links");
-        std::fs::create_dir_all(&links).map_err(|e| EnforceError::Io { path: links.clone(), source: e })?;
+        std::fs::create_dir_all(&links).map_err(|e| EnforceError::Io {
+            path: links.clone(),
+            source: e,
+        })?;
         let cgroup2 = cgroupfs::cgroup2_mount()?;
-        let attach_cgroup = opts.attach_cgroup.clone().unwrap_or_else(|| cgroup2.clone());
-        let mut ebpf = EbpfLoader::new().default_map_pin_directory(&opts.pin_dir).load(EBPF_OBJECT)?;
+        let attach_cgroup = opts
+            .attach_cgroup
+            .clone()
+            .unwrap_or_else(|| cgroup2.clone());
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&opts.pin_dir)
+            .load(EBPF_OBJECT)?;
         let maps = Maps::from_source(|name| {
-            ebpf.take_map(name).ok_or_else(|| EnforceError::Bpffs(format!("object has no map {name}")))
+            ebpf.take_map(name)
+                .ok_or_else(|| EnforceError::Bpffs(format!("object has no map {name}")))
         })?;
-        let events = ebpf.take_map("EVENTS").map(RingBuf::try_from).transpose().map_err(|e| {
-            EnforceError::Map { name: "EVENTS".into(), source: e }
-        })?;
-        let backend = Self { ebpf, maps, events, pin_dir: opts.pin_dir.clone(), cgroup2, attach_cgroup };
+        let events = ebpf
+            .take_map("EVENTS")
+            .map(RingBuf::try_from)
+            .transpose()
+            .map_err(|e| EnforceError::Map {
+                name: "EVENTS".into(),
+                source: e,
+            })?;
+        let backend = Self {
+            ebpf,
+            maps,
+            events,
+            pin_dir: opts.pin_dir.clone(),
+            cgroup2,
+            attach_cgroup,
+        };
         let abi = backend.maps.abi()?;
         if abi != 0 && abi != warden_common::ABI_VERSION {
-            return Err(EnforceError::AbiMismatch { pinned: abi, ours: warden_common::ABI_VERSION });
+            return Err(EnforceError::AbiMismatch {
+                pinned: abi,
+                ours: warden_common::ABI_VERSION,
+            });
         }
         Ok(backend)
     }
@@ -119,17 +146,27 @@ impl EbpfBackend {
             .filter_map(|g| {
                 resolve(g.cgroup.as_str()).map(|cgroup_id| ResolvedGrant {
                     cgroup_id,
-                    rule: CgroupRule { flags: g.flags, rule_id: g.rule_id },
+                    rule: CgroupRule {
+                        flags: g.flags,
+                        rule_id: g.rule_id,
+                    },
                 })
             })
             .collect();
         let egress: Vec<ResolvedEgress> = compiled
             .egress
             .iter()
-            .map(|e| ResolvedEgress { cgroup_id: resolve(e.cgroup.as_str()) })
+            .map(|e| ResolvedEgress {
+                cgroup_id: resolve(e.cgroup.as_str()),
+            })
             .collect();
         let slot = self.maps.swap_in(compiled, &grants, &egress, generation)?;
-        Ok(Applied { generation, slot, unresolved, resolved_ids })
+        Ok(Applied {
+            generation,
+            slot,
+            unresolved,
+            resolved_ids,
+        })
     }
 
     /// The cgroup ids the policy's cgroups resolve to now (to detect creation).
@@ -150,10 +187,18 @@ impl EbpfBackend {
             let pin = self.pin_dir.join("links").join(name);
             let target = self.attach_cgroup.display().to_string();
             if PinnedLink::from_pin(&pin).is_ok() {
-                out.push(Attachment { program: name.into(), target, state: "adopted", mode: None });
+                out.push(Attachment {
+                    program: name.into(),
+                    target,
+                    state: "adopted",
+                    mode: None,
+                });
                 continue;
             }
-            let perr = |e| EnforceError::Program { name: name.into(), source: e };
+            let perr = |e| EnforceError::Program {
+                name: name.into(),
+                source: e,
+            };
             let prog: &mut CgroupSockAddr = self
                 .ebpf
                 .program_mut(name)
@@ -161,16 +206,31 @@ impl EbpfBackend {
                 .try_into()
                 .map_err(perr)?;
             prog.load().map_err(perr)?;
-            let cgroup = std::fs::File::open(&self.attach_cgroup)
-                .map_err(|e| EnforceError::Io { path: self.attach_cgroup.clone(), source: e })?;
+            let cgroup =
+                std::fs::File::open(&self.attach_cgroup).map_err(|e| EnforceError::Io {
+                    path: self.attach_cgroup.clone(),
+                    source: e,
+                })?;
             // Through a bpf link (5.7+) the attachment always coexists with other
             // programs (multi-attach); link_create rejects attach flags, so pass none.
-            let id = prog.attach(&cgroup, CgroupAttachMode::Single).map_err(perr)?;
+            let id = prog
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(perr)?;
             let link = FdLink::try_from(prog.take_link(id).map_err(perr)?).map_err(|e| {
-                EnforceError::Bpffs(format!("{name}: the kernel has no bpf links for cgroups: {e}"))
+                EnforceError::Bpffs(format!(
+                    "{name}: the kernel has no bpf links for cgroups: {e}"
+                ))
             })?;
-            link.pin(&pin).map_err(|e| EnforceError::Pin { path: pin.clone(), source: e })?;
-            out.push(Attachment { program: name.into(), target, state: "attached", mode: None });
+            link.pin(&pin).map_err(|e| EnforceError::Pin {
+                path: pin.clone(),
+                source: e,
+            })?;
+            out.push(Attachment {
+                program: name.into(),
+                target,
+                state: "attached",
+                mode: None,
+            });
         }
         Ok(out)
     }
@@ -184,7 +244,11 @@ impl EbpfBackend {
         let wanted: Vec<(u32, String)> = current
             .into_iter()
             .filter(|(_, name)| {
-                if compiled.all_interfaces() { name != "lo" } else { compiled.interfaces.contains(name) }
+                if compiled.all_interfaces() {
+                    name != "lo"
+                } else {
+                    compiled.interfaces.contains(name)
+                }
             })
             .collect();
         for name in &compiled.interfaces {
@@ -200,16 +264,29 @@ impl EbpfBackend {
         for (path, ifindex, name) in pinned_xdp_links(&links) {
             if !wanted.iter().any(|(i, n)| *i == ifindex && *n == name) {
                 let _ = std::fs::remove_file(&path);
-                out.push(Attachment { program: XDP_PROGRAM.into(), target: name, state: "detached", mode: None });
+                out.push(Attachment {
+                    program: XDP_PROGRAM.into(),
+                    target: name,
+                    state: "detached",
+                    mode: None,
+                });
             }
         }
         for (ifindex, name) in wanted {
             let pin = links.join(format!("xdp-{ifindex}-{name}"));
             if PinnedLink::from_pin(&pin).is_ok() {
-                out.push(Attachment { program: XDP_PROGRAM.into(), target: name, state: "adopted", mode: None });
+                out.push(Attachment {
+                    program: XDP_PROGRAM.into(),
+                    target: name,
+                    state: "adopted",
+                    mode: None,
+                });
                 continue;
             }
-            let perr = |e| EnforceError::Program { name: XDP_PROGRAM.into(), source: e };
+            let perr = |e| EnforceError::Program {
+                name: XDP_PROGRAM.into(),
+                source: e,
+            };
             let prog: &mut Xdp = self
                 .ebpf
                 .program_mut(XDP_PROGRAM)
@@ -222,18 +299,30 @@ impl EbpfBackend {
             let (id, mode) = match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
                 Ok(id) => (id, "native"),
                 Err(_) => (
-                    prog.attach_to_if_index(ifindex, XdpMode::Skb).map_err(|e| EnforceError::Interface {
-                        iface: name.clone(),
-                        reason: format!("cannot attach XDP (another XDP program?): {e}"),
-                    })?,
+                    prog.attach_to_if_index(ifindex, XdpMode::Skb)
+                        .map_err(|e| EnforceError::Interface {
+                            iface: name.clone(),
+                            reason: format!("cannot attach XDP (another XDP program?): {e}"),
+                        })?,
                     "generic",
                 ),
             };
             let link = FdLink::try_from(prog.take_link(id).map_err(perr)?).map_err(|e| {
-                EnforceError::Interface { iface: name.clone(), reason: format!("no bpf link support: {e}") }
+                EnforceError::Interface {
+                    iface: name.clone(),
+                    reason: format!("no bpf link support: {e}"),
+                }
             })?;
-            link.pin(&pin).map_err(|e| EnforceError::Pin { path: pin.clone(), source: e })?;
-            out.push(Attachment { program: XDP_PROGRAM.into(), target: name, state: "attached", mode: Some(mode) });
+            link.pin(&pin).map_err(|e| EnforceError::Pin {
+                path: pin.clone(),
+                source: e,
+            })?;
+            out.push(Attachment {
+                program: XDP_PROGRAM.into(),
+                target: name,
+                state: "attached",
+                mode: Some(mode),
+            });
         }
         Ok(out)
     }
@@ -250,7 +339,9 @@ pub fn interfaces() -> Vec<(u32, String)> {
         }
         let mut p = list;
         while (*p).if_index != 0 {
-            let name = std::ffi::CStr::from_ptr((*p).if_name).to_string_lossy().into_owned();
+            let name = std::ffi::CStr::from_ptr((*p).if_name)
+                .to_string_lossy()
+                .into_owned();
             out.push(((*p).if_index, name));
             p = p.add(1);
         }
@@ -261,7 +352,9 @@ pub fn interfaces() -> Vec<(u32, String)> {
 
 /// Pinned XDP links: `(path, ifindex, interface name)`.
 pub fn pinned_xdp_links(links: &Path) -> Vec<(PathBuf, u32, String)> {
-    let Ok(dir) = std::fs::read_dir(links) else { return Vec::new() };
+    let Ok(dir) = std::fs::read_dir(links) else {
+        return Vec::new();
+    };
     dir.filter_map(|e| {
         let e = e.ok()?;
         let file = e.file_name().into_string().ok()?;
@@ -275,9 +368,14 @@ fn ensure_bpffs(pin_dir: &Path) -> Result<(), EnforceError> {
     let parent = pin_dir.parent().unwrap_or(Path::new("/"));
     if !is_bpffs(parent) {
         if parent != Path::new("/sys/fs/bpf") {
-            return Err(EnforceError::Bpffs(format!("{} is not on a bpf filesystem", parent.display())));
+            return Err(EnforceError::Bpffs(format!(
+                "{} is not on a bpf filesystem",
+                parent.display()
+            )));
         }
-        let rc = std::process::Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]).status();
+        let rc = std::process::Command::new("mount")
+            .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+            .status();
         if !rc.is_ok_and(|s| s.success()) || !is_bpffs(parent) {
             return Err(EnforceError::Bpffs(
                 "bpffs is not mounted at /sys/fs/bpf and mounting it failed; run `mount -t bpf bpf /sys/fs/bpf`".into(),
@@ -289,7 +387,9 @@ fn ensure_bpffs(pin_dir: &Path) -> Result<(), EnforceError> {
 
 pub fn is_bpffs(path: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return false };
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
     // SAFETY: valid C string and a zeroed out-parameter.
     unsafe {
         let mut st: libc::statfs = std::mem::zeroed();
@@ -313,14 +413,20 @@ pub fn down(pin_dir: &Path) -> Result<Vec<String>, EnforceError> {
         for e in std::fs::read_dir(&links).map_err(io(&links))? {
             let p = e.map_err(io(&links))?.path();
             std::fs::remove_file(&p).map_err(io(&p))?;
-            removed.push(format!("link {}", p.file_name().unwrap_or_default().to_string_lossy()));
+            removed.push(format!(
+                "link {}",
+                p.file_name().unwrap_or_default().to_string_lossy()
+            ));
         }
         std::fs::remove_dir(&links).map_err(io(&links))?;
     }
     for e in std::fs::read_dir(pin_dir).map_err(io(pin_dir))? {
         let p = e.map_err(io(pin_dir))?.path();
         std::fs::remove_file(&p).map_err(io(&p))?;
-        removed.push(format!("map {}", p.file_name().unwrap_or_default().to_string_lossy()));
+        removed.push(format!(
+            "map {}",
+            p.file_name().unwrap_or_default().to_string_lossy()
+        ));
     }
     std::fs::remove_dir(pin_dir).map_err(io(pin_dir))?;
     Ok(removed)

@@ -7,9 +7,7 @@
 
 use super::EnforceError;
 use crate::compile::{Compiled, lpm_addr};
-use aya::maps::{
-    Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key,
-};
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key};
 use std::path::Path;
 use warden_common::*;
 
@@ -39,12 +37,17 @@ fn typed<T>(map: Map, name: &str) -> Result<T, EnforceError>
 where
     T: TryFrom<Map, Error = aya::maps::MapError>,
 {
-    T::try_from(map).map_err(|e| EnforceError::Map { name: name.into(), source: e })
+    T::try_from(map).map_err(|e| EnforceError::Map {
+        name: name.into(),
+        source: e,
+    })
 }
 
 impl Maps {
     /// Takes the maps out of a loaded object (`take(name)` returns the map).
-    pub fn from_source(mut take: impl FnMut(&str) -> Result<Map, EnforceError>) -> Result<Self, EnforceError> {
+    pub fn from_source(
+        mut take: impl FnMut(&str) -> Result<Map, EnforceError>,
+    ) -> Result<Self, EnforceError> {
         Ok(Self {
             state: typed(take("STATE")?, "STATE")?,
             slot_meta: typed(take("SLOT_META")?, "SLOT_META")?,
@@ -61,8 +64,10 @@ impl Maps {
     /// Opens the maps pinned in `dir` without creating anything.
     pub fn open_pinned(dir: &Path) -> Result<Self, EnforceError> {
         Self::from_source(|name| {
-            let data = MapData::from_pin(dir.join(name))
-                .map_err(|e| EnforceError::Map { name: name.into(), source: e })?;
+            let data = MapData::from_pin(dir.join(name)).map_err(|e| EnforceError::Map {
+                name: name.into(),
+                source: e,
+            })?;
             Ok(match name {
                 "STATE" | "SLOT_META" | "PORTS" => Map::Array(data),
                 "INGRESS" | "EGRESS" => Map::LpmTrie(data),
@@ -73,7 +78,10 @@ impl Maps {
     }
 
     fn get_state(&self, index: u32) -> Result<u32, EnforceError> {
-        self.state.get(&index, 0).map_err(|e| EnforceError::Map { name: "STATE".into(), source: e })
+        self.state.get(&index, 0).map_err(|e| EnforceError::Map {
+            name: "STATE".into(),
+            source: e,
+        })
     }
 
     pub fn active_slot(&self) -> Result<u32, EnforceError> {
@@ -85,7 +93,10 @@ impl Maps {
     }
 
     pub fn slot_meta(&self, slot: u32) -> Result<SlotMeta, EnforceError> {
-        self.slot_meta.get(&slot, 0).map_err(|e| EnforceError::Map { name: "SLOT_META".into(), source: e })
+        self.slot_meta.get(&slot, 0).map_err(|e| EnforceError::Map {
+            name: "SLOT_META".into(),
+            source: e,
+        })
     }
 
     /// The generation in force (0 when nothing was ever applied).
@@ -103,13 +114,19 @@ impl Maps {
     ) -> Result<u32, EnforceError> {
         let abi = self.abi()?;
         if abi != 0 && abi != ABI_VERSION {
-            return Err(EnforceError::AbiMismatch { pinned: abi, ours: ABI_VERSION });
+            return Err(EnforceError::AbiMismatch {
+                pinned: abi,
+                ours: ABI_VERSION,
+            });
         }
         let slot = 1 - self.active_slot()?;
         self.clear_slot(slot)?;
         let err = |name: &str| {
             let name = name.to_owned();
-            move |e| EnforceError::Map { name: name.clone(), source: e }
+            move |e| EnforceError::Map {
+                name: name.clone(),
+                source: e,
+            }
         };
 
         let mut ports = PortBitmap::EMPTY;
@@ -118,20 +135,46 @@ impl Maps {
         }
         for e in &compiled.ingress {
             let (len, addr) = lpm_addr(e.net);
-            let key = IngressKey { slot_port: (slot << 16 | e.port as u32).to_be_bytes(), addr };
+            let key = IngressKey {
+                slot_port: (slot << 16 | e.port as u32).to_be_bytes(),
+                addr,
+            };
             self.ingress
-                .insert(&Key::new(INGRESS_KEY_FIXED_BITS + len, key), IngressRule { rule_id: e.rule_id }, 0)
+                .insert(
+                    &Key::new(INGRESS_KEY_FIXED_BITS + len, key),
+                    IngressRule { rule_id: e.rule_id },
+                    0,
+                )
                 .map_err(err("INGRESS"))?;
         }
         for g in grants {
-            let key = CgroupKey { slot, _pad: 0, cgroup_id: g.cgroup_id };
-            self.cgroups.insert(key, g.rule, 0).map_err(err("CGROUPS"))?;
+            let key = CgroupKey {
+                slot,
+                _pad: 0,
+                cgroup_id: g.cgroup_id,
+            };
+            self.cgroups
+                .insert(key, g.rule, 0)
+                .map_err(err("CGROUPS"))?;
         }
         for (index, (c, r)) in compiled.egress.iter().zip(egress).enumerate() {
-            let Some(cgroup_id) = r.cgroup_id else { continue };
-            let key = CgroupKey { slot, _pad: 0, cgroup_id };
+            let Some(cgroup_id) = r.cgroup_id else {
+                continue;
+            };
+            let key = CgroupKey {
+                slot,
+                _pad: 0,
+                cgroup_id,
+            };
             self.egress_cgroups
-                .insert(key, EgressPolicyRef { policy: index as u32, _pad: 0 }, 0)
+                .insert(
+                    key,
+                    EgressPolicyRef {
+                        policy: index as u32,
+                        _pad: 0,
+                    },
+                    0,
+                )
                 .map_err(err("EGRESS_CGROUPS"))?;
             let tag = (slot << 24 | index as u32).to_be_bytes();
             for p in &c.prefixes {
@@ -140,42 +183,93 @@ impl Maps {
                 entry.rules[..p.rules.len()].copy_from_slice(&p.rules);
                 entry.len = p.rules.len() as u32;
                 self.egress
-                    .insert(&Key::new(EGRESS_KEY_FIXED_BITS + len, EgressKey { slot_policy: tag, addr }), entry, 0)
+                    .insert(
+                        &Key::new(
+                            EGRESS_KEY_FIXED_BITS + len,
+                            EgressKey {
+                                slot_policy: tag,
+                                addr,
+                            },
+                        ),
+                        entry,
+                        0,
+                    )
                     .map_err(err("EGRESS"))?;
             }
         }
         self.ports.set(slot, ports, 0).map_err(err("PORTS"))?;
-        self.slot_meta.set(slot, SlotMeta { generation, flags: 0 }, 0).map_err(err("SLOT_META"))?;
-        self.state.set(STATE_ABI, ABI_VERSION, 0).map_err(err("STATE"))?;
+        self.slot_meta
+            .set(
+                slot,
+                SlotMeta {
+                    generation,
+                    flags: 0,
+                },
+                0,
+            )
+            .map_err(err("SLOT_META"))?;
+        self.state
+            .set(STATE_ABI, ABI_VERSION, 0)
+            .map_err(err("STATE"))?;
         // The flip: one 4-byte array write, seen whole by every program run.
-        self.state.set(STATE_ACTIVE_SLOT, slot, 0).map_err(err("STATE"))?;
+        self.state
+            .set(STATE_ACTIVE_SLOT, slot, 0)
+            .map_err(err("STATE"))?;
         wait_for_running_programs();
         Ok(slot)
     }
 
     fn clear_slot(&mut self, slot: u32) -> Result<(), EnforceError> {
-        let err = |name: &'static str| move |e| EnforceError::Map { name: name.into(), source: e };
-        let keys: Vec<_> = self.ingress.keys().filter_map(Result::ok)
-            .filter(|k: &Key<IngressKey>| { let d = k.data(); u16::from_be_bytes([d.slot_port[0], d.slot_port[1]]) as u32 == slot })
+        let err = |name: &'static str| {
+            move |e| EnforceError::Map {
+                name: name.into(),
+                source: e,
+            }
+        };
+        let keys: Vec<_> = self
+            .ingress
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k: &Key<IngressKey>| {
+                let d = k.data();
+                u16::from_be_bytes([d.slot_port[0], d.slot_port[1]]) as u32 == slot
+            })
             .collect();
         for k in keys {
             self.ingress.remove(&k).map_err(err("INGRESS"))?;
         }
-        let keys: Vec<_> = self.egress.keys().filter_map(Result::ok)
+        let keys: Vec<_> = self
+            .egress
+            .keys()
+            .filter_map(Result::ok)
             .filter(|k: &Key<EgressKey>| (k.data().slot_policy[0] as u32) == slot)
             .collect();
         for k in keys {
             self.egress.remove(&k).map_err(err("EGRESS"))?;
         }
-        let keys: Vec<_> = self.cgroups.keys().filter_map(Result::ok).filter(|k| k.slot == slot).collect();
+        let keys: Vec<_> = self
+            .cgroups
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.slot == slot)
+            .collect();
         for k in keys {
             self.cgroups.remove(&k).map_err(err("CGROUPS"))?;
         }
-        let keys: Vec<_> = self.egress_cgroups.keys().filter_map(Result::ok).filter(|k| k.slot == slot).collect();
+        let keys: Vec<_> = self
+            .egress_cgroups
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.slot == slot)
+            .collect();
         for k in keys {
-            self.egress_cgroups.remove(&k).map_err(err("EGRESS_CGROUPS"))?;
+            self.egress_cgroups
+                .remove(&k)
+                .map_err(err("EGRESS_CGROUPS"))?;
         }
-        self.ports.set(slot, PortBitmap::EMPTY, 0).map_err(err("PORTS"))?;
+        self.ports
+            .set(slot, PortBitmap::EMPTY, 0)
+            .map_err(err("PORTS"))?;
         Ok(())
     }
 

@@ -14,13 +14,29 @@ pub enum EnforceError {
     #[error("loading the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("map {name}: {source}")]
-    Map { name: String, #[source] source: aya::maps::MapError },
+    Map {
+        name: String,
+        #[source]
+        source: aya::maps::MapError,
+    },
     #[error("program {name}: {source}")]
-    Program { name: String, #[source] source: aya::programs::ProgramError },
+    Program {
+        name: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
     #[error("pinning {path}: {source}")]
-    Pin { path: PathBuf, #[source] source: aya::pin::PinError },
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
     #[error("{path}: {source}")]
-    Io { path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
         "pinned state has map layout {pinned}, this warden uses {ours}; run `warden down` first (it stops enforcement) or use the matching warden version"
     )]
