@@ -33,7 +33,15 @@ pub fn run(setup: bool, filter: Option<&str>) -> Result<()> {
         })
         && record("unit tests", &mut || cmd::run(cmd::cargo().arg("test")))
         && record("integration tests", &mut || {
+            if !cmd::is_root() {
+                bail!("the integration tests need root (network namespaces, cgroups, bpffs)");
+            }
+            cmd::run(cmd::cargo().args(["build", "--package", "warden"]))?;
             let mut c = cmd::cargo();
+            c.env(
+                "WARDEN_BIN",
+                cmd::workspace_root().join("target/debug/warden"),
+            );
             c.args([
                 "test",
                 "--package",
