@@ -65,6 +65,12 @@ def handle(words):
         return str(os.getpid())
     if cmd == "close":
         for s in listeners:
+            # shutdown() wakes the thread blocked in accept(); close() alone would
+            # leave the socket listening until that call returns.
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             s.close()
         listeners.clear()
         return "ok"

@@ -14,7 +14,7 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub fn start(lab: &Lab, netns: Option<&str>, policy: &Path) -> Self {
+    pub fn start(lab: &Lab, netns: Option<&str>, policy: &Path, extra: &[&str]) -> Self {
         let n = std::fs::read_dir(&lab.run_dir)
             .map(|d| d.count())
             .unwrap_or(0);
@@ -26,6 +26,8 @@ impl Daemon {
             .arg(&lab.pin_dir)
             .arg("--run-dir")
             .arg(&lab.run_dir)
+            .arg("--nft-table")
+            .arg(&lab.nft_table)
             .arg("daemon")
             .arg("--policy")
             .arg(policy)
@@ -35,6 +37,7 @@ impl Daemon {
             .arg(&events)
             .arg("--rescan-secs")
             .arg("0.2")
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).unwrap());
         enter(&mut cmd, netns, None);

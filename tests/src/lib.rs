@@ -70,6 +70,8 @@ pub struct Lab {
     pub cgroup: PathBuf,
     pub pin_dir: PathBuf,
     pub run_dir: PathBuf,
+    /// The nftables table the lab's daemon owns (never the host's default name).
+    pub nft_table: String,
     netns: Vec<String>,
 }
 
@@ -86,6 +88,7 @@ impl Lab {
         let run_dir = std::env::temp_dir().join(format!("warden-test-{id}"));
         std::fs::create_dir_all(&run_dir).unwrap();
         Self {
+            nft_table: format!("warden_test_{id}"),
             id,
             cgroup,
             pin_dir,
@@ -156,7 +159,12 @@ impl Lab {
 
     /// Starts `warden daemon` in `netns` with the lab's pin dir and cgroup.
     pub fn daemon(&self, netns: Option<&str>, policy: &Path) -> Daemon {
-        Daemon::start(self, netns, policy)
+        Daemon::start(self, netns, policy, &[])
+    }
+
+    /// Like [`Lab::daemon`], with extra `warden daemon` arguments (e.g. the backend).
+    pub fn daemon_with(&self, netns: Option<&str>, policy: &Path, extra: &[&str]) -> Daemon {
+        Daemon::start(self, netns, policy, extra)
     }
 
     /// `warden status --json` for this lab.
@@ -172,6 +180,8 @@ impl Lab {
             .arg(&self.pin_dir)
             .arg("--run-dir")
             .arg(&self.run_dir)
+            .arg("--nft-table")
+            .arg(&self.nft_table)
             .args(args)
             .output()
             .unwrap();
@@ -210,6 +220,8 @@ impl Drop for Lab {
             .arg(&self.pin_dir)
             .arg("--run-dir")
             .arg(&self.run_dir)
+            .arg("--nft-table")
+            .arg(&self.nft_table)
             .arg("down")
             .output();
         let _ = std::fs::remove_dir_all(&self.pin_dir);

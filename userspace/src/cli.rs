@@ -1,7 +1,7 @@
 //! The `warden` command line: argument parsing and dispatch to the library.
 
 use crate::daemon::{self, BackendChoice};
-use crate::enforce::{ebpf, maps::Maps};
+use crate::enforce::{ebpf, maps::Maps, nft::NftBackend};
 use crate::state::DaemonState;
 use clap::{Parser, Subcommand};
 use serde_json::json;
@@ -32,6 +32,9 @@ pub struct Cli {
         default_value = "/run/ollama-warden"
     )]
     run_dir: PathBuf,
+    /// The nftables table warden owns (nft backend).
+    #[arg(long, global = true, default_value = crate::enforce::nft::DEFAULT_TABLE)]
+    nft_table: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -109,6 +112,7 @@ pub fn main() -> i32 {
                     pin_dir: cli.pin_dir,
                     attach_cgroup,
                 },
+                nft_table: cli.nft_table,
                 events,
                 run_dir: cli.run_dir,
                 rescan: Duration::from_secs_f64(rescan_secs.max(0.05)),
@@ -127,8 +131,8 @@ pub fn main() -> i32 {
                 }
             }
         }
-        Command::Status { json } => status(&cli.pin_dir, &cli.run_dir, json),
-        Command::Down => down(&cli.pin_dir, &cli.run_dir),
+        Command::Status { json } => status(&cli.pin_dir, &cli.run_dir, &cli.nft_table, json),
+        Command::Down => down(&cli.pin_dir, &cli.run_dir, &cli.nft_table),
     }
 }
 
@@ -178,7 +182,7 @@ fn policy_show(paths: &[PathBuf], compiled: bool) -> i32 {
     }
 }
 
-fn status(pin_dir: &Path, run_dir: &Path, as_json: bool) -> i32 {
+fn status(pin_dir: &Path, run_dir: &Path, nft_table: &str, as_json: bool) -> i32 {
     let state = DaemonState::read(run_dir);
     let daemon_running = state.as_ref().is_some_and(|s| process_is_warden(s.pid));
     let maps = Maps::open_pinned(pin_dir).ok();
@@ -212,6 +216,29 @@ fn status(pin_dir: &Path, run_dir: &Path, as_json: bool) -> i32 {
             "malformed_dropped": Maps::sum(&m.stats, stat::MALFORMED),
             "fragments_passed": Maps::sum(&m.stats, stat::FRAGMENTS_PASSED),
         });
+        report["rules"] = json!(rules);
+    }
+    let nft_counters = NftBackend::counters(nft_table);
+    if maps.is_none() && !nft_counters.is_empty() {
+        let hits = |id: u32| {
+            nft_counters
+                .iter()
+                .find(|(i, _)| *i == id)
+                .map(|c| c.1)
+                .unwrap_or(0)
+        };
+        report["enforcing"] = json!(true);
+        report["backend"] = json!("nft");
+        report["nft_table"] = json!(format!("inet {nft_table}"));
+        report["not_enforced"] = json!(crate::enforce::nft::GAPS);
+        report["generation"] = json!(
+            NftBackend::open(nft_table)
+                .map(|b| b.generation())
+                .unwrap_or(0)
+        );
+        let rules: Vec<_> = state.as_ref().map(|s| s.rules.iter().map(|r| json!({
+            "id": r.id, "kind": r.kind, "description": r.description, "origin": r.origin, "hits": hits(r.id),
+        })).collect()).unwrap_or_default();
         report["rules"] = json!(rules);
     }
     if let Some(s) = &state {
@@ -273,7 +300,7 @@ fn process_is_warden(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "warden")
 }
 
-fn down(pin_dir: &Path, run_dir: &Path) -> i32 {
+fn down(pin_dir: &Path, run_dir: &Path, nft_table: &str) -> i32 {
     if let Some(state) = DaemonState::read(run_dir)
         && process_is_warden(state.pid)
     {
@@ -287,6 +314,11 @@ fn down(pin_dir: &Path, run_dir: &Path) -> i32 {
         }
     }
     let _ = std::fs::remove_file(run_dir.join("state.json"));
+    match NftBackend::down(nft_table) {
+        Ok(true) => println!("nftables table inet {nft_table} deleted"),
+        Ok(false) => {}
+        Err(e) => eprintln!("warden down: {e}"),
+    }
     match ebpf::down(pin_dir) {
         Ok(removed) if removed.is_empty() => {
             println!("nothing pinned in {}", pin_dir.display());

@@ -8,6 +8,8 @@
 
 use crate::compile::{Compiled, compile};
 use crate::enforce::ebpf::{self, Applied, Attachment, EbpfBackend};
+use crate::enforce::nft::NftBackend;
+use crate::enforce::{Backend, EnforceError};
 use crate::events::{flow_json, lifecycle};
 use crate::state::DaemonState;
 use aya::maps::{MapData, RingBuf};
@@ -61,6 +63,8 @@ pub struct Options {
     pub policy: Vec<PathBuf>,
     pub backend: BackendChoice,
     pub ebpf: ebpf::Options,
+    /// The nftables table the nft backend owns.
+    pub nft_table: String,
     /// Where events go: `-`/`stdout` or a file path (appended).
     pub events: String,
     pub run_dir: PathBuf,
@@ -123,38 +127,74 @@ impl Sink {
     }
 }
 
+/// Starts the chosen backend: policy swapped in first, then attached.
+fn start_backend(
+    opts: &Options,
+    compiled: &Compiled,
+    sink: &mut Sink,
+) -> Result<(Backend, Applied, Vec<Attachment>), DaemonError> {
+    let ebpf = || -> Result<_, EnforceError> {
+        let mut b = Backend::Ebpf(EbpfBackend::open(&opts.ebpf)?);
+        let applied = b.apply_next(compiled)?;
+        let attachments = b.attach(compiled)?;
+        Ok((b, applied, attachments))
+    };
+    let nft = || -> Result<_, EnforceError> {
+        let mut b = Backend::Nft(NftBackend::open(&opts.nft_table)?);
+        let applied = b.apply_next(compiled)?;
+        Ok((b, applied, Vec::new()))
+    };
+    Ok(match opts.backend {
+        BackendChoice::Ebpf => ebpf()?,
+        BackendChoice::Nft => nft()?,
+        BackendChoice::Auto => match ebpf() {
+            Ok(started) => started,
+            Err(e) => {
+                let why = crate::cli::error_chain(&e);
+                eprintln!(
+                    "warden: WARNING: eBPF enforcement unavailable ({why}); falling back to nftables"
+                );
+                sink.emit(&lifecycle(
+                    "backend_fallback",
+                    json!({ "from": "ebpf", "to": "nft", "error": why }),
+                ));
+                nft()?
+            }
+        },
+    })
+}
+
 pub async fn run(opts: Options) -> Result<(), DaemonError> {
-    if opts.backend == BackendChoice::Nft {
-        return Err(DaemonError::Unsupported(
-            "the nftables backend is not available in this build; use --backend ebpf".into(),
-        ));
-    }
     let (policy, compiled) = load_policy(&opts.policy)?;
     let mut sink = Sink::open(&opts.events)?;
-    let mut backend = EbpfBackend::open(&opts.ebpf)?;
-    let generation = backend.maps.generation()? + 1;
-    let applied = backend.apply(&compiled, generation)?;
-    let mut attachments = backend.attach_cgroup_programs()?;
-    attachments.extend(backend.sync_xdp(&compiled)?);
+    let (mut backend, applied, attachments) = start_backend(&opts, &compiled, &mut sink)?;
 
     let mut current = Arc::new(compiled);
-    let mut state = DaemonState::new(&opts, &policy, &current, &applied, &attachments);
+    let mut state = DaemonState::new(
+        &opts,
+        backend.name(),
+        &policy,
+        &current,
+        &applied,
+        &attachments,
+    );
     state.write(&opts.run_dir)?;
-    print_summary(&policy, &current, &applied, &attachments);
+    print_summary(&policy, &current, &applied, &attachments, backend.gaps());
     sink.emit(&lifecycle(
         "start",
-        json!({ "backend": "ebpf", "attachments": attachments }),
+        json!({ "backend": backend.name(), "attachments": attachments, "gaps": backend.gaps() }),
     ));
     sink.emit(&applied_event(&current, &applied, &policy));
     let mut resolved = applied.resolved_ids.clone();
 
-    let ring = backend.take_events().ok_or_else(|| {
-        DaemonError::Unsupported("the eBPF object has no EVENTS ring buffer".into())
-    })?;
-    // SAFETY: the ring buffer owns its map fd and keeps it open until dropped.
-    let mut events =
-        unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .map_err(|e| DaemonError::Io(e.into()))?;
+    let mut events = match backend.take_events() {
+        // SAFETY: the ring buffer owns its map fd and keeps it open until dropped.
+        Some(ring) => Some(
+            unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+                .map_err(|e| DaemonError::Io(e.into()))?,
+        ),
+        None => None,
+    };
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -163,7 +203,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
 
     loop {
         tokio::select! {
-            guard = events.readable_mut() => {
+            guard = async { events.as_mut().expect("guarded").readable_mut().await }, if events.is_some() => {
                 let mut guard = guard?;
                 // A bounded batch per wake-up, so a flood never starves reloads and
                 // signals; readiness is only cleared once the ring is empty.
@@ -193,8 +233,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
             _ = rescan.tick() => {
                 // Cgroups named by the policy that appeared or were recreated.
                 if backend.resolve_ids(&current) != resolved {
-                    let generation = backend.maps.generation()? + 1;
-                    match backend.apply(&current, generation) {
+                    match backend.apply_next(&current) {
                         Ok(applied) => {
                             resolved = applied.resolved_ids.clone();
                             sink.emit(&lifecycle("cgroups_resolved", json!({
@@ -206,7 +245,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
                         Err(e) => eprintln!("warden: re-applying after cgroup change failed: {e}"),
                     }
                 }
-                match backend.sync_xdp(&current) {
+                match backend.sync_interfaces(&current) {
                     Ok(changes) => {
                         let changes: Vec<&Attachment> = changes.iter().filter(|a| a.state != "adopted").collect();
                         if !changes.is_empty() {
@@ -220,7 +259,9 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
             _ = int.recv() => break,
         }
     }
-    drain(events.get_mut(), &current, &mut sink, usize::MAX);
+    if let Some(events) = events.as_mut() {
+        drain(events.get_mut(), &current, &mut sink, usize::MAX);
+    }
     sink.emit(&lifecycle(
         "stop",
         json!({ "enforcement": "stays pinned; `warden down` removes it" }),
@@ -230,12 +271,11 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
 
 fn reload(
     opts: &Options,
-    backend: &mut EbpfBackend,
+    backend: &mut Backend,
 ) -> Result<(Policy, Compiled, Applied), DaemonError> {
     let (policy, compiled) = load_policy(&opts.policy)?;
-    let generation = backend.maps.generation()? + 1;
-    let applied = backend.apply(&compiled, generation)?;
-    backend.sync_xdp(&compiled)?;
+    let applied = backend.apply_next(&compiled)?;
+    backend.sync_interfaces(&compiled)?;
     Ok((policy, compiled, applied))
 }
 
@@ -274,7 +314,13 @@ fn applied_event(compiled: &Compiled, applied: &Applied, policy: &Policy) -> Val
     )
 }
 
-fn print_summary(policy: &Policy, c: &Compiled, applied: &Applied, attachments: &[Attachment]) {
+fn print_summary(
+    policy: &Policy,
+    c: &Compiled,
+    applied: &Applied,
+    attachments: &[Attachment],
+    gaps: &[&str],
+) {
     let sources: Vec<String> = policy
         .sources
         .iter()
@@ -317,6 +363,9 @@ fn print_summary(policy: &Policy, c: &Compiled, applied: &Applied, attachments: 
     }
     for u in &applied.unresolved {
         eprintln!("  note: cgroup {u} does not exist yet; granted as soon as it appears");
+    }
+    for g in gaps {
+        eprintln!("  NOT ENFORCED by this backend: {g}");
     }
     for a in attachments {
         eprintln!(

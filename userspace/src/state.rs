@@ -12,6 +12,7 @@ use warden_policy::Policy;
 pub struct DaemonState {
     pub pid: u32,
     pub backend: String,
+    pub nft_table: String,
     pub pin_dir: PathBuf,
     pub generation: u32,
     pub digest: String,
@@ -44,6 +45,7 @@ impl From<&RuleInfo> for StateRule {
 impl DaemonState {
     pub fn new(
         opts: &Options,
+        backend: &str,
         policy: &Policy,
         c: &Compiled,
         applied: &Applied,
@@ -51,7 +53,8 @@ impl DaemonState {
     ) -> Self {
         let mut s = Self {
             pid: std::process::id(),
-            backend: "ebpf".into(),
+            backend: backend.into(),
+            nft_table: opts.nft_table.clone(),
             pin_dir: opts.ebpf.pin_dir.clone(),
             generation: 0,
             digest: String::new(),

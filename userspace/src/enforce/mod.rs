@@ -1,8 +1,9 @@
-//! Enforcement backends. The eBPF backend is the one that exists today; the
-//! nftables fallback renders the same [`Compiled`](crate::compile::Compiled) policy.
+//! Enforcement backends: [`ebpf`] (preferred) and [`nft`] (fallback), both loading
+//! the same [`Compiled`](crate::compile::Compiled) policy.
 
 pub mod ebpf;
 pub mod maps;
+pub mod nft;
 
 use std::path::PathBuf;
 use thiserror::Error;
@@ -43,6 +44,90 @@ pub enum EnforceError {
     AbiMismatch { pinned: u32, ours: u32 },
     #[error("interface {iface}: {reason}")]
     Interface { iface: String, reason: String },
+    #[error("nftables: {0}")]
+    Nft(String),
     #[error(transparent)]
     Cgroup(#[from] crate::cgroupfs::CgroupfsError),
+}
+
+use crate::compile::Compiled;
+use aya::maps::{MapData, RingBuf};
+use ebpf::{Applied, Attachment, EbpfBackend};
+use nft::NftBackend;
+
+/// The backend the daemon enforces with.
+pub enum Backend {
+    Ebpf(EbpfBackend),
+    Nft(NftBackend),
+}
+
+impl Backend {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Ebpf(_) => "ebpf",
+            Self::Nft(_) => "nft",
+        }
+    }
+
+    /// What this backend cannot enforce.
+    pub fn gaps(&self) -> &'static [&'static str] {
+        match self {
+            Self::Ebpf(_) => &[],
+            Self::Nft(_) => nft::GAPS,
+        }
+    }
+
+    /// The generation in force (0 if none).
+    pub fn generation(&self) -> Result<u32, EnforceError> {
+        match self {
+            Self::Ebpf(b) => b.maps.generation(),
+            Self::Nft(b) => Ok(b.generation()),
+        }
+    }
+
+    /// Swaps `compiled` in as the next generation.
+    pub fn apply_next(&mut self, compiled: &Compiled) -> Result<Applied, EnforceError> {
+        let generation = self.generation()? + 1;
+        match self {
+            Self::Ebpf(b) => b.apply(compiled, generation),
+            Self::Nft(b) => b.apply(compiled, generation),
+        }
+    }
+
+    /// Attaches what is not attached yet (eBPF programs; nothing for nft).
+    pub fn attach(&mut self, compiled: &Compiled) -> Result<Vec<Attachment>, EnforceError> {
+        match self {
+            Self::Ebpf(b) => {
+                let mut a = b.attach_cgroup_programs()?;
+                a.extend(b.sync_xdp(compiled)?);
+                Ok(a)
+            }
+            Self::Nft(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// Follows interfaces that appeared or went away.
+    pub fn sync_interfaces(
+        &mut self,
+        compiled: &Compiled,
+    ) -> Result<Vec<Attachment>, EnforceError> {
+        match self {
+            Self::Ebpf(b) => b.sync_xdp(compiled),
+            Self::Nft(_) => Ok(Vec::new()),
+        }
+    }
+
+    pub fn resolve_ids(&self, compiled: &Compiled) -> Vec<Option<u64>> {
+        match self {
+            Self::Ebpf(b) => b.resolve_ids(compiled),
+            Self::Nft(b) => b.resolve_ids(compiled),
+        }
+    }
+
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        match self {
+            Self::Ebpf(b) => b.take_events(),
+            Self::Nft(_) => None,
+        }
+    }
 }

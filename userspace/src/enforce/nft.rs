@@ -1,0 +1,382 @@
+//! The nftables backend: the same compiled policy rendered into one table that
+//! warden owns (`inet ollama_warden` by default), replaced in one `nft -f`
+//! transaction. It never touches another table.
+//!
+//! Parity with the eBPF backend: ingress is checked in an `input` chain (after
+//! reassembly, so fragments need no special case), local access and egress in an
+//! `output` chain on new flows with `socket cgroupv2` (descendants match through
+//! the ancestor `level`), and a drop in `output` makes connect()/sendmsg() fail with
+//! EPERM as the cgroup hooks do. What nftables cannot express is listed by
+//! [`GAPS`] and reported at start-up and by `warden status`.
+//!
+//! The ruleset is rendered as nft's text language: nft 1.0.6's JSON cannot
+//! round-trip `socket cgroupv2 level`.
+
+use super::EnforceError;
+use super::ebpf::Applied;
+use crate::cgroupfs;
+use crate::compile::Compiled;
+use ipnet::IpNet;
+use std::fmt::Write;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// What the nft backend cannot enforce, for start-up, `status` and the docs.
+pub const GAPS: &[&str] = &[
+    "bind control: nftables has no hook on bind(); any process may bind the protected ports",
+    "flow events: denies are counted per rule, but not yet reported as events",
+    "denied local TCP connects fail with ECONNREFUSED (a reset), not EPERM",
+];
+
+pub const DEFAULT_TABLE: &str = "ollama_warden";
+
+/// The end of a chain that judges local sockets. A dropped TCP SYN is retried
+/// until the caller times out, so TCP is answered with a reset (connect() fails at
+/// once with ECONNREFUSED); other protocols are dropped, which makes sendmsg()
+/// fail with EPERM as the cgroup hooks do.
+const LOCAL_DENY: &str = "    meta l4proto tcp counter reject with tcp reset comment \"rule 0\"\n    counter drop comment \"rule 0\"\n  }\n";
+
+pub struct NftBackend {
+    table: String,
+    /// The cgroup2 mount relative to /sys/fs/cgroup, which is where `socket
+    /// cgroupv2` paths start ("" on unified hosts, "unified" on hybrid ones).
+    cgroup_prefix: PathBuf,
+    cgroup2: PathBuf,
+}
+
+impl NftBackend {
+    pub fn open(table: &str) -> Result<Self, EnforceError> {
+        nft(&["list", "tables"], None)?;
+        let cgroup2 = cgroupfs::cgroup2_mount()?;
+        let cgroup_prefix = cgroup2.strip_prefix("/sys/fs/cgroup").map(Path::to_owned).map_err(|_| {
+            EnforceError::Nft(format!(
+                "cgroup2 is mounted at {}; nft's `socket cgroupv2` only resolves paths below /sys/fs/cgroup",
+                cgroup2.display()
+            ))
+        })?;
+        Ok(Self {
+            table: table.to_owned(),
+            cgroup_prefix,
+            cgroup2,
+        })
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// The generation recorded in the table's comment (0 when there is no table).
+    pub fn generation(&self) -> u32 {
+        nft(&["list", "table", "inet", &self.table], None)
+            .ok()
+            .and_then(|out| {
+                let g = out.split("generation=").nth(1)?;
+                g.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Replaces warden's table with `compiled` in one transaction.
+    pub fn apply(&mut self, compiled: &Compiled, generation: u32) -> Result<Applied, EnforceError> {
+        let mut unresolved = Vec::new();
+        let mut resolved_ids = Vec::new();
+        let mut exists = |p: &str| {
+            let id = cgroupfs::cgroup_id(&self.cgroup2.join(p)).ok();
+            if id.is_none() {
+                unresolved.push(p.to_owned());
+            }
+            resolved_ids.push(id);
+            id.is_some()
+        };
+        let cgroups: Vec<bool> = compiled
+            .cgroups
+            .iter()
+            .map(|g| exists(g.cgroup.as_str()))
+            .collect();
+        let egress: Vec<bool> = compiled
+            .egress
+            .iter()
+            .map(|e| exists(e.cgroup.as_str()))
+            .collect();
+        let script = render(
+            &self.table,
+            &self.cgroup_prefix,
+            compiled,
+            &cgroups,
+            &egress,
+            generation,
+        );
+        nft(&["-f", "-"], Some(&script))?;
+        Ok(Applied {
+            generation,
+            slot: 0,
+            unresolved,
+            resolved_ids,
+        })
+    }
+
+    /// Per-rule counters: `(rule id, packets)`, summed over the rules of each id.
+    pub fn counters(table: &str) -> Vec<(u32, u64)> {
+        let Ok(out) = nft(&["-j", "list", "table", "inet", table], None) else {
+            return Vec::new();
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&out) else {
+            return Vec::new();
+        };
+        let mut sums: std::collections::BTreeMap<u32, u64> = Default::default();
+        for item in v["nftables"].as_array().into_iter().flatten() {
+            let rule = &item["rule"];
+            let Some(id) = rule["comment"]
+                .as_str()
+                .and_then(|c| c.strip_prefix("rule ")?.parse().ok())
+            else {
+                continue;
+            };
+            let packets = rule["expr"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find_map(|e| e["counter"]["packets"].as_u64())
+                .unwrap_or(0);
+            *sums.entry(id).or_default() += packets;
+        }
+        sums.into_iter().collect()
+    }
+
+    /// Deletes warden's table (`warden down`); Ok(false) if there was none.
+    pub fn down(table: &str) -> Result<bool, EnforceError> {
+        if nft(&["list", "table", "inet", table], None).is_err() {
+            return Ok(false);
+        }
+        nft(&["delete", "table", "inet", table], None)?;
+        Ok(true)
+    }
+
+    pub fn resolve_ids(&self, compiled: &Compiled) -> Vec<Option<u64>> {
+        compiled
+            .cgroups
+            .iter()
+            .map(|g| g.cgroup.as_str())
+            .chain(compiled.egress.iter().map(|e| e.cgroup.as_str()))
+            .map(|p| cgroupfs::cgroup_id(&self.cgroup2.join(p)).ok())
+            .collect()
+    }
+}
+
+fn nft(args: &[&str], stdin: Option<&str>) -> Result<String, EnforceError> {
+    let mut child = Command::new("nft")
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            EnforceError::Nft(format!(
+                "cannot run nft (install the nftables package): {e}"
+            ))
+        })?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes())
+            .map_err(|e| EnforceError::Nft(e.to_string()))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| EnforceError::Nft(e.to_string()))?;
+    if !out.status.success() {
+        return Err(EnforceError::Nft(format!(
+            "nft {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn cgroup_match(prefix: &Path, cgroup: &str) -> String {
+    let level = cgroup.split('/').count();
+    format!(
+        "socket cgroupv2 level {level} \"{}\"",
+        prefix.join(cgroup).display()
+    )
+}
+
+/// The whole table as an `nft -f` script: create-if-missing, delete, define, so
+/// that applying it is one atomic transaction whatever was there before.
+pub fn render(
+    table: &str,
+    cgroup_prefix: &Path,
+    c: &Compiled,
+    cgroup_exists: &[bool],
+    egress_exists: &[bool],
+    generation: u32,
+) -> String {
+    let mut s = String::new();
+    let ports: Vec<String> = c.ports.iter().map(u16::to_string).collect();
+    let ports = ports.join(", ");
+    let _ = writeln!(
+        s,
+        "table inet {table} {{}}\ndelete table inet {table}\ntable inet {table} {{"
+    );
+    let _ = writeln!(
+        s,
+        "  comment \"ollama-warden generation={generation} {}\"",
+        c.digest
+    );
+    let _ = writeln!(
+        s,
+        "  set ports {{ type inet_service; elements = {{ {ports} }} }}"
+    );
+
+    // Ingress: one rule per (port, prefix), so every rule id keeps its counter.
+    let _ = writeln!(
+        s,
+        "  chain ingress {{\n    type filter hook input priority -150; policy accept;"
+    );
+    s.push_str("    iif \"lo\" accept\n");
+    if !c.all_interfaces() {
+        let names: Vec<String> = c.interfaces.iter().map(|i| format!("\"{i}\"")).collect();
+        let _ = writeln!(s, "    iifname != {{ {} }} accept", names.join(", "));
+    }
+    s.push_str("    meta l4proto != { tcp, udp } accept\n    th dport != @ports accept\n");
+    for e in &c.ingress {
+        let (fam, net) = match e.net {
+            IpNet::V4(_) => ("ip", e.net.to_string()),
+            IpNet::V6(_) => ("ip6", e.net.to_string()),
+        };
+        let _ = writeln!(
+            s,
+            "    th dport {} {fam} saddr {net} counter accept comment \"rule {}\"",
+            e.port, e.rule_id
+        );
+    }
+    let _ = writeln!(s, "    counter drop comment \"rule 0\"\n  }}");
+
+    // Output: new flows only, as the cgroup hooks see connect()/sendmsg().
+    let _ = writeln!(
+        s,
+        "  chain output {{\n    type filter hook output priority 0; policy accept;"
+    );
+    s.push_str("    ct state established,related accept\n");
+    s.push_str("    meta l4proto { tcp, udp } th dport @ports jump local_access\n");
+    for (i, (e, exists)) in c.egress.iter().zip(egress_exists).enumerate() {
+        if *exists {
+            let _ = writeln!(
+                s,
+                "    {} jump egress_{i}",
+                cgroup_match(cgroup_prefix, e.cgroup.as_str())
+            );
+        }
+    }
+    s.push_str("  }\n");
+
+    let _ = writeln!(s, "  chain local_access {{");
+    for (g, exists) in c.cgroups.iter().zip(cgroup_exists) {
+        if *exists && g.flags & warden_common::CG_MAY_CONNECT != 0 {
+            let _ = writeln!(
+                s,
+                "    {} counter return comment \"rule {}\"",
+                cgroup_match(cgroup_prefix, g.cgroup.as_str()),
+                g.rule_id
+            );
+        }
+    }
+    s.push_str(LOCAL_DENY);
+
+    for (i, e) in c.egress.iter().enumerate() {
+        let _ = writeln!(s, "  chain egress_{i} {{");
+        for p in &e.prefixes {
+            // Only the rules whose own prefix is this one; covering rules have their own entry.
+            // IPv6 sockets reaching IPv4-mapped addresses send IPv4 packets, so the
+            // IPv4 rule covers them as the mapped trie entry does in the eBPF backend.
+            let (fam, net) = match p.net {
+                IpNet::V4(_) => ("ip", p.net.to_string()),
+                IpNet::V6(_) => ("ip6", p.net.to_string()),
+            };
+            for r in &p.rules {
+                let protos: Vec<&str> = [
+                    (warden_common::PROTO_TCP, "tcp"),
+                    (warden_common::PROTO_UDP, "udp"),
+                ]
+                .iter()
+                .filter(|(bit, _)| r.protos & bit != 0)
+                .map(|(_, n)| *n)
+                .collect();
+                let ports = if r.port_lo == 0 && r.port_hi == u16::MAX {
+                    String::new()
+                } else if r.port_lo == r.port_hi {
+                    format!(" th dport {}", r.port_lo)
+                } else {
+                    format!(" th dport {}-{}", r.port_lo, r.port_hi)
+                };
+                let _ = writeln!(
+                    s,
+                    "    {fam} daddr {net} meta l4proto {{ {} }}{ports} counter return comment \"rule {}\"",
+                    protos.join(", "),
+                    r.rule_id
+                );
+            }
+        }
+        s.push_str(LOCAL_DENY);
+    }
+    s.push_str("}\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::compile;
+
+    #[test]
+    fn renders_one_table_with_cgroup_levels_and_both_families() {
+        let policy = warden_policy::parse_str(
+            Path::new("t.toml"),
+            r#"version = 1
+[service]
+ports = [11434]
+server_cgroups = ["system.slice/ollama.service"]
+[ingress]
+allow = ["10.0.0.0/8", "fd00::/8"]
+[[egress]]
+cgroup = "system.slice/ollama.service"
+[[egress.allow]]
+net = "10.1.2.3"
+ports = [443]
+proto = "tcp"
+"#,
+        )
+        .unwrap();
+        let c = compile(&policy).unwrap();
+        let s = render(
+            "ollama_warden",
+            Path::new("unified"),
+            &c,
+            &[true],
+            &[true],
+            7,
+        );
+        assert!(s.starts_with("table inet ollama_warden {}\ndelete table inet ollama_warden\n"));
+        assert!(s.contains("generation=7"));
+        assert!(s.contains("th dport 11434 ip saddr 10.0.0.0/8 counter accept"));
+        assert!(s.contains("th dport 11434 ip6 saddr fd00::/8 counter accept"));
+        assert!(s.contains(
+            "socket cgroupv2 level 2 \"unified/system.slice/ollama.service\" counter return"
+        ));
+        assert!(s.contains(
+            "socket cgroupv2 level 2 \"unified/system.slice/ollama.service\" jump egress_0"
+        ));
+        assert!(
+            s.contains("ip daddr 10.1.2.3/32 meta l4proto { tcp } th dport 443 counter return")
+        );
+        assert_eq!(
+            s.matches("table inet").count(),
+            3,
+            "only warden's own table is named"
+        );
+    }
+}
