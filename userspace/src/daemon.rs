@@ -134,7 +134,7 @@ fn start_backend(
     sink: &mut Sink,
 ) -> Result<(Backend, Applied, Vec<Attachment>), DaemonError> {
     let ebpf = || -> Result<_, EnforceError> {
-        let mut b = Backend::Ebpf(EbpfBackend::open(&opts.ebpf)?);
+        let mut b = Backend::Ebpf(Box::new(EbpfBackend::open(&opts.ebpf)?));
         let applied = b.apply_next(compiled)?;
         let attachments = b.attach(compiled)?;
         Ok((b, applied, attachments))

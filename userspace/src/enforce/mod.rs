@@ -57,7 +57,7 @@ use nft::NftBackend;
 
 /// The backend the daemon enforces with.
 pub enum Backend {
-    Ebpf(EbpfBackend),
+    Ebpf(Box<EbpfBackend>),
     Nft(NftBackend),
 }
 
