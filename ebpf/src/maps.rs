@@ -43,12 +43,16 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::LEN, 0);
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 
-/// The active slot and its generation.
+/// The slot programs read; read once per run.
 #[inline(always)]
-pub fn active_slot() -> (u32, u32) {
-    let slot = STATE.get(STATE_ACTIVE_SLOT).copied().unwrap_or(0) & 1;
-    let generation = SLOT_META.get(slot).map(|m| m.generation).unwrap_or(0);
-    (slot, generation)
+pub fn active_slot() -> u32 {
+    STATE.get(STATE_ACTIVE_SLOT).copied().unwrap_or(0) & 1
+}
+
+/// The policy generation loaded in `slot` (for events).
+#[inline(always)]
+pub fn generation(slot: u32) -> u32 {
+    SLOT_META.get(slot).map(|m| m.generation).unwrap_or(0)
 }
 
 #[inline(always)]

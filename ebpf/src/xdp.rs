@@ -9,7 +9,7 @@
 
 use crate::{
     event::{self, EMPTY},
-    maps::{INGRESS, STATS, active_slot, count, port_protected},
+    maps::{INGRESS, STATS, active_slot, count, generation, port_protected},
 };
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
@@ -64,10 +64,11 @@ pub fn xdp_ingress(ctx: XdpContext) -> u32 {
             dport,
             syn,
         } => {
-            let (slot, generation) = active_slot();
+            let slot = active_slot();
             if !port_protected(slot, dport) {
                 return XDP_PASS;
             }
+            let generation = generation(slot);
             let key = Key::new(
                 INGRESS_KEY_FIXED_BITS + 128,
                 IngressKey {

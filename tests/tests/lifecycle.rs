@@ -250,3 +250,55 @@ fn a_bad_reload_is_rejected_and_the_running_policy_stays() {
     );
     assert_eq!(lab.status()["generation"], 1);
 }
+
+#[test]
+fn a_pushed_policy_applies_on_file_change_and_a_bad_push_is_rejected() {
+    let mut lab = Lab::new();
+    let ns = lab.netns("host");
+    let dir = lab.run_dir.join("policy.d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let push = |name: &str, text: &str| {
+        // As configuration-management tools do: write aside, rename into place.
+        let tmp = lab.run_dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, dir.join(name)).unwrap();
+    };
+    push("10-base.toml", &policy(&lab, &["proxy"]));
+    let d = lab.daemon(Some(&ns), &dir);
+    let mut server = lab.prober(Some(&ns), Some("server"));
+    assert_eq!(server.ask(&format!("listen 0.0.0.0 {PORT}")), "ok");
+    let mut team = lab.prober(Some(&ns), Some("team"));
+    assert_eq!(team.connect("127.0.0.1", PORT), "denied");
+
+    push(
+        "20-team.toml",
+        &format!(
+            "version = 1\n[local]\nallow_cgroups = [\"{}\"]\n",
+            lab.cgroup("team")
+        ),
+    );
+    let ev = d.wait_event("applied on file change", |e| {
+        e["type"] == "policy_applied" && e["generation"] == 2
+    });
+    assert_eq!(ev["trigger"], "file change");
+    assert_eq!(ev["sources"].as_array().unwrap().len(), 2);
+    assert_eq!(team.connect("127.0.0.1", PORT), "connected");
+
+    push(
+        "30-typo.toml",
+        "version = 1\n[local]\nalow_cgroups = [\"x\"]\n",
+    );
+    let ev = d.wait_event("rejected on file change", |e| {
+        e["type"] == "policy_rejected"
+    });
+    assert!(
+        ev["error"].as_str().unwrap().contains("30-typo.toml:3:1"),
+        "{ev}"
+    );
+    assert_eq!(
+        team.connect("127.0.0.1", PORT),
+        "connected",
+        "the running policy stays"
+    );
+    assert_eq!(lab.status()["generation"], 2);
+}

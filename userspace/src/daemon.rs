@@ -12,6 +12,7 @@ use crate::enforce::nft::NftBackend;
 use crate::enforce::{Backend, EnforceError};
 use crate::events::{flow_json, lifecycle};
 use crate::state::DaemonState;
+use crate::watch::PolicyWatch;
 use aya::maps::{MapData, RingBuf};
 use serde_json::{Value, json};
 use std::io::Write;
@@ -195,6 +196,20 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         ),
         None => None,
     };
+    let mut watch = if opts.policy.is_empty() {
+        None
+    } else {
+        // SAFETY: the watch owns its inotify fd until dropped.
+        Some(
+            unsafe {
+                AsyncFd::register_with_interest(
+                    PolicyWatch::new(&opts.policy)?,
+                    tokio::io::Interest::READABLE,
+                )
+            }
+            .map_err(|e| DaemonError::Io(e.into()))?,
+        )
+    };
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -212,23 +227,21 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
                 }
                 sink.flush();
             }
-            _ = hup.recv() => {
-                match reload(&opts, &mut backend) {
-                    Ok((policy, compiled, applied)) => {
-                        current = Arc::new(compiled);
-                        resolved = applied.resolved_ids.clone();
-                        sink.emit(&applied_event(&current, &applied, &policy));
-                        state.policy_applied(&policy, &current, &applied);
-                        state.write(&opts.run_dir)?;
-                    }
-                    Err(e) => {
-                        eprintln!("warden: policy rejected, previous policy stays in force: {e}");
-                        sink.emit(&lifecycle("policy_rejected", json!({
-                            "error": e.to_string(),
-                            "generation_in_force": state.generation,
-                        })));
-                    }
+            guard = async { watch.as_mut().expect("guarded").readable_mut().await }, if watch.is_some() => {
+                let mut guard = guard?;
+                let changed = guard.get_inner_mut().changed();
+                guard.clear_ready();
+                if changed {
+                    // Let a burst of writes (several files of a policy.d push) settle.
+                    drop(guard);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    // Consume what the burst queued (non-blocking read).
+                    let _ = watch.as_mut().expect("guarded").get_mut().changed();
+                    reload_and_report(&opts, &mut backend, &mut current, &mut resolved, &mut state, &mut sink, "file change")?;
                 }
+            }
+            _ = hup.recv() => {
+                reload_and_report(&opts, &mut backend, &mut current, &mut resolved, &mut state, &mut sink, "SIGHUP")?;
             }
             _ = rescan.tick() => {
                 // Cgroups named by the policy that appeared or were recreated.
@@ -269,14 +282,55 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// Reloads the policy; a rejected one is reported and the running one stays.
+#[allow(clippy::too_many_arguments)]
+fn reload_and_report(
+    opts: &Options,
+    backend: &mut Backend,
+    current: &mut Arc<Compiled>,
+    resolved: &mut Vec<Option<u64>>,
+    state: &mut DaemonState,
+    sink: &mut Sink,
+    trigger: &str,
+) -> Result<(), DaemonError> {
+    match reload(opts, backend, current) {
+        Ok(None) => sink.emit(&lifecycle(
+            "policy_unchanged",
+            json!({ "trigger": trigger, "digest": current.digest, "generation": state.generation }),
+        )),
+        Ok(Some((policy, compiled, applied))) => {
+            *current = Arc::new(compiled);
+            *resolved = applied.resolved_ids.clone();
+            let mut ev = applied_event(current, &applied, &policy);
+            ev["trigger"] = trigger.into();
+            sink.emit(&ev);
+            state.policy_applied(&policy, current, &applied);
+            state.write(&opts.run_dir)?;
+        }
+        Err(e) => {
+            eprintln!("warden: policy rejected ({trigger}), previous policy stays in force: {e}");
+            sink.emit(&lifecycle(
+                "policy_rejected",
+                json!({ "error": e.to_string(), "trigger": trigger, "generation_in_force": state.generation }),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Re-reads the policy and swaps it in; `None` when it is the one in force.
 fn reload(
     opts: &Options,
     backend: &mut Backend,
-) -> Result<(Policy, Compiled, Applied), DaemonError> {
+    current: &Compiled,
+) -> Result<Option<(Policy, Compiled, Applied)>, DaemonError> {
     let (policy, compiled) = load_policy(&opts.policy)?;
+    if compiled == *current {
+        return Ok(None);
+    }
     let applied = backend.apply_next(&compiled)?;
     backend.sync_interfaces(&compiled)?;
-    Ok((policy, compiled, applied))
+    Ok(Some((policy, compiled, applied)))
 }
 
 /// Events read from the ring buffer per wake-up of the event loop.

@@ -7,6 +7,7 @@
 //! - [`events`]: kernel flow records and lifecycle events as JSON lines.
 //! - [`cgroupfs`]: finding cgroup2 and cgroup ids.
 //! - [`state`]: the daemon's state file for `status` and `down`.
+//! - [`watch`]: inotify on the policy files, for reload on change.
 //! - [`cli`]: the command line.
 
 pub mod cgroupfs;
@@ -16,3 +17,4 @@ pub mod daemon;
 pub mod enforce;
 pub mod events;
 pub mod state;
+pub mod watch;
