@@ -34,6 +34,7 @@ use std::sync::Arc;
 
 pub use cgroup::{CgroupPath, CgroupPathError};
 pub use diagnostic::{Diagnostic, Origin};
+pub use load::Verifier;
 pub use model::{EgressPolicy, EgressRule, Ingress, Located, Policy, PortIngress};
 pub use net::{NetError, parse_net};
 pub use parse::POLICY_VERSION;
@@ -73,7 +74,17 @@ pub fn parse_sources<P: AsRef<Path>, S: AsRef<str>>(
 /// recursively, sorted by name; other files are ignored; a directory without any is an
 /// error) and merges them in order.
 pub fn load_paths(paths: &[PathBuf]) -> Result<Policy, Vec<Diagnostic>> {
-    load::parse_and_merge(load::read_sources(paths))
+    load::parse_and_merge(load::read_sources(paths, None))
+}
+
+/// Like [`load_paths`], but every file's bytes must pass `verify` (for instance a
+/// signature check) before they are parsed; a refused file is reported at its
+/// first line with the verifier's reason.
+pub fn load_paths_verified(
+    paths: &[PathBuf],
+    verify: Verifier<'_>,
+) -> Result<Policy, Vec<Diagnostic>> {
+    load::parse_and_merge(load::read_sources(paths, Some(verify)))
 }
 
 /// The built-in default policy ([`DEFAULT_POLICY_TOML`]).

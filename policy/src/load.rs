@@ -24,8 +24,12 @@ pub(crate) enum Source {
     },
 }
 
+/// Checks a policy file's exact bytes before they are parsed (e.g. a signature);
+/// `Err` carries the reason the file is refused.
+pub type Verifier<'a> = &'a dyn Fn(&Path, &[u8]) -> Result<(), String>;
+
 /// Expands `paths` into files and reads them; problems become [`Source::Unreadable`].
-pub(crate) fn read_sources(paths: &[PathBuf]) -> Vec<Source> {
+pub(crate) fn read_sources(paths: &[PathBuf], verify: Option<Verifier<'_>>) -> Vec<Source> {
     let mut files: Vec<Result<PathBuf, Source>> = Vec::new();
     for path in paths {
         match fs::metadata(path) {
@@ -51,7 +55,7 @@ pub(crate) fn read_sources(paths: &[PathBuf]) -> Vec<Source> {
         .filter_map(|f| match f {
             Ok(path) => {
                 let key = fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
-                seen.insert(key).then(|| read_file(&path))
+                seen.insert(key).then(|| read_file(&path, verify))
             }
             Err(source) => Some(source),
         })
@@ -75,11 +79,15 @@ fn toml_files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(names.into_iter().map(|n| dir.join(n)).collect())
 }
 
-fn read_file(path: &Path) -> Source {
+fn read_file(path: &Path, verify: Option<Verifier<'_>>) -> Source {
     let bytes = match fs::read(path) {
         Ok(b) => b,
         Err(e) => return unreadable(path, format!("cannot read policy file: {e}")),
     };
+    // The bytes verified are the bytes parsed: no window to swap the file between.
+    if let Some(Err(reason)) = verify.map(|v| v(path, &bytes)) {
+        return unreadable(path, reason);
+    }
     match String::from_utf8(bytes) {
         Ok(text) => Source::Text {
             path: Arc::from(path),

@@ -59,6 +59,9 @@ enum Command {
         /// Cgroup where the cgroup programs attach (default: the cgroup2 root, i.e. the whole host).
         #[arg(long)]
         attach_cgroup: Option<PathBuf>,
+        /// Accept only policy files signed (minisign, FILE.minisig) by this public key (file or base64).
+        #[arg(long, value_name = "PUBKEY")]
+        require_signature: Option<String>,
         /// Seconds between scans for new interfaces and newly created policy cgroups.
         #[arg(long, default_value_t = 1.0)]
         rescan_secs: f64,
@@ -78,6 +81,9 @@ enum PolicyCommand {
     Check {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Also require a valid minisign signature (FILE.minisig) by this key.
+        #[arg(long, value_name = "PUBKEY")]
+        require_signature: Option<String>,
     },
     /// Print the merged policy (the embedded default without paths) as JSON.
     Show {
@@ -93,8 +99,12 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     match cli.command {
         Command::Policy {
-            command: PolicyCommand::Check { paths },
-        } => policy_check(&paths),
+            command:
+                PolicyCommand::Check {
+                    paths,
+                    require_signature,
+                },
+        } => policy_check(&paths, require_signature.as_deref()),
         Command::Policy {
             command: PolicyCommand::Show { compiled, paths },
         } => policy_show(&paths, compiled),
@@ -103,6 +113,7 @@ pub fn main() -> i32 {
             backend,
             events,
             attach_cgroup,
+            require_signature,
             rescan_secs,
         } => {
             let opts = daemon::Options {
@@ -113,6 +124,7 @@ pub fn main() -> i32 {
                     attach_cgroup,
                 },
                 nft_table: cli.nft_table,
+                require_signature,
                 events,
                 run_dir: cli.run_dir,
                 rescan: Duration::from_secs_f64(rescan_secs.max(0.05)),
@@ -136,8 +148,18 @@ pub fn main() -> i32 {
     }
 }
 
-fn policy_check(paths: &[PathBuf]) -> i32 {
-    match daemon::load_policy(paths) {
+fn policy_check(paths: &[PathBuf], require_signature: Option<&str>) -> i32 {
+    let key = match require_signature
+        .map(crate::signature::PolicyKey::load)
+        .transpose()
+    {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("{e}");
+            return 1;
+        }
+    };
+    match daemon::load_policy(paths, key.as_ref()) {
         Ok((policy, c)) => {
             println!(
                 "ok: {} file(s); ports {:?}; {} ingress prefix(es); {} local cgroup(s); {} egress polic(ies); {}",
@@ -162,7 +184,7 @@ fn policy_check(paths: &[PathBuf]) -> i32 {
 }
 
 fn policy_show(paths: &[PathBuf], compiled: bool) -> i32 {
-    match daemon::load_policy(paths) {
+    match daemon::load_policy(paths, None) {
         Ok((policy, c)) => {
             let v = if compiled {
                 serde_json::to_value(&c)

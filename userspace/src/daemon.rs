@@ -11,6 +11,7 @@ use crate::enforce::ebpf::{self, Applied, Attachment, EbpfBackend};
 use crate::enforce::nft::NftBackend;
 use crate::enforce::{Backend, EnforceError};
 use crate::events::{flow_json, lifecycle};
+use crate::signature::PolicyKey;
 use crate::state::DaemonState;
 use crate::watch::PolicyWatch;
 use aya::maps::{MapData, RingBuf};
@@ -66,6 +67,8 @@ pub struct Options {
     pub ebpf: ebpf::Options,
     /// The nftables table the nft backend owns.
     pub nft_table: String,
+    /// A minisign public key (file or base64): only policy files signed by it load.
+    pub require_signature: Option<String>,
     /// Where events go: `-`/`stdout` or a file path (appended).
     pub events: String,
     pub run_dir: PathBuf,
@@ -73,12 +76,20 @@ pub struct Options {
     pub rescan: Duration,
 }
 
-/// Reads and compiles the policy the daemon was told to use.
-pub fn load_policy(paths: &[PathBuf]) -> Result<(Policy, Compiled), DaemonError> {
+/// Reads and compiles the policy; with `key`, every file must carry its signature
+/// (the embedded default is part of the binary and needs none).
+pub fn load_policy(
+    paths: &[PathBuf],
+    key: Option<&PolicyKey>,
+) -> Result<(Policy, Compiled), DaemonError> {
     let policy = if paths.is_empty() {
         warden_policy::embedded_default()
     } else {
-        warden_policy::load_paths(paths).map_err(|diags| {
+        let loaded = match key {
+            Some(key) => warden_policy::load_paths_verified(paths, &|p, b| key.verify(p, b)),
+            None => warden_policy::load_paths(paths),
+        };
+        loaded.map_err(|diags| {
             DaemonError::Policy(
                 diags
                     .iter()
@@ -166,7 +177,13 @@ fn start_backend(
 }
 
 pub async fn run(opts: Options) -> Result<(), DaemonError> {
-    let (policy, compiled) = load_policy(&opts.policy)?;
+    let key = opts
+        .require_signature
+        .as_deref()
+        .map(PolicyKey::load)
+        .transpose()
+        .map_err(DaemonError::Policy)?;
+    let (policy, compiled) = load_policy(&opts.policy, key.as_ref())?;
     let mut sink = Sink::open(&opts.events)?;
     let (mut backend, applied, attachments) = start_backend(&opts, &compiled, &mut sink)?;
 
@@ -237,11 +254,11 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     // Consume what the burst queued (non-blocking read).
                     let _ = watch.as_mut().expect("guarded").get_mut().changed();
-                    reload_and_report(&opts, &mut backend, &mut current, &mut resolved, &mut state, &mut sink, "file change")?;
+                    reload_and_report(&opts, key.as_ref(), &mut backend, &mut current, &mut resolved, &mut state, &mut sink, "file change")?;
                 }
             }
             _ = hup.recv() => {
-                reload_and_report(&opts, &mut backend, &mut current, &mut resolved, &mut state, &mut sink, "SIGHUP")?;
+                reload_and_report(&opts, key.as_ref(), &mut backend, &mut current, &mut resolved, &mut state, &mut sink, "SIGHUP")?;
             }
             _ = rescan.tick() => {
                 // Cgroups named by the policy that appeared or were recreated.
@@ -286,6 +303,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
 #[allow(clippy::too_many_arguments)]
 fn reload_and_report(
     opts: &Options,
+    key: Option<&PolicyKey>,
     backend: &mut Backend,
     current: &mut Arc<Compiled>,
     resolved: &mut Vec<Option<u64>>,
@@ -293,7 +311,7 @@ fn reload_and_report(
     sink: &mut Sink,
     trigger: &str,
 ) -> Result<(), DaemonError> {
-    match reload(opts, backend, current) {
+    match reload(opts, key, backend, current) {
         Ok(None) => sink.emit(&lifecycle(
             "policy_unchanged",
             json!({ "trigger": trigger, "digest": current.digest, "generation": state.generation }),
@@ -321,10 +339,11 @@ fn reload_and_report(
 /// Re-reads the policy and swaps it in; `None` when it is the one in force.
 fn reload(
     opts: &Options,
+    key: Option<&PolicyKey>,
     backend: &mut Backend,
     current: &Compiled,
 ) -> Result<Option<(Policy, Compiled, Applied)>, DaemonError> {
-    let (policy, compiled) = load_policy(&opts.policy)?;
+    let (policy, compiled) = load_policy(&opts.policy, key)?;
     if compiled == *current {
         return Ok(None);
     }

@@ -6,6 +6,7 @@
 //! - [`daemon`]: the enforcing daemon's lifecycle (start, reload, rescan, stop).
 //! - [`events`]: kernel flow records and lifecycle events as JSON lines.
 //! - [`cgroupfs`]: finding cgroup2 and cgroup ids.
+//! - [`signature`]: minisign-signed policy files.
 //! - [`state`]: the daemon's state file for `status` and `down`.
 //! - [`watch`]: inotify on the policy files, for reload on change.
 //! - [`cli`]: the command line.
@@ -16,5 +17,6 @@ pub mod compile;
 pub mod daemon;
 pub mod enforce;
 pub mod events;
+pub mod signature;
 pub mod state;
 pub mod watch;

@@ -70,11 +70,16 @@ impl PolicyWatch {
                 let name = OsString::from_vec(
                     name_bytes.iter().copied().take_while(|&b| b != 0).collect(),
                 );
+                // A policy file or its signature (which may land after the file).
+                let policy_name = name
+                    .to_str()
+                    .map(|n| n.strip_suffix(".minisig").unwrap_or(n).to_owned())
+                    .unwrap_or_default();
                 relevant |= self.watches.iter().any(|(wd, want)| {
                     *wd == ev.wd
                         && match want {
-                            Some(w) => *w == name,
-                            None => Path::new(&name).extension().is_some_and(|e| e == "toml"),
+                            Some(w) => w.to_str() == Some(policy_name.as_str()),
+                            None => policy_name.ends_with(".toml") && !policy_name.starts_with('.'),
                         }
                 });
                 off = name_start + ev.len as usize;

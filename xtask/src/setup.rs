@@ -17,6 +17,7 @@ const APT_PACKAGES: &[&str] = &[
     "procps",
     "curl",
     "python3-venv",
+    "minisign",
 ];
 
 pub fn run() -> Result<()> {
