@@ -109,6 +109,8 @@ fn examples_mean_what_their_comments_say() {
     assert_eq!(
         rules,
         [
+            "127.0.0.0/8 tcp []",
+            "::1/128 tcp []",
             "10.1.2.3/32 tcp [PortRange { lo: 443, hi: 443 }]",
             "10.1.0.53/32 udp [PortRange { lo: 53, hi: 53 }]",
             "10.1.0.53/32 tcp [PortRange { lo: 53, hi: 53 }]",
