@@ -76,6 +76,10 @@ pub mod hook {
     pub const SENDMSG6: u8 = 5;
     pub const BIND4: u8 = 6;
     pub const BIND6: u8 = 7;
+    /// nftables backend: the ingress (input) chain, read back through NFLOG.
+    pub const NFT_INPUT: u8 = 8;
+    /// nftables backend: the local access and egress (output) chains.
+    pub const NFT_OUTPUT: u8 = 9;
 }
 
 pub mod verdict {

@@ -46,7 +46,7 @@ allow = [
         proxy = lab.cgroup("proxy"),
         model = lab.cgroup("model"),
     );
-    let _d = lab.daemon_with(
+    let d = lab.daemon_with(
         Some(&srv),
         &lab.policy("p.toml", &policy),
         &["--backend", backend],
@@ -155,6 +155,49 @@ allow = [
         "bind by rogue cgroup".into(),
         rogue.ask(&format!("bind 0.0.0.0 {PORT}")),
         "denied",
+    );
+    // The same denies produce events of the same shape on both backends.
+    let events = |pred: &dyn Fn(&serde_json::Value) -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        loop {
+            if d.events().iter().any(pred) {
+                return "seen".to_string();
+            }
+            if std::time::Instant::now() > deadline {
+                return "missing".to_string();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    let deny = |reason: &'static str, port: u16| {
+        move |e: &serde_json::Value| {
+            e["type"] == "flow"
+                && e["verdict"] == "deny"
+                && e["reason"] == reason
+                && e["dst_port"] == port
+        }
+    };
+    m.insert(
+        "event: ingress deny names the source".into(),
+        (
+            events(&|e| deny("ingress_not_allowed", PORT)(e) && e["src_addr"] == "10.88.2.2"),
+            "seen",
+        ),
+    );
+    m.insert(
+        "event: local deny".into(),
+        (events(&deny("local_not_allowed", PORT)), "seen"),
+    );
+    m.insert(
+        "event: egress deny".into(),
+        (events(&deny("egress_not_allowed", 8443)), "seen"),
+    );
+    m.insert(
+        "event: accepted local connection".into(),
+        (
+            events(&|e| e["verdict"] == "allow" && e["reason"] == "local_allowed"),
+            "seen",
+        ),
     );
     m
 }

@@ -8,6 +8,7 @@
 
 use crate::compile::{Compiled, compile};
 use crate::enforce::ebpf::{self, Applied, Attachment, EbpfBackend};
+use crate::enforce::nflog::NflogSocket;
 use crate::enforce::nft::NftBackend;
 use crate::enforce::{Backend, EnforceError};
 use crate::events::{flow_json, lifecycle};
@@ -213,6 +214,23 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         ),
         None => None,
     };
+    // The nft backend's events come back through NFLOG.
+    let mut nflog = match &backend {
+        Backend::Nft(_) => match NflogSocket::bind(crate::enforce::nft::LOG_GROUP) {
+            // SAFETY: the socket owns its fd until dropped.
+            Ok(sock) => Some(
+                unsafe { AsyncFd::register_with_interest(sock, tokio::io::Interest::READABLE) }
+                    .map_err(|e| DaemonError::Io(e.into()))?,
+            ),
+            Err(e) => {
+                eprintln!(
+                    "warden: cannot read NFLOG events ({e}); verdicts are enforced and counted, not reported"
+                );
+                None
+            }
+        },
+        Backend::Ebpf(_) => None,
+    };
     let mut watch = if opts.policy.is_empty() {
         None
     } else {
@@ -256,6 +274,15 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
                     let _ = watch.as_mut().expect("guarded").get_mut().changed();
                     reload_and_report(&opts, key.as_ref(), &mut backend, &mut current, &mut resolved, &mut state, &mut sink, "file change")?;
                 }
+            }
+            guard = async { nflog.as_mut().expect("guarded").readable_mut().await }, if nflog.is_some() => {
+                let mut guard = guard?;
+                for ev in guard.get_inner_mut().read() {
+                    let rule = current.rules.get(ev.rule_id as usize).map(|r| r.description.as_str());
+                    sink.write(&flow_json(&ev, rule));
+                }
+                guard.clear_ready();
+                sink.flush();
             }
             _ = hup.recv() => {
                 reload_and_report(&opts, key.as_ref(), &mut backend, &mut current, &mut resolved, &mut state, &mut sink, "SIGHUP")?;

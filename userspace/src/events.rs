@@ -16,6 +16,8 @@ pub fn hook_name(h: u8) -> &'static str {
         hook::SENDMSG6 => "sendmsg6",
         hook::BIND4 => "bind4",
         hook::BIND6 => "bind6",
+        hook::NFT_INPUT => "nft-input",
+        hook::NFT_OUTPUT => "nft-output",
         _ => "unknown",
     }
 }
@@ -86,7 +88,20 @@ pub fn flow_json(ev: &FlowEvent, rule: Option<&str>) -> Value {
     if let Some(rule) = rule {
         o.insert("rule".into(), rule.into());
     }
-    if ev.hook == hook::XDP {
+    if matches!(ev.hook, hook::NFT_INPUT | hook::NFT_OUTPUT) {
+        // Packets, not system calls: addresses, ports and (locally) uid/gid only.
+        o.insert(
+            "src_addr".into(),
+            addr(ev.saddr, ev.family).to_string().into(),
+        );
+        o.insert("src_port".into(), ev.sport.into());
+        if ev.hook == hook::NFT_INPUT {
+            o.insert("ifindex".into(), ev.ifindex.into());
+        } else {
+            o.insert("uid".into(), ev.uid.into());
+            o.insert("gid".into(), ev.gid.into());
+        }
+    } else if ev.hook == hook::XDP {
         o.insert(
             "src_addr".into(),
             addr(ev.saddr, ev.family).to_string().into(),

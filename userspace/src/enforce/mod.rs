@@ -3,6 +3,7 @@
 
 pub mod ebpf;
 pub mod maps;
+pub mod nflog;
 pub mod nft;
 
 use std::path::PathBuf;

@@ -12,8 +12,8 @@
 //! The ruleset is rendered as nft's text language: nft 1.0.6's JSON cannot
 //! round-trip `socket cgroupv2 level`.
 
-use super::EnforceError;
 use super::ebpf::Applied;
+use super::{EnforceError, nflog};
 use crate::cgroupfs;
 use crate::compile::Compiled;
 use ipnet::IpNet;
@@ -25,17 +25,25 @@ use std::process::{Command, Stdio};
 /// What the nft backend cannot enforce, for start-up, `status` and the docs.
 pub const GAPS: &[&str] = &[
     "bind control: nftables has no hook on bind(); any process may bind the protected ports",
-    "flow events: denies are counted per rule, but not yet reported as events",
+    "flow events carry addresses, ports and uid/gid but no pid, comm, cgroup or socket cookie (nftables sees packets, not system calls)",
     "denied local TCP connects fail with ECONNREFUSED (a reset), not EPERM",
 ];
 
 pub const DEFAULT_TABLE: &str = "ollama_warden";
 
+/// NFLOG group the ruleset logs to (per network namespace).
+pub const LOG_GROUP: u16 = 11434;
+
 /// The end of a chain that judges local sockets. A dropped TCP SYN is retried
 /// until the caller times out, so TCP is answered with a reset (connect() fails at
 /// once with ECONNREFUSED); other protocols are dropped, which makes sendmsg()
 /// fail with EPERM as the cgroup hooks do.
-const LOCAL_DENY: &str = "    meta l4proto tcp counter reject with tcp reset comment \"rule 0\"\n    counter drop comment \"rule 0\"\n  }\n";
+fn local_deny(prefix: &str) -> String {
+    let log = format!("log prefix \"{prefix} 0\" group {LOG_GROUP}");
+    format!(
+        "    meta l4proto tcp counter {log} reject with tcp reset comment \"rule 0\"\n    counter {log} drop comment \"rule 0\"\n  }}\n"
+    )
+}
 
 pub struct NftBackend {
     table: String,
@@ -248,13 +256,21 @@ pub fn render(
             IpNet::V4(_) => ("ip", e.net.to_string()),
             IpNet::V6(_) => ("ip6", e.net.to_string()),
         };
+        // New connections are logged (one event each), later packets just pass.
         let _ = writeln!(
             s,
-            "    th dport {} {fam} saddr {net} counter accept comment \"rule {}\"",
-            e.port, e.rule_id
+            "    th dport {port} {fam} saddr {net} ct state new counter log prefix \"{} {rule}\" group {LOG_GROUP} accept comment \"rule {rule}\"",
+            nflog::INGRESS_ALLOW,
+            port = e.port,
+            rule = e.rule_id
         );
+        let _ = writeln!(s, "    th dport {} {fam} saddr {net} accept", e.port);
     }
-    let _ = writeln!(s, "    counter drop comment \"rule 0\"\n  }}");
+    let _ = writeln!(
+        s,
+        "    counter log prefix \"{} 0\" group {LOG_GROUP} drop comment \"rule 0\"\n  }}",
+        nflog::INGRESS_DENY
+    );
 
     // Output: new flows only, as the cgroup hooks see connect()/sendmsg().
     let _ = writeln!(
@@ -279,18 +295,20 @@ pub fn render(
         if *exists && g.flags & warden_common::CG_MAY_CONNECT != 0 {
             let _ = writeln!(
                 s,
-                "    {} counter return comment \"rule {}\"",
+                "    {} counter log prefix \"{} {rule}\" group {LOG_GROUP} return comment \"rule {rule}\"",
                 cgroup_match(cgroup_prefix, g.cgroup.as_str()),
-                g.rule_id
+                nflog::LOCAL_ALLOW,
+                rule = g.rule_id
             );
         }
     }
-    s.push_str(LOCAL_DENY);
+    s.push_str(&local_deny(nflog::LOCAL_DENY));
 
     for (i, e) in c.egress.iter().enumerate() {
         let _ = writeln!(s, "  chain egress_{i} {{");
         for p in &e.prefixes {
-            // Only the rules whose own prefix is this one; covering rules have their own entry.
+            // A prefix carries the rules of the prefixes that cover it too (folded for
+            // the eBPF trie); rendering those again here is redundant but harmless.
             // IPv6 sockets reaching IPv4-mapped addresses send IPv4 packets, so the
             // IPv4 rule covers them as the mapped trie entry does in the eBPF backend.
             let (fam, net) = match p.net {
@@ -321,7 +339,7 @@ pub fn render(
                 );
             }
         }
-        s.push_str(LOCAL_DENY);
+        s.push_str(&local_deny(nflog::EGRESS_DENY));
     }
     s.push_str("}\n");
     s
