@@ -126,10 +126,11 @@ fn parse_messages(mut buf: &[u8], out: &mut Vec<FlowEvent>) {
         if len < 16 || len > buf.len() {
             return;
         }
-        if ty == (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET && len >= 20 {
-            if let Some(ev) = parse_packet(&buf[20..len]) {
-                out.push(ev);
-            }
+        if ty == (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET
+            && len >= 20
+            && let Some(ev) = parse_packet(&buf[20..len])
+        {
+            out.push(ev);
         }
         buf = &buf[align4(len).min(buf.len())..];
     }

@@ -380,10 +380,10 @@ proto = "tcp"
         );
         assert!(s.starts_with("table inet ollama_warden {}\ndelete table inet ollama_warden\n"));
         assert!(s.contains("generation=7"));
-        assert!(s.contains("th dport 11434 ip saddr 10.0.0.0/8 counter accept"));
-        assert!(s.contains("th dport 11434 ip6 saddr fd00::/8 counter accept"));
+        assert!(s.contains("th dport 11434 ip saddr 10.0.0.0/8 ct state new counter log prefix \"warden ingress-allow 1\" group 11434 accept"));
+        assert!(s.contains("th dport 11434 ip6 saddr fd00::/8 accept"));
         assert!(s.contains(
-            "socket cgroupv2 level 2 \"unified/system.slice/ollama.service\" counter return"
+            "socket cgroupv2 level 2 \"unified/system.slice/ollama.service\" counter log prefix \"warden local-allow 3\""
         ));
         assert!(s.contains(
             "socket cgroupv2 level 2 \"unified/system.slice/ollama.service\" jump egress_0"
