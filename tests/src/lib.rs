@@ -27,11 +27,15 @@ pub fn workspace() -> PathBuf {
         .to_owned()
 }
 
+fn warden_path() -> PathBuf {
+    std::env::var_os("WARDEN_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/debug/warden"))
+}
+
 /// The `warden` binary under test (`WARDEN_BIN`, else the workspace's debug build).
 pub fn warden_bin() -> PathBuf {
-    let p = std::env::var_os("WARDEN_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/debug/warden"));
+    let p = warden_path();
     assert!(
         p.exists(),
         "{} missing: run `cargo build -p warden` (cargo xtask test does)",
@@ -215,7 +219,8 @@ impl Default for Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         // Unpin (detaches the programs), then kill what is left in the cgroups.
-        let _ = Command::new(warden_bin())
+        // Never panic here: a panic while unwinding aborts and skips the cleanup.
+        let _ = Command::new(warden_path())
             .arg("--pin-dir")
             .arg(&self.pin_dir)
             .arg("--run-dir")
@@ -225,10 +230,10 @@ impl Drop for Lab {
             .arg("down")
             .output();
         let _ = std::fs::remove_dir_all(&self.pin_dir);
-        remove_cgroup_tree(&self.cgroup);
         for ns in &self.netns {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
+        remove_cgroup_tree(&self.cgroup);
         let _ = std::fs::remove_dir_all(&self.run_dir);
     }
 }
@@ -242,7 +247,7 @@ fn remove_cgroup_tree(dir: &Path) {
             }
         }
     }
-    for _ in 0..50 {
+    for _ in 0..250 {
         let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
         if procs.trim().is_empty() {
             break;
@@ -256,7 +261,13 @@ fn remove_cgroup_tree(dir: &Path) {
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let _ = std::fs::remove_dir(dir);
+    // A killed process leaves the cgroup a moment after it is reaped.
+    for _ in 0..100 {
+        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// The generation the lab's daemon last wrote to its state file (0 if none).
