@@ -187,7 +187,24 @@ fn policy_show(paths: &[PathBuf], compiled: bool) -> i32 {
     match daemon::load_policy(paths, None) {
         Ok((policy, c)) => {
             let v = if compiled {
-                serde_json::to_value(&c)
+                // What each backend loads: the map entries (eBPF) and the ruleset (nft).
+                let prefix = crate::cgroupfs::cgroup2_mount()
+                    .ok()
+                    .and_then(|m| m.strip_prefix("/sys/fs/cgroup").ok().map(Path::to_owned))
+                    .unwrap_or_default();
+                let all = |n: usize| vec![true; n];
+                let ruleset = crate::enforce::nft::render(
+                    crate::enforce::nft::DEFAULT_TABLE,
+                    &prefix,
+                    &c,
+                    &all(c.cgroups.len()),
+                    &all(c.egress.len()),
+                    0,
+                );
+                serde_json::to_value(&c).map(|mut v| {
+                    v["nft_ruleset"] = ruleset.into();
+                    v
+                })
             } else {
                 serde_json::to_value(&policy)
             };
