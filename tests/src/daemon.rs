@@ -37,6 +37,12 @@ impl Daemon {
             .arg(&events)
             .arg("--rescan-secs")
             .arg("0.2")
+            // Tests read the kernel record as it is; `events.rs` checks the encodings.
+            .args(if extra.contains(&"--event-format") {
+                &[][..]
+            } else {
+                &["--event-format", "raw"][..]
+            })
             .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).unwrap());

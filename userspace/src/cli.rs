@@ -56,6 +56,9 @@ enum Command {
         /// Event sink: `stdout` or a file path.
         #[arg(long, default_value = "stdout")]
         events: String,
+        /// Encoding of flow events.
+        #[arg(long, value_enum, default_value = "ocsf")]
+        event_format: crate::events::EventFormat,
         /// Cgroup where the cgroup programs attach (default: the cgroup2 root, i.e. the whole host).
         #[arg(long)]
         attach_cgroup: Option<PathBuf>,
@@ -112,6 +115,7 @@ pub fn main() -> i32 {
             policy,
             backend,
             events,
+            event_format,
             attach_cgroup,
             require_signature,
             rescan_secs,
@@ -126,6 +130,7 @@ pub fn main() -> i32 {
                 nft_table: cli.nft_table,
                 require_signature,
                 events,
+                event_format,
                 run_dir: cli.run_dir,
                 rescan: Duration::from_secs_f64(rescan_secs.max(0.05)),
             };

@@ -11,7 +11,7 @@ use crate::enforce::ebpf::{self, Applied, Attachment, EbpfBackend};
 use crate::enforce::nflog::NflogSocket;
 use crate::enforce::nft::NftBackend;
 use crate::enforce::{Backend, EnforceError};
-use crate::events::{flow_json, lifecycle};
+use crate::events::{Encoder, EventFormat, lifecycle};
 use crate::signature::PolicyKey;
 use crate::state::DaemonState;
 use crate::watch::PolicyWatch;
@@ -72,6 +72,7 @@ pub struct Options {
     pub require_signature: Option<String>,
     /// Where events go: `-`/`stdout` or a file path (appended).
     pub events: String,
+    pub event_format: EventFormat,
     pub run_dir: PathBuf,
     /// How often to look for new interfaces and newly created policy cgroups.
     pub rescan: Duration,
@@ -186,6 +187,10 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         .map_err(DaemonError::Policy)?;
     let (policy, compiled) = load_policy(&opts.policy, key.as_ref())?;
     let mut sink = Sink::open(&opts.events)?;
+    let mut encoder = Encoder::new(
+        opts.event_format,
+        crate::cgroupfs::cgroup2_mount().map_err(EnforceError::from)?,
+    );
     let (mut backend, applied, attachments) = start_backend(&opts, &compiled, &mut sink)?;
 
     let mut current = Arc::new(compiled);
@@ -257,7 +262,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
                 let mut guard = guard?;
                 // A bounded batch per wake-up, so a flood never starves reloads and
                 // signals; readiness is only cleared once the ring is empty.
-                if drain(guard.get_inner_mut(), &current, &mut sink, DRAIN_BATCH) < DRAIN_BATCH {
+                if drain(guard.get_inner_mut(), &current, &mut encoder, &mut sink, DRAIN_BATCH) < DRAIN_BATCH {
                     guard.clear_ready();
                 }
                 sink.flush();
@@ -279,7 +284,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
                 let mut guard = guard?;
                 for ev in guard.get_inner_mut().read() {
                     let rule = current.rules.get(ev.rule_id as usize).map(|r| r.description.as_str());
-                    sink.write(&flow_json(&ev, rule));
+                    sink.write(&encoder.flow(&ev, rule));
                 }
                 guard.clear_ready();
                 sink.flush();
@@ -317,7 +322,13 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         }
     }
     if let Some(events) = events.as_mut() {
-        drain(events.get_mut(), &current, &mut sink, usize::MAX);
+        drain(
+            events.get_mut(),
+            &current,
+            &mut encoder,
+            &mut sink,
+            usize::MAX,
+        );
     }
     sink.emit(&lifecycle(
         "stop",
@@ -383,7 +394,13 @@ fn reload(
 const DRAIN_BATCH: usize = 1024;
 
 /// Reads up to `max` records; returns how many were read.
-fn drain(ring: &mut RingBuf<MapData>, compiled: &Compiled, sink: &mut Sink, max: usize) -> usize {
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    compiled: &Compiled,
+    encoder: &mut Encoder,
+    sink: &mut Sink,
+    max: usize,
+) -> usize {
     let mut n = 0;
     while n < max {
         let Some(item) = ring.next() else { break };
@@ -397,7 +414,7 @@ fn drain(ring: &mut RingBuf<MapData>, compiled: &Compiled, sink: &mut Sink, max:
             .rules
             .get(ev.rule_id as usize)
             .map(|r| r.description.as_str());
-        sink.write(&flow_json(&ev, rule));
+        sink.write(&encoder.flow(&ev, rule));
     }
     n
 }

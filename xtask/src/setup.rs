@@ -26,6 +26,7 @@ pub fn run() -> Result<()> {
     step("nightly rust-src", rust_src)?;
     step("bpf-linker", bpf_linker)?;
     step("bpffs", bpffs)?;
+    step("python test deps", python_venv)?;
     println!("setup: ready in {:.1}s", start.elapsed().as_secs_f64());
     Ok(())
 }
@@ -172,4 +173,34 @@ fn bpffs() -> Result<String> {
     }
     cmd::run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
     Ok("mounted now".into())
+}
+
+/// Python packages the tests use (validators, real client libraries), in a venv
+/// under `target/` so nothing outside the checkout changes.
+const PYTHON_PACKAGES: &[&str] = &["ocsf-json-schema==1.2.0", "jsonschema==4.23.0"];
+
+pub fn python_venv_dir() -> PathBuf {
+    cmd::workspace_root().join("target/pyenv")
+}
+
+fn python_venv() -> Result<String> {
+    let venv = python_venv_dir();
+    let python = venv.join("bin/python");
+    let stamp = venv.join("warden-packages.txt");
+    let wanted = PYTHON_PACKAGES.join("\n");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
+        return Ok("present".into());
+    }
+    if !python.exists() {
+        cmd::run(Command::new("python3").arg("-m").arg("venv").arg(&venv))
+            .context("creating the test venv needs python3-venv")?;
+    }
+    cmd::run(
+        Command::new(&python)
+            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+            .args(PYTHON_PACKAGES),
+    )
+    .context("pip install of the test packages (needs PyPI)")?;
+    std::fs::write(&stamp, wanted)?;
+    Ok(format!("installed {}", PYTHON_PACKAGES.join(" ")))
 }

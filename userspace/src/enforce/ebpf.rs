@@ -3,8 +3,8 @@
 //! stays exactly as it is if the daemon dies. A restarted daemon adopts what is
 //! pinned (no detach, no second attach) and only swaps in its policy.
 
-use super::EnforceError;
 use super::maps::{Maps, ResolvedEgress, ResolvedGrant};
+use super::{EnforceError, ResolvedCgroups};
 use crate::cgroupfs;
 use crate::compile::Compiled;
 use aya::maps::{MapData, RingBuf};
@@ -130,21 +130,13 @@ impl EbpfBackend {
 
     /// Resolves the policy's cgroups and swaps the policy in as `generation`.
     pub fn apply(&mut self, compiled: &Compiled, generation: u32) -> Result<Applied, EnforceError> {
-        let mut unresolved = Vec::new();
-        let mut resolved_ids = Vec::new();
-        let mut resolve = |path: &str| {
-            let id = cgroupfs::cgroup_id(&self.cgroup2.join(path)).ok();
-            if id.is_none() {
-                unresolved.push(path.to_owned());
-            }
-            resolved_ids.push(id);
-            id
-        };
+        let resolved = ResolvedCgroups::resolve(&self.cgroup2, compiled);
         let grants: Vec<ResolvedGrant> = compiled
             .cgroups
             .iter()
-            .filter_map(|g| {
-                resolve(g.cgroup.as_str()).map(|cgroup_id| ResolvedGrant {
+            .zip(&resolved.grants)
+            .filter_map(|(g, id)| {
+                id.map(|cgroup_id| ResolvedGrant {
                     cgroup_id,
                     rule: CgroupRule {
                         flags: g.flags,
@@ -153,31 +145,18 @@ impl EbpfBackend {
                 })
             })
             .collect();
-        let egress: Vec<ResolvedEgress> = compiled
+        let egress: Vec<ResolvedEgress> = resolved
             .egress
             .iter()
-            .map(|e| ResolvedEgress {
-                cgroup_id: resolve(e.cgroup.as_str()),
-            })
+            .map(|&cgroup_id| ResolvedEgress { cgroup_id })
             .collect();
         let slot = self.maps.swap_in(compiled, &grants, &egress, generation)?;
         Ok(Applied {
             generation,
             slot,
-            unresolved,
-            resolved_ids,
+            unresolved: resolved.unresolved(compiled),
+            resolved_ids: resolved.ids(),
         })
-    }
-
-    /// The cgroup ids the policy's cgroups resolve to now (to detect creation).
-    pub fn resolve_ids(&self, compiled: &Compiled) -> Vec<Option<u64>> {
-        compiled
-            .cgroups
-            .iter()
-            .map(|g| g.cgroup.as_str())
-            .chain(compiled.egress.iter().map(|e| e.cgroup.as_str()))
-            .map(|p| cgroupfs::cgroup_id(&self.cgroup2.join(p)).ok())
-            .collect()
     }
 
     /// Attaches the cgroup programs unless pinned links from an earlier run exist.

@@ -56,6 +56,41 @@ use aya::maps::{MapData, RingBuf};
 use ebpf::{Applied, Attachment, EbpfBackend};
 use nft::NftBackend;
 
+/// The policy's cgroups resolved to cgroup ids, now, in policy order. A cgroup
+/// that does not exist (yet) is `None`: it is granted nothing until it appears.
+pub struct ResolvedCgroups {
+    pub grants: Vec<Option<u64>>,
+    pub egress: Vec<Option<u64>>,
+}
+
+impl ResolvedCgroups {
+    pub fn resolve(cgroup2: &std::path::Path, c: &Compiled) -> Self {
+        let id = |p: &warden_policy::CgroupPath| {
+            crate::cgroupfs::cgroup_id(&cgroup2.join(p.as_str())).ok()
+        };
+        Self {
+            grants: c.cgroups.iter().map(|g| id(&g.cgroup)).collect(),
+            egress: c.egress.iter().map(|e| id(&e.cgroup)).collect(),
+        }
+    }
+
+    /// All ids, grants then egress (compared between rescans).
+    pub fn ids(&self) -> Vec<Option<u64>> {
+        self.grants.iter().chain(&self.egress).copied().collect()
+    }
+
+    /// The paths that did not resolve.
+    pub fn unresolved(&self, c: &Compiled) -> Vec<String> {
+        let grants = c.cgroups.iter().map(|g| &g.cgroup).zip(&self.grants);
+        let egress = c.egress.iter().map(|e| &e.cgroup).zip(&self.egress);
+        grants
+            .chain(egress)
+            .filter(|(_, id)| id.is_none())
+            .map(|(p, _)| p.to_string())
+            .collect()
+    }
+}
+
 /// The backend the daemon enforces with.
 pub enum Backend {
     Ebpf(Box<EbpfBackend>),
@@ -119,10 +154,11 @@ impl Backend {
     }
 
     pub fn resolve_ids(&self, compiled: &Compiled) -> Vec<Option<u64>> {
-        match self {
-            Self::Ebpf(b) => b.resolve_ids(compiled),
-            Self::Nft(b) => b.resolve_ids(compiled),
-        }
+        let cgroup2 = match self {
+            Self::Ebpf(b) => b.cgroup2_root(),
+            Self::Nft(b) => b.cgroup2_root(),
+        };
+        ResolvedCgroups::resolve(cgroup2, compiled).ids()
     }
 
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {

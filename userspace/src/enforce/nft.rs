@@ -13,7 +13,7 @@
 //! round-trip `socket cgroupv2 level`.
 
 use super::ebpf::Applied;
-use super::{EnforceError, nflog};
+use super::{EnforceError, ResolvedCgroups, nflog};
 use crate::cgroupfs;
 use crate::compile::Compiled;
 use ipnet::IpNet;
@@ -87,40 +87,22 @@ impl NftBackend {
 
     /// Replaces warden's table with `compiled` in one transaction.
     pub fn apply(&mut self, compiled: &Compiled, generation: u32) -> Result<Applied, EnforceError> {
-        let mut unresolved = Vec::new();
-        let mut resolved_ids = Vec::new();
-        let mut exists = |p: &str| {
-            let id = cgroupfs::cgroup_id(&self.cgroup2.join(p)).ok();
-            if id.is_none() {
-                unresolved.push(p.to_owned());
-            }
-            resolved_ids.push(id);
-            id.is_some()
-        };
-        let cgroups: Vec<bool> = compiled
-            .cgroups
-            .iter()
-            .map(|g| exists(g.cgroup.as_str()))
-            .collect();
-        let egress: Vec<bool> = compiled
-            .egress
-            .iter()
-            .map(|e| exists(e.cgroup.as_str()))
-            .collect();
+        let resolved = ResolvedCgroups::resolve(&self.cgroup2, compiled);
+        let exists = |ids: &[Option<u64>]| ids.iter().map(Option::is_some).collect::<Vec<_>>();
         let script = render(
             &self.table,
             &self.cgroup_prefix,
             compiled,
-            &cgroups,
-            &egress,
+            &exists(&resolved.grants),
+            &exists(&resolved.egress),
             generation,
         );
         nft(&["-f", "-"], Some(&script))?;
         Ok(Applied {
             generation,
             slot: 0,
-            unresolved,
-            resolved_ids,
+            unresolved: resolved.unresolved(compiled),
+            resolved_ids: resolved.ids(),
         })
     }
 
@@ -161,14 +143,8 @@ impl NftBackend {
         Ok(true)
     }
 
-    pub fn resolve_ids(&self, compiled: &Compiled) -> Vec<Option<u64>> {
-        compiled
-            .cgroups
-            .iter()
-            .map(|g| g.cgroup.as_str())
-            .chain(compiled.egress.iter().map(|e| e.cgroup.as_str()))
-            .map(|p| cgroupfs::cgroup_id(&self.cgroup2.join(p)).ok())
-            .collect()
+    pub fn cgroup2_root(&self) -> &Path {
+        &self.cgroup2
     }
 }
 

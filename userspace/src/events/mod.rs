@@ -1,6 +1,12 @@
 //! Kernel flow records as JSON lines, plus warden's lifecycle events.
 //!
-//! This is the raw record, complete but unenriched; SIEM encodings build on it.
+//! Three encodings: `raw` (the kernel record as it is, for tools and tests),
+//! [`ocsf`] (the default) and [`ecs`]; the latter two carry the [`enrich`]ment.
+
+pub mod community_id;
+pub mod ecs;
+pub mod enrich;
+pub mod ocsf;
 
 use serde_json::{Value, json};
 use std::net::{IpAddr, Ipv6Addr};
@@ -63,9 +69,86 @@ pub fn boot_ns_to_unix_ms(ts_ns: u64) -> u64 {
     (wall_now.saturating_sub(boot_now.saturating_sub(ts_ns))) / 1_000_000
 }
 
-fn comm(c: &[u8; 16]) -> String {
+pub(crate) fn comm(c: &[u8; 16]) -> String {
     let end = c.iter().position(|&b| b == 0).unwrap_or(c.len());
     String::from_utf8_lossy(&c[..end]).into_owned()
+}
+
+/// A kernel record with what userspace knows about it.
+pub struct Flow<'a> {
+    pub ev: &'a FlowEvent,
+    pub rule: Option<&'a str>,
+    pub process: Option<enrich::ProcessInfo>,
+    pub user: Option<String>,
+    pub cgroup: Option<enrich::CgroupInfo>,
+}
+
+impl<'a> Flow<'a> {
+    /// Enriches `ev` (process, user, cgroup) unless it came from a packet hook.
+    pub fn enriched(ev: &'a FlowEvent, rule: Option<&'a str>, e: &mut enrich::Enricher) -> Self {
+        let from_process = ev.tgid != 0;
+        Self {
+            ev,
+            rule,
+            process: from_process.then(|| e.process(ev.tgid, &comm(&ev.comm))),
+            user: from_process.then(|| e.user_name(ev.uid)).flatten(),
+            cgroup: (ev.cgroup_id != 0).then(|| e.cgroup(ev.cgroup_id, ev.tgid)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EventFormat {
+    /// OCSF 1.8.0 (Network Activity for flows).
+    Ocsf,
+    /// Elastic Common Schema.
+    Ecs,
+    /// The kernel record as JSON, unenriched.
+    Raw,
+}
+
+/// Turns flow records into events of one format.
+pub struct Encoder {
+    format: EventFormat,
+    enricher: enrich::Enricher,
+    seq: u64,
+}
+
+impl Encoder {
+    pub fn new(format: EventFormat, cgroup2: std::path::PathBuf) -> Self {
+        Self {
+            format,
+            enricher: enrich::Enricher::new(cgroup2),
+            seq: 0,
+        }
+    }
+
+    pub fn flow(&mut self, ev: &FlowEvent, rule: Option<&str>) -> Value {
+        self.seq += 1;
+        let uid = || event_uid(self.seq);
+        match self.format {
+            EventFormat::Raw => flow_json(ev, rule),
+            EventFormat::Ocsf => {
+                ocsf::network_activity(&Flow::enriched(ev, rule, &mut self.enricher), &uid())
+            }
+            EventFormat::Ecs => {
+                ecs::network_event(&Flow::enriched(ev, rule, &mut self.enricher), &uid())
+            }
+        }
+    }
+}
+
+/// `<boot id>-<seq>`: unique across restarts of the daemon and reboots.
+fn event_uid(seq: u64) -> String {
+    static START: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let start = START.get_or_init(|| {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        format!("{:x}-{:x}", std::process::id(), nanos)
+    });
+    format!("{start}-{seq}")
 }
 
 /// The JSON record of one kernel flow event.

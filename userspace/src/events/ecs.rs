@@ -1,0 +1,123 @@
+//! ECS encoding (Elastic Common Schema 8.11) of flow records.
+
+use super::community_id::community_id;
+use super::{Flow, addr, boot_ns_to_unix_ms, hook_name, reason_name};
+use serde_json::{Value, json};
+use warden_common::{hook, verdict};
+
+pub const ECS_VERSION: &str = "8.11.0";
+
+pub fn network_event(f: &Flow, event_uid: &str) -> Value {
+    let ev = f.ev;
+    let allowed = ev.verdict == verdict::ALLOW;
+    let inbound = matches!(
+        ev.hook,
+        hook::XDP | hook::NFT_INPUT | hook::BIND4 | hook::BIND6
+    );
+    let transport = match ev.proto {
+        6 => "tcp",
+        17 => "udp",
+        _ => "other",
+    };
+    let dst = addr(ev.daddr, ev.family);
+    let mut o = json!({
+        "@timestamp": rfc3339_ms(boot_ns_to_unix_ms(ev.ts_ns)),
+        "ecs": { "version": ECS_VERSION },
+        "event": {
+            "kind": "event",
+            "category": ["network"],
+            "type": ["connection", if allowed { "allowed" } else { "denied" }],
+            "outcome": if allowed { "success" } else { "failure" },
+            "action": reason_name(ev.reason),
+            "id": event_uid,
+            "module": "ollama_warden",
+            "dataset": "ollama_warden.flow",
+        },
+        "observer": { "product": "ollama-warden", "vendor": "ollama-warden", "version": env!("CARGO_PKG_VERSION") },
+        "network": {
+            "transport": transport,
+            "type": if ev.family == 10 { "ipv6" } else { "ipv4" },
+            "direction": if inbound { "ingress" } else { "egress" },
+        },
+        "destination": { "ip": dst.to_string(), "port": ev.dport },
+        "rule": { "id": ev.rule_id.to_string() },
+        "ollama_warden": { "hook": hook_name(ev.hook), "policy_generation": ev.generation },
+    });
+    if let Some(rule) = f.rule {
+        o["rule"]["name"] = rule.into();
+    }
+    if matches!(ev.hook, hook::XDP | hook::NFT_INPUT | hook::NFT_OUTPUT) {
+        let src = addr(ev.saddr, ev.family);
+        o["source"] = json!({ "ip": src.to_string(), "port": ev.sport });
+        if ev.sport != 0 && matches!(ev.proto, 6 | 17) {
+            o["network"]["community_id"] =
+                community_id(ev.proto, src, ev.sport, dst, ev.dport).into();
+        }
+    }
+    if ev.tgid != 0 {
+        let mut p =
+            json!({ "pid": ev.tgid, "name": super::comm(&ev.comm), "thread": { "id": ev.pid } });
+        if let Some(info) = &f.process {
+            if let Some(exe) = &info.exe {
+                p["executable"] = exe.clone().into();
+            }
+            if let Some(cmd) = &info.cmdline {
+                p["command_line"] = cmd.clone().into();
+            }
+        }
+        o["process"] = p;
+        o["user"] = json!({ "id": ev.uid.to_string() });
+        if let Some(name) = &f.user {
+            o["user"]["name"] = name.clone().into();
+        }
+    }
+    if let Some(c) = &f.cgroup {
+        if let Some(id) = &c.container_id {
+            o["container"] = json!({ "id": id, "runtime": c.container_runtime });
+        }
+        o["ollama_warden"]["cgroup"] =
+            json!({ "id": ev.cgroup_id, "path": c.path, "systemd_unit": c.unit });
+    }
+    if ev.cookie != 0 {
+        o["ollama_warden"]["socket_cookie"] = ev.cookie.into();
+    }
+    o
+}
+
+/// Unix milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+pub fn rfc3339_ms(ms: u64) -> String {
+    let (secs, millis) = (ms / 1000, ms % 1000);
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timestamps() {
+        assert_eq!(super::rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            super::rfc3339_ms(1_795_335_280_773),
+            "2026-11-22T08:14:40.773Z"
+        );
+        assert_eq!(
+            super::rfc3339_ms(951_825_600_001),
+            "2000-02-29T12:00:00.001Z"
+        );
+    }
+}

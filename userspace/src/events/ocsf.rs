@@ -1,0 +1,133 @@
+//! OCSF encoding (schema 1.8.0): flow records as Network Activity (class 4001).
+//! Warden's own fields (rule, hook, generation, cgroup, container, socket
+//! cookie) go under `unmapped.warden`, where OCSF puts producer extensions.
+
+use super::community_id::community_id;
+use super::{Flow, addr, boot_ns_to_unix_ms, hook_name, reason_name};
+use serde_json::{Value, json};
+use warden_common::{hook, verdict};
+
+pub const OCSF_VERSION: &str = "1.8.0";
+
+/// OCSF Network Activity `activity_id`s used here.
+const OPEN: u8 = 1;
+const REFUSE: u8 = 5;
+const LISTEN: u8 = 7;
+
+pub fn network_activity(f: &Flow, event_uid: &str) -> Value {
+    let ev = f.ev;
+    let allowed = ev.verdict == verdict::ALLOW;
+    let is_bind = matches!(ev.hook, hook::BIND4 | hook::BIND6);
+    let inbound = matches!(ev.hook, hook::XDP | hook::NFT_INPUT) || is_bind;
+    let activity = match (allowed, is_bind) {
+        (false, _) => REFUSE,
+        (true, true) => LISTEN,
+        (true, false) => OPEN,
+    };
+    let proto_name = match ev.proto {
+        6 => "tcp",
+        17 => "udp",
+        _ => "other",
+    };
+    let dst = addr(ev.daddr, ev.family);
+    let mut connection = json!({
+        "protocol_name": proto_name,
+        "protocol_num": ev.proto,
+        "direction_id": if inbound { 1 } else { 2 },
+        "direction": if inbound { "Inbound" } else { "Outbound" },
+    });
+    let mut o = json!({
+        "class_uid": 4001,
+        "class_name": "Network Activity",
+        "category_uid": 4,
+        "category_name": "Network Activity",
+        "activity_id": activity,
+        "type_uid": 400100 + activity as u32,
+        "time": boot_ns_to_unix_ms(ev.ts_ns),
+        "severity_id": if allowed { 1 } else { 3 },
+        "status_id": if allowed { 1 } else { 2 },
+        "action_id": if allowed { 1 } else { 2 },
+        "disposition_id": if allowed { 1 } else { 2 },
+        "message": format!("{} {} ({})", hook_name(ev.hook), if allowed { "allowed" } else { "blocked" }, reason_name(ev.reason)),
+        "metadata": {
+            "uid": event_uid,
+            "version": OCSF_VERSION,
+            // `actor` comes with the host profile, `action_id`/`disposition_id`
+            // with the security_control profile.
+            "profiles": ["host", "security_control"],
+            "product": { "name": "ollama-warden", "vendor_name": "ollama-warden", "version": env!("CARGO_PKG_VERSION") },
+        },
+        "dst_endpoint": { "ip": dst.to_string(), "port": ev.dport },
+    });
+    let mut warden = json!({
+        "hook": hook_name(ev.hook),
+        "reason": reason_name(ev.reason),
+        "rule_id": ev.rule_id,
+        "policy_generation": ev.generation,
+    });
+    if let Some(rule) = f.rule {
+        warden["rule"] = rule.into();
+    }
+    // Packets carry a source; system calls carry a process.
+    if matches!(ev.hook, hook::XDP | hook::NFT_INPUT | hook::NFT_OUTPUT) {
+        let src = addr(ev.saddr, ev.family);
+        o["src_endpoint"] = json!({ "ip": src.to_string(), "port": ev.sport });
+        if ev.sport != 0 && matches!(ev.proto, 6 | 17) {
+            connection["community_uid"] =
+                community_id(ev.proto, src, ev.sport, dst, ev.dport).into();
+        }
+        if ev.ifindex != 0 {
+            warden["ifindex"] = ev.ifindex.into();
+        }
+    }
+    if !matches!(ev.hook, hook::XDP | hook::NFT_INPUT) {
+        o["actor"] = json!({ "process": process(f) });
+    }
+    if ev.cookie != 0 {
+        connection["uid"] = ev.cookie.to_string().into();
+        warden["socket_cookie"] = ev.cookie.into();
+    }
+    if let Some(c) = &f.cgroup {
+        warden["cgroup_id"] = ev.cgroup_id.into();
+        for (k, v) in [
+            ("cgroup", &c.path),
+            ("systemd_unit", &c.unit),
+            ("container_id", &c.container_id),
+        ] {
+            if let Some(v) = v {
+                warden[k] = v.clone().into();
+            }
+        }
+        if let Some(rt) = c.container_runtime {
+            warden["container_runtime"] = rt.into();
+        }
+    }
+    o["connection_info"] = connection;
+    o["unmapped"] = json!({ "warden": warden });
+    o
+}
+
+fn process(f: &Flow) -> Value {
+    let ev = f.ev;
+    let comm = super::comm(&ev.comm);
+    let mut p = json!({ "name": comm });
+    if ev.tgid != 0 {
+        p["pid"] = ev.tgid.into();
+        p["tid"] = ev.pid.into();
+    }
+    let mut user = json!({ "uid": ev.uid.to_string() });
+    if let Some(name) = &f.user {
+        user["name"] = name.clone().into();
+    }
+    p["user"] = user;
+    if let Some(info) = &f.process {
+        if let Some(exe) = &info.exe {
+            let name = exe.rsplit('/').next().unwrap_or(exe);
+            p["file"] = json!({ "path": exe, "name": name, "type_id": 1, "type": "Regular File" });
+        }
+        if let Some(cmd) = &info.cmdline {
+            p["cmd_line"] = cmd.clone().into();
+        }
+    }
+    p
+}
