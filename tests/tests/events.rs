@@ -63,14 +63,37 @@ fn scenario(format: &str) -> (Lab, Vec<serde_json::Value>, u32) {
         "timeout"
     );
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let events = d.events();
+    // Stopping the daemon adds the `stop` event.
+    let path = d.events.clone();
     drop(d);
+    let events = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every line is JSON"))
+        .collect();
     (lab, events, rogue_pid)
 }
 
 #[test]
 fn ocsf_flow_records_validate_and_name_the_process() {
     let (lab, events, rogue_pid) = scenario("ocsf");
+    // Every line is OCSF: flows and warden's own lifecycle alike.
+    let verdicts = validate_ocsf(&events);
+    assert_eq!(verdicts.len(), events.len());
+    assert!(
+        verdicts.iter().all(|v| v.starts_with("ok ")),
+        "{verdicts:#?}\n{events:#?}"
+    );
+    let lifecycle: Vec<_> = events.iter().filter(|e| e["class_uid"] == 6002).collect();
+    let kinds: Vec<_> = lifecycle
+        .iter()
+        .map(|e| e["unmapped"]["warden"]["event"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.starts_with(&["start", "policy_applied"]) && kinds.ends_with(&["stop"]),
+        "{kinds:?}"
+    );
+    assert_eq!(lifecycle[0]["activity_id"], 3, "Start");
     let flows: Vec<_> = events
         .into_iter()
         .filter(|e| e["class_uid"] == 4001)
@@ -127,9 +150,18 @@ fn ocsf_flow_records_validate_and_name_the_process() {
 #[test]
 fn ecs_flow_records_carry_the_core_fields() {
     let (_lab, events, rogue_pid) = scenario("ecs");
+    assert!(
+        events.iter().all(|e| e["ecs"]["version"] == "8.11.0"),
+        "every line is ECS"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"]["action"] == "policy_applied")
+    );
     let flows: Vec<_> = events
         .into_iter()
-        .filter(|e| e.get("ecs").is_some())
+        .filter(|e| e["event"]["dataset"] == "ollama_warden.flow")
         .collect();
     assert!(flows.len() >= 4);
     for e in &flows {

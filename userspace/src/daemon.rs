@@ -11,7 +11,7 @@ use crate::enforce::ebpf::{self, Applied, Attachment, EbpfBackend};
 use crate::enforce::nflog::NflogSocket;
 use crate::enforce::nft::NftBackend;
 use crate::enforce::{Backend, EnforceError};
-use crate::events::{Encoder, EventFormat, lifecycle};
+use crate::events::{Encoder, EventFormat};
 use crate::signature::PolicyKey;
 use crate::state::DaemonState;
 use crate::watch::PolicyWatch;
@@ -105,11 +105,15 @@ pub fn load_policy(
     Ok((policy, compiled))
 }
 
-struct Sink(Box<dyn Write + Send>);
+/// Where events go, in the chosen encoding.
+struct Sink {
+    out: Box<dyn Write + Send>,
+    encoder: Encoder,
+}
 
 impl Sink {
-    fn open(spec: &str) -> std::io::Result<Self> {
-        Ok(Self(match spec {
+    fn open(spec: &str, encoder: Encoder) -> std::io::Result<Self> {
+        let out: Box<dyn Write + Send> = match spec {
             "-" | "stdout" => Box::new(std::io::BufWriter::new(std::io::stdout())),
             path => Box::new(std::io::BufWriter::new(
                 std::fs::OpenOptions::new()
@@ -117,27 +121,35 @@ impl Sink {
                     .append(true)
                     .open(path)?,
             )),
-        }))
+        };
+        Ok(Self { out, encoder })
+    }
+
+    /// Buffers one flow record (written at the next flush).
+    fn flow(&mut self, ev: &FlowEvent, rule: Option<&str>) {
+        let v = self.encoder.flow(ev, rule);
+        self.write(&v);
+    }
+
+    /// Writes one lifecycle event now.
+    fn lifecycle(&mut self, kind: &str, fields: Value) {
+        let v = self.encoder.lifecycle(kind, fields);
+        self.write(&v);
+        self.flush();
     }
 
     /// Buffers one event; [`Sink::flush`] writes the batch.
     fn write(&mut self, v: &Value) {
         // A failing sink must not stop enforcement; losses are reported on stderr.
-        if writeln!(self.0, "{v}").is_err() {
+        if writeln!(self.out, "{v}").is_err() {
             eprintln!("warden: event sink write failed");
         }
     }
 
     fn flush(&mut self) {
-        if self.0.flush().is_err() {
+        if self.out.flush().is_err() {
             eprintln!("warden: event sink flush failed");
         }
-    }
-
-    /// Writes one event now (lifecycle events).
-    fn emit(&mut self, v: &Value) {
-        self.write(v);
-        self.flush();
     }
 }
 
@@ -168,10 +180,10 @@ fn start_backend(
                 eprintln!(
                     "warden: WARNING: eBPF enforcement unavailable ({why}); falling back to nftables"
                 );
-                sink.emit(&lifecycle(
+                sink.lifecycle(
                     "backend_fallback",
                     json!({ "from": "ebpf", "to": "nft", "error": why }),
-                ));
+                );
                 nft()?
             }
         },
@@ -186,11 +198,11 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         .transpose()
         .map_err(DaemonError::Policy)?;
     let (policy, compiled) = load_policy(&opts.policy, key.as_ref())?;
-    let mut sink = Sink::open(&opts.events)?;
-    let mut encoder = Encoder::new(
+    let encoder = Encoder::new(
         opts.event_format,
         crate::cgroupfs::cgroup2_mount().map_err(EnforceError::from)?,
     );
+    let mut sink = Sink::open(&opts.events, encoder)?;
     let (mut backend, applied, attachments) = start_backend(&opts, &compiled, &mut sink)?;
 
     let mut current = Arc::new(compiled);
@@ -204,11 +216,11 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     );
     state.write(&opts.run_dir)?;
     print_summary(&policy, &current, &applied, &attachments, backend.gaps());
-    sink.emit(&lifecycle(
+    sink.lifecycle(
         "start",
         json!({ "backend": backend.name(), "attachments": attachments, "gaps": backend.gaps() }),
-    ));
-    sink.emit(&applied_event(&current, &applied, &policy));
+    );
+    sink.lifecycle("policy_applied", applied_event(&current, &applied, &policy));
     let mut resolved = applied.resolved_ids.clone();
 
     let mut events = match backend.take_events() {
@@ -262,7 +274,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
                 let mut guard = guard?;
                 // A bounded batch per wake-up, so a flood never starves reloads and
                 // signals; readiness is only cleared once the ring is empty.
-                if drain(guard.get_inner_mut(), &current, &mut encoder, &mut sink, DRAIN_BATCH) < DRAIN_BATCH {
+                if drain(guard.get_inner_mut(), &current, &mut sink, DRAIN_BATCH) < DRAIN_BATCH {
                     guard.clear_ready();
                 }
                 sink.flush();
@@ -284,7 +296,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
                 let mut guard = guard?;
                 for ev in guard.get_inner_mut().read() {
                     let rule = current.rules.get(ev.rule_id as usize).map(|r| r.description.as_str());
-                    sink.write(&encoder.flow(&ev, rule));
+                    sink.flow(&ev, rule);
                 }
                 guard.clear_ready();
                 sink.flush();
@@ -298,9 +310,9 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
                     match backend.apply_next(&current) {
                         Ok(applied) => {
                             resolved = applied.resolved_ids.clone();
-                            sink.emit(&lifecycle("cgroups_resolved", json!({
+                            sink.lifecycle("cgroups_resolved", json!({
                                 "generation": applied.generation, "unresolved": applied.unresolved,
-                            })));
+                            }));
                             state.generation = applied.generation;
                             state.write(&opts.run_dir)?;
                         }
@@ -311,7 +323,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
                     Ok(changes) => {
                         let changes: Vec<&Attachment> = changes.iter().filter(|a| a.state != "adopted").collect();
                         if !changes.is_empty() {
-                            sink.emit(&lifecycle("attachments_changed", json!({ "attachments": changes })));
+                            sink.lifecycle("attachments_changed", json!({ "attachments": changes }));
                         }
                     }
                     Err(e) => eprintln!("warden: XDP attach: {e}"),
@@ -322,18 +334,12 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         }
     }
     if let Some(events) = events.as_mut() {
-        drain(
-            events.get_mut(),
-            &current,
-            &mut encoder,
-            &mut sink,
-            usize::MAX,
-        );
+        drain(events.get_mut(), &current, &mut sink, usize::MAX);
     }
-    sink.emit(&lifecycle(
+    sink.lifecycle(
         "stop",
         json!({ "enforcement": "stays pinned; `warden down` removes it" }),
-    ));
+    );
     Ok(())
 }
 
@@ -350,25 +356,25 @@ fn reload_and_report(
     trigger: &str,
 ) -> Result<(), DaemonError> {
     match reload(opts, key, backend, current) {
-        Ok(None) => sink.emit(&lifecycle(
+        Ok(None) => sink.lifecycle(
             "policy_unchanged",
             json!({ "trigger": trigger, "digest": current.digest, "generation": state.generation }),
-        )),
+        ),
         Ok(Some((policy, compiled, applied))) => {
             *current = Arc::new(compiled);
             *resolved = applied.resolved_ids.clone();
-            let mut ev = applied_event(current, &applied, &policy);
-            ev["trigger"] = trigger.into();
-            sink.emit(&ev);
+            let mut fields = applied_event(current, &applied, &policy);
+            fields["trigger"] = trigger.into();
+            sink.lifecycle("policy_applied", fields);
             state.policy_applied(&policy, current, &applied);
             state.write(&opts.run_dir)?;
         }
         Err(e) => {
             eprintln!("warden: policy rejected ({trigger}), previous policy stays in force: {e}");
-            sink.emit(&lifecycle(
+            sink.lifecycle(
                 "policy_rejected",
                 json!({ "error": e.to_string(), "trigger": trigger, "generation_in_force": state.generation }),
-            ));
+            );
         }
     }
     Ok(())
@@ -394,13 +400,7 @@ fn reload(
 const DRAIN_BATCH: usize = 1024;
 
 /// Reads up to `max` records; returns how many were read.
-fn drain(
-    ring: &mut RingBuf<MapData>,
-    compiled: &Compiled,
-    encoder: &mut Encoder,
-    sink: &mut Sink,
-    max: usize,
-) -> usize {
+fn drain(ring: &mut RingBuf<MapData>, compiled: &Compiled, sink: &mut Sink, max: usize) -> usize {
     let mut n = 0;
     while n < max {
         let Some(item) = ring.next() else { break };
@@ -414,21 +414,19 @@ fn drain(
             .rules
             .get(ev.rule_id as usize)
             .map(|r| r.description.as_str());
-        sink.write(&encoder.flow(&ev, rule));
+        sink.flow(&ev, rule);
     }
     n
 }
 
+/// The fields of a `policy_applied` event.
 fn applied_event(compiled: &Compiled, applied: &Applied, policy: &Policy) -> Value {
-    lifecycle(
-        "policy_applied",
-        json!({
-            "generation": applied.generation,
-            "digest": compiled.digest,
-            "sources": policy.sources.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
-            "unresolved_cgroups": applied.unresolved,
-        }),
-    )
+    json!({
+        "generation": applied.generation,
+        "digest": compiled.digest,
+        "sources": policy.sources.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "unresolved_cgroups": applied.unresolved,
+    })
 }
 
 fn print_summary(

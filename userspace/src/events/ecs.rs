@@ -106,6 +106,33 @@ pub fn rfc3339_ms(ms: u64) -> String {
     )
 }
 
+/// Warden's lifecycle events in ECS.
+pub fn lifecycle(kind: &str, fields: Value, event_uid: &str) -> Value {
+    let (category, kind_type, outcome) = match kind {
+        "start" => ("process", "start", "success"),
+        "stop" => ("process", "end", "success"),
+        "policy_rejected" => ("configuration", "change", "failure"),
+        "policy_unchanged" => ("configuration", "info", "success"),
+        _ => ("configuration", "change", "success"),
+    };
+    json!({
+        "@timestamp": rfc3339_ms(super::now_ms()),
+        "ecs": { "version": ECS_VERSION },
+        "event": {
+            "kind": "event",
+            "category": [category],
+            "type": [kind_type],
+            "outcome": outcome,
+            "action": kind,
+            "id": event_uid,
+            "module": "ollama_warden",
+            "dataset": "ollama_warden.lifecycle",
+        },
+        "observer": { "product": "ollama-warden", "vendor": "ollama-warden", "version": env!("CARGO_PKG_VERSION") },
+        "ollama_warden": fields,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

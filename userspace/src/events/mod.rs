@@ -123,6 +123,16 @@ impl Encoder {
         }
     }
 
+    /// A lifecycle event (`start`, `stop`, `policy_applied`, `policy_rejected`, …).
+    pub fn lifecycle(&mut self, kind: &str, fields: Value) -> Value {
+        self.seq += 1;
+        match self.format {
+            EventFormat::Raw => lifecycle(kind, fields),
+            EventFormat::Ocsf => ocsf::application_lifecycle(kind, fields, &event_uid(self.seq)),
+            EventFormat::Ecs => ecs::lifecycle(kind, fields, &event_uid(self.seq)),
+        }
+    }
+
     pub fn flow(&mut self, ev: &FlowEvent, rule: Option<&str>) -> Value {
         self.seq += 1;
         let uid = || event_uid(self.seq);
@@ -209,12 +219,17 @@ pub fn flow_json(ev: &FlowEvent, rule: Option<&str>) -> Value {
     v
 }
 
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
 /// A lifecycle event (`start`, `policy_applied`, `policy_rejected`, ...).
 pub fn lifecycle(kind: &str, fields: Value) -> Value {
-    let mut v = json!({
-        "type": kind,
-        "time_ms": SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64,
-    });
+    let mut v = json!({ "type": kind, "time_ms": now_ms() });
     if let (Some(o), Value::Object(f)) = (v.as_object_mut(), fields) {
         o.extend(f);
     }

@@ -131,3 +131,48 @@ fn process(f: &Flow) -> Value {
     }
     p
 }
+
+/// Warden's own lifecycle (start, stop, policy applied/rejected, backend fallback)
+/// as OCSF Application Lifecycle (class 6002); the details under `unmapped.warden`.
+pub fn application_lifecycle(kind: &str, fields: Value, event_uid: &str) -> Value {
+    const START: u8 = 3;
+    const STOP: u8 = 4;
+    const UPDATE: u8 = 8;
+    const OTHER: u8 = 99;
+    let (activity, failed, severity) = match kind {
+        "start" => (START, false, 1),
+        "stop" => (STOP, false, 1),
+        "policy_applied" | "cgroups_resolved" | "attachments_changed" => (UPDATE, false, 1),
+        "policy_rejected" => (UPDATE, true, 3),
+        "backend_fallback" => (OTHER, false, 4),
+        _ => (OTHER, false, 1),
+    };
+    let product = json!({ "name": "ollama-warden", "vendor_name": "ollama-warden", "version": env!("CARGO_PKG_VERSION") });
+    let mut warden = json!({ "event": kind });
+    if let (Some(w), Value::Object(f)) = (warden.as_object_mut(), fields) {
+        w.extend(f);
+    }
+    let mut message = kind.replace('_', " ");
+    if let Some(e) = warden["error"].as_str() {
+        message = format!("{message}: {e}");
+    }
+    let mut o = json!({
+        "class_uid": 6002,
+        "class_name": "Application Lifecycle",
+        "category_uid": 6,
+        "category_name": "Application Activity",
+        "activity_id": activity,
+        "type_uid": 600200 + activity as u32,
+        "time": super::now_ms(),
+        "severity_id": severity,
+        "status_id": if failed { 2 } else { 1 },
+        "message": message,
+        "app": product.clone(),
+        "metadata": { "uid": event_uid, "version": OCSF_VERSION, "product": product },
+        "unmapped": { "warden": warden },
+    });
+    if activity == OTHER {
+        o["activity_name"] = kind.into();
+    }
+    o
+}
