@@ -109,6 +109,9 @@ impl EbpfBackend {
             cgroup2,
             attach_cgroup,
         };
+        // A previous daemon may have died between a flip and its barrier: make sure
+        // no program still reads the inactive slot before it is rewritten.
+        super::maps::wait_for_running_programs();
         let abi = backend.maps.abi()?;
         if abi != 0 && abi != warden_common::ABI_VERSION {
             return Err(EnforceError::AbiMismatch {

@@ -282,7 +282,7 @@ impl Maps {
 /// Waits until every BPF program that might have read the old active slot has
 /// returned: MEMBARRIER_CMD_GLOBAL performs `synchronize_rcu()`, and warden's
 /// programs run inside RCU read-side sections (non-sleepable programs).
-fn wait_for_running_programs() {
+pub fn wait_for_running_programs() {
     const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
     // SAFETY: membarrier takes no pointers.
     let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };

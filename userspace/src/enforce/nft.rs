@@ -27,6 +27,7 @@ pub const GAPS: &[&str] = &[
     "bind control: nftables has no hook on bind(); any process may bind the protected ports",
     "flow events carry addresses, ports and uid/gid but no pid, comm, cgroup or socket cookie (nftables sees packets, not system calls)",
     "denied local TCP connects fail with ECONNREFUSED (a reset), not EPERM",
+    "local access and egress rules see only this network namespace: processes in containers with their own network namespace are not covered",
 ];
 
 pub const DEFAULT_TABLE: &str = "ollama_warden";
