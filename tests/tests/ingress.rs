@@ -424,3 +424,33 @@ fn a_record_flood_is_accounted_exactly() {
         "every verdict is counted against its rule ({hits})"
     );
 }
+
+#[test]
+fn non_ethernet_interfaces_are_reported_not_silently_covered() {
+    let t = topology();
+    sh(&format!(
+        "ip -n {} tuntap add dev wtun0 mode tun && ip -n {} link set wtun0 up",
+        t.srv, t.srv
+    ));
+    let d = t
+        .lab
+        .daemon(Some(&t.srv), &t.lab.policy("p.toml", &policy(&t.lab)));
+    let start = d.wait_event("start", |e| e["type"] == "start");
+    let att = start["attachments"].as_array().unwrap();
+    let tun = att
+        .iter()
+        .find(|a| a["target"] == "wtun0")
+        .expect("the tun device is listed");
+    assert_eq!(tun["state"], "unsupported", "{start}");
+    assert_eq!(
+        att.iter()
+            .filter(|a| a["state"] == "attached" && a["program"] == "xdp_ingress")
+            .count(),
+        2
+    );
+    assert!(
+        std::fs::read_to_string(&d.stderr)
+            .unwrap()
+            .contains("wtun0 is not an Ethernet interface")
+    );
+}

@@ -392,7 +392,11 @@ fn reload(
         return Ok(None);
     }
     let applied = backend.apply_next(&compiled)?;
-    backend.sync_interfaces(&compiled)?;
+    // The swap happened: from here on this policy is the one in force, whatever
+    // the interface sync says (its problems are reported, not a rejection).
+    if let Err(e) = backend.sync_interfaces(&compiled) {
+        eprintln!("warden: WARNING: interfaces of the new policy: {e}");
+    }
     Ok(Some((policy, compiled, applied)))
 }
 

@@ -217,6 +217,49 @@ impl EbpfBackend {
         Ok(out)
     }
 
+    fn attach_xdp(
+        &mut self,
+        ifindex: u32,
+        name: &str,
+        pin: &Path,
+    ) -> Result<&'static str, EnforceError> {
+        let perr = |e| EnforceError::Program {
+            name: XDP_PROGRAM.into(),
+            source: e,
+        };
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(XDP_PROGRAM)
+            .ok_or_else(|| EnforceError::Bpffs(format!("object has no program {XDP_PROGRAM}")))?
+            .try_into()
+            .map_err(perr)?;
+        if prog.fd().is_err() {
+            prog.load().map_err(perr)?;
+        }
+        let (id, mode) = match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
+            Ok(id) => (id, "native"),
+            Err(_) => (
+                prog.attach_to_if_index(ifindex, XdpMode::Skb)
+                    .map_err(|e| EnforceError::Interface {
+                        iface: name.to_owned(),
+                        reason: format!("cannot attach XDP (another XDP program?): {e}"),
+                    })?,
+                "generic",
+            ),
+        };
+        let link = FdLink::try_from(prog.take_link(id).map_err(perr)?).map_err(|e| {
+            EnforceError::Interface {
+                iface: name.to_owned(),
+                reason: format!("no bpf link support: {e}"),
+            }
+        })?;
+        link.pin(pin).map_err(|e| EnforceError::Pin {
+            path: pin.to_owned(),
+            source: e,
+        })?;
+        Ok(mode)
+    }
+
     /// Makes the XDP attachments match `compiled.interfaces` in this network
     /// namespace: attaches where missing (native mode, else generic), keeps pinned
     /// ones, and unpins links whose interface is gone.
@@ -256,57 +299,56 @@ impl EbpfBackend {
         }
         for (ifindex, name) in wanted {
             let pin = links.join(format!("xdp-{ifindex}-{name}"));
-            if PinnedLink::from_pin(&pin).is_ok() {
-                out.push(Attachment {
-                    program: XDP_PROGRAM.into(),
-                    target: name,
-                    state: "adopted",
-                    mode: None,
-                });
-                continue;
-            }
-            let perr = |e| EnforceError::Program {
-                name: XDP_PROGRAM.into(),
-                source: e,
-            };
-            let prog: &mut Xdp = self
-                .ebpf
-                .program_mut(XDP_PROGRAM)
-                .ok_or_else(|| EnforceError::Bpffs(format!("object has no program {XDP_PROGRAM}")))?
-                .try_into()
-                .map_err(perr)?;
-            if prog.fd().is_err() {
-                prog.load().map_err(perr)?;
-            }
-            let (id, mode) = match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
-                Ok(id) => (id, "native"),
-                Err(_) => (
-                    prog.attach_to_if_index(ifindex, XdpMode::Skb)
-                        .map_err(|e| EnforceError::Interface {
-                            iface: name.clone(),
-                            reason: format!("cannot attach XDP (another XDP program?): {e}"),
-                        })?,
-                    "generic",
-                ),
-            };
-            let link = FdLink::try_from(prog.take_link(id).map_err(perr)?).map_err(|e| {
-                EnforceError::Interface {
-                    iface: name.clone(),
-                    reason: format!("no bpf link support: {e}"),
+            let (state, mode) = if PinnedLink::from_pin(&pin).is_ok() {
+                ("adopted", None)
+            } else if !is_ethernet(&name) {
+                // The parser expects an Ethernet header; tun/wireguard/ipip/IPoIB
+                // frames would be misread (and pass), so say so instead.
+                eprintln!(
+                    "warden: WARNING: {name} is not an Ethernet interface; XDP ingress does not cover it"
+                );
+                ("unsupported", None)
+            } else {
+                // One interface failing must not leave the others unprotected.
+                match self.attach_xdp(ifindex, &name, &pin) {
+                    Ok(mode) => ("attached", Some(mode)),
+                    Err(e) => {
+                        eprintln!("warden: WARNING: XDP not attached to {name}: {e}");
+                        ("failed", None)
+                    }
                 }
-            })?;
-            link.pin(&pin).map_err(|e| EnforceError::Pin {
-                path: pin.clone(),
-                source: e,
-            })?;
+            };
             out.push(Attachment {
                 program: XDP_PROGRAM.into(),
                 target: name,
-                state: "attached",
-                mode: Some(mode),
+                state,
+                mode,
             });
         }
         Ok(out)
+    }
+}
+
+/// Whether `name` carries Ethernet frames (ARPHRD_ETHER), asked through an ioctl so
+/// the answer is about this network namespace's device.
+fn is_ethernet(name: &str) -> bool {
+    const ARPHRD_ETHER: u16 = 1;
+    if name.len() >= libc::IFNAMSIZ {
+        return false;
+    }
+    // SAFETY: a zeroed ifreq with a NUL-terminated name; the fd is closed below.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return false;
+        }
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
+            *d = s as libc::c_char;
+        }
+        let rc = libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut ifr);
+        libc::close(fd);
+        rc == 0 && ifr.ifr_ifru.ifru_hwaddr.sa_family == ARPHRD_ETHER
     }
 }
 

@@ -229,7 +229,10 @@ impl Maps {
         let keys: Vec<_> = self
             .ingress
             .keys()
-            .filter_map(Result::ok)
+            // A failed key walk must fail the apply, not leave stale entries behind.
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err("INGRESS"))?
+            .into_iter()
             .filter(|k: &Key<IngressKey>| {
                 let d = k.data();
                 u16::from_be_bytes([d.slot_port[0], d.slot_port[1]]) as u32 == slot
@@ -241,7 +244,10 @@ impl Maps {
         let keys: Vec<_> = self
             .egress
             .keys()
-            .filter_map(Result::ok)
+            // A failed key walk must fail the apply, not leave stale entries behind.
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err("EGRESS"))?
+            .into_iter()
             .filter(|k: &Key<EgressKey>| (k.data().slot_policy[0] as u32) == slot)
             .collect();
         for k in keys {
@@ -250,7 +256,10 @@ impl Maps {
         let keys: Vec<_> = self
             .cgroups
             .keys()
-            .filter_map(Result::ok)
+            // A failed key walk must fail the apply, not leave stale entries behind.
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err("CGROUPS"))?
+            .into_iter()
             .filter(|k| k.slot == slot)
             .collect();
         for k in keys {
@@ -259,7 +268,10 @@ impl Maps {
         let keys: Vec<_> = self
             .egress_cgroups
             .keys()
-            .filter_map(Result::ok)
+            // A failed key walk must fail the apply, not leave stale entries behind.
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err("EGRESS_CGROUPS"))?
+            .into_iter()
             .filter(|k| k.slot == slot)
             .collect();
         for k in keys {

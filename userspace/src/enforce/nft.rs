@@ -2,8 +2,9 @@
 //! warden owns (`inet ollama_warden` by default), replaced in one `nft -f`
 //! transaction. It never touches another table.
 //!
-//! Parity with the eBPF backend: ingress is checked in an `input` chain (after
-//! reassembly, so fragments need no special case), local access and egress in an
+//! Parity with the eBPF backend: ingress is checked in a `prerouting` chain after
+//! conntrack's defragmentation (so fragments need no special case) and before DNAT
+//! (so a container's published port 11434 is covered, as XDP covers it), local access and egress in an
 //! `output` chain on new flows with `socket cgroupv2` (descendants match through
 //! the ancestor `level`), and a drop in `output` makes connect()/sendmsg() fail with
 //! EPERM as the cgroup hooks do. What nftables cannot express is listed by
@@ -220,7 +221,7 @@ pub fn render(
     // Ingress: one rule per (port, prefix), so every rule id keeps its counter.
     let _ = writeln!(
         s,
-        "  chain ingress {{\n    type filter hook input priority -150; policy accept;"
+        "  chain ingress {{\n    type filter hook prerouting priority -150; policy accept;"
     );
     s.push_str("    iif \"lo\" accept\n");
     if !c.all_interfaces() {
