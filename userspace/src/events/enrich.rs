@@ -47,15 +47,18 @@ impl Enricher {
         }
     }
 
-    /// Process details for `tgid`, if it still runs the command `comm` (a pid that
-    /// was reused by another program is reported as gone).
-    pub fn process(&mut self, tgid: u32, comm: &str) -> ProcessInfo {
+    /// Process details for `tgid`, if its thread `tid` still runs the command `comm`
+    /// (the record's comm is the calling thread's; a pid that was reused by another
+    /// program is reported as gone).
+    pub fn process(&mut self, tgid: u32, tid: u32, comm: &str) -> ProcessInfo {
         let key = (tgid, comm.to_owned());
         if let Some(p) = self.procs.get(&key) {
             return p.clone();
         }
         let dir = PathBuf::from(format!("/proc/{tgid}"));
-        let current_comm = std::fs::read_to_string(dir.join("comm")).ok();
+        let current_comm = std::fs::read_to_string(dir.join(format!("task/{tid}/comm")))
+            .or_else(|_| std::fs::read_to_string(dir.join("comm")))
+            .ok();
         let info = if current_comm.as_deref().map(str::trim) != Some(comm) {
             ProcessInfo {
                 gone: true,
@@ -225,9 +228,9 @@ mod tests {
         let mut e = Enricher::new(PathBuf::from("/nonexistent"));
         let me = std::process::id();
         let comm = std::fs::read_to_string(format!("/proc/{me}/comm")).unwrap();
-        let p = e.process(me, comm.trim());
+        let p = e.process(me, me, comm.trim());
         assert!(!p.gone && p.exe.is_some() && p.cmdline.is_some());
-        assert!(e.process(me, "not-this-program").gone);
+        assert!(e.process(me, me, "not-this-program").gone);
         assert_eq!(e.user_name(0).as_deref(), Some("root"));
     }
 }

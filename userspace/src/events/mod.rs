@@ -90,7 +90,7 @@ impl<'a> Flow<'a> {
         Self {
             ev,
             rule,
-            process: from_process.then(|| e.process(ev.tgid, &comm(&ev.comm))),
+            process: from_process.then(|| e.process(ev.tgid, ev.pid, &comm(&ev.comm))),
             user: from_process.then(|| e.user_name(ev.uid)).flatten(),
             cgroup: (ev.cgroup_id != 0).then(|| e.cgroup(ev.cgroup_id, ev.tgid)),
         }
