@@ -278,3 +278,38 @@ pub fn state_generation(lab: &Lab) -> u32 {
         .and_then(|v| v["generation"].as_u64())
         .unwrap_or(0) as u32
 }
+
+/// A server namespace with two client namespaces: one whose addresses policies
+/// allow, one they do not.
+pub struct Topology {
+    pub lab: Lab,
+    pub srv: String,
+    pub good: String,
+    pub bad: String,
+}
+
+/// srv ←veth→ good (10.88.1.2, fd00:88:1::2), srv ←veth→ bad (10.88.2.2, fd00:88:2::2).
+pub fn topology() -> Topology {
+    let mut lab = Lab::new();
+    let srv = lab.netns("srv");
+    let good = lab.netns("good");
+    let bad = lab.netns("bad");
+    lab.veth(
+        &srv,
+        &["10.88.1.1/24", "fd00:88:1::1/64"],
+        &good,
+        &["10.88.1.2/24", "fd00:88:1::2/64"],
+    );
+    lab.veth(
+        &srv,
+        &["10.88.2.1/24", "fd00:88:2::1/64"],
+        &bad,
+        &["10.88.2.2/24", "fd00:88:2::2/64"],
+    );
+    Topology {
+        lab,
+        srv,
+        good,
+        bad,
+    }
+}

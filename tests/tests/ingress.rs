@@ -1,42 +1,9 @@
 //! XDP ingress allowlist with real traffic over veth, IPv4 and IPv6, and the
 //! frame parser against crafted frames (BPF_PROG_TEST_RUN through bpftool).
 
-use warden_tests::{Lab, sh};
+use warden_tests::{Lab, sh, topology};
 
 const PORT: u16 = 11434;
-
-struct Topology {
-    lab: Lab,
-    srv: String,
-    good: String,
-    bad: String,
-}
-
-/// srv ←veth→ good (10.88.1.2, fd00:88:1::2), srv ←veth→ bad (10.88.2.2, fd00:88:2::2).
-fn topology() -> Topology {
-    let mut lab = Lab::new();
-    let srv = lab.netns("srv");
-    let good = lab.netns("good");
-    let bad = lab.netns("bad");
-    lab.veth(
-        &srv,
-        &["10.88.1.1/24", "fd00:88:1::1/64"],
-        &good,
-        &["10.88.1.2/24", "fd00:88:1::2/64"],
-    );
-    lab.veth(
-        &srv,
-        &["10.88.2.1/24", "fd00:88:2::1/64"],
-        &bad,
-        &["10.88.2.2/24", "fd00:88:2::2/64"],
-    );
-    Topology {
-        lab,
-        srv,
-        good,
-        bad,
-    }
-}
 
 fn policy(lab: &Lab) -> String {
     format!(

@@ -9,22 +9,12 @@ const PORT: u16 = 11434;
 
 /// `case → (verdict seen, verdict the policy asks for)`.
 fn matrix(backend: &str) -> BTreeMap<String, (String, &'static str)> {
-    let mut lab = Lab::new();
-    let srv = lab.netns("srv");
-    let good = lab.netns("good");
-    let bad = lab.netns("bad");
-    lab.veth(
-        &srv,
-        &["10.88.1.1/24", "fd00:88:1::1/64"],
-        &good,
-        &["10.88.1.2/24", "fd00:88:1::2/64"],
-    );
-    lab.veth(
-        &srv,
-        &["10.88.2.1/24", "fd00:88:2::1/64"],
-        &bad,
-        &["10.88.2.2/24", "fd00:88:2::2/64"],
-    );
+    let warden_tests::Topology {
+        lab,
+        srv,
+        good,
+        bad,
+    } = warden_tests::topology();
     let policy = format!(
         r#"version = 1
 [service]
