@@ -37,6 +37,13 @@ impl Daemon {
             .arg(&events)
             .arg("--rescan-secs")
             .arg("0.2")
+            .args(["--loss-report-secs", "0.2"])
+            // Tests count denies one by one unless they test aggregation.
+            .args(if extra.contains(&"--aggregate-secs") {
+                &[][..]
+            } else {
+                &["--aggregate-secs", "0"][..]
+            })
             // Tests read the kernel record as it is; `events.rs` checks the encodings.
             .args(if extra.contains(&"--event-format") {
                 &[][..]

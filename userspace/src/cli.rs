@@ -53,9 +53,11 @@ enum Command {
         policy: Vec<PathBuf>,
         #[arg(long, value_enum, default_value = "auto")]
         backend: BackendChoice,
-        /// Event sink: `stdout` or a file path.
-        #[arg(long, default_value = "stdout")]
-        events: String,
+        /// Event sink, repeatable: stdout, PATH, file://PATH?max_bytes=100M&keep=5,
+        /// syslog, syslog+unix://PATH, syslog+udp://HOST:PORT, syslog+tcp://HOST:PORT,
+        /// udp://HOST:PORT, tcp://HOST:PORT (syslog specs take ?facility=NAME).
+        #[arg(long, default_value = "stdout", value_name = "SINK")]
+        events: Vec<crate::events::sink::SinkSpec>,
         /// Encoding of flow events.
         #[arg(long, value_enum, default_value = "ocsf")]
         event_format: crate::events::EventFormat,
@@ -65,6 +67,13 @@ enum Command {
         /// Accept only policy files signed (minisign, FILE.minisig) by this public key (file or base64).
         #[arg(long, value_name = "PUBKEY")]
         require_signature: Option<String>,
+        /// Seconds within which repeated denies (same source, destination and reason)
+        /// are reported as one event with a count; the first is always reported at once. 0 = off.
+        #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+        aggregate_secs: f64,
+        /// Seconds between checks for lost events (reported as `loss` events when there are new ones).
+        #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+        loss_report_secs: f64,
         /// Seconds between scans for new interfaces and newly created policy cgroups.
         #[arg(long, default_value_t = 1.0)]
         rescan_secs: f64,
@@ -119,6 +128,8 @@ pub fn main() -> i32 {
             attach_cgroup,
             require_signature,
             rescan_secs,
+            aggregate_secs,
+            loss_report_secs,
         } => {
             let opts = daemon::Options {
                 policy,
@@ -131,6 +142,8 @@ pub fn main() -> i32 {
                 require_signature,
                 events,
                 event_format,
+                aggregate: Duration::from_secs_f64(aggregate_secs.max(0.0)),
+                loss_report: Duration::from_secs_f64(loss_report_secs.max(0.1)),
                 run_dir: cli.run_dir,
                 rescan: Duration::from_secs_f64(rescan_secs.max(0.05)),
             };
@@ -286,6 +299,12 @@ fn status(pin_dir: &Path, run_dir: &Path, nft_table: &str, as_json: bool) -> i32
         report["rules"] = json!(rules);
     }
     if let Some(s) = &state {
+        let mut events = json!(s.events);
+        if let Some(m) = &maps {
+            // The kernel's counter is live; the rest is as of the daemon's last update.
+            events["kernel_lost"] = json!(Maps::sum(&m.stats, stat::EVENTS_LOST));
+        }
+        report["events"] = events;
         report["policy"] = json!({ "digest": s.digest, "sources": s.sources, "ports": s.ports,
                                    "unresolved_cgroups": s.unresolved_cgroups });
     }
@@ -328,6 +347,23 @@ fn print_status(r: &serde_json::Value) {
                 .unwrap_or_default()
         );
         println!("counters:    {}", r["counters"]);
+        let e = &r["events"];
+        if e.is_object() {
+            println!(
+                "events:      {} read, {} lost in the kernel, {} dropped (queue full), {} folded into aggregates",
+                e["records"], e["kernel_lost"], e["queue_dropped"], e["aggregated"]
+            );
+            for s in e["sinks"].as_array().into_iter().flatten() {
+                println!(
+                    "  sink {}: {} written, {} dropped, {} failed, {} pending",
+                    s["sink"].as_str().unwrap_or("?"),
+                    s["written"],
+                    s["dropped"],
+                    s["failed"],
+                    s["pending"]
+                );
+            }
+        }
         for rule in r["rules"].as_array().into_iter().flatten() {
             println!(
                 "  rule {:>4} {:>10} hits  {} {}",

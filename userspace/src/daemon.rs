@@ -11,13 +11,14 @@ use crate::enforce::ebpf::{self, Applied, Attachment, EbpfBackend};
 use crate::enforce::nflog::NflogSocket;
 use crate::enforce::nft::NftBackend;
 use crate::enforce::{Backend, EnforceError};
-use crate::events::{Encoder, EventFormat};
+use crate::events::EventFormat;
+use crate::events::pipeline::{Config as PipelineConfig, Pipeline};
+use crate::events::sink::SinkSpec;
 use crate::signature::PolicyKey;
 use crate::state::DaemonState;
 use crate::watch::PolicyWatch;
 use aya::maps::{MapData, RingBuf};
 use serde_json::{Value, json};
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,9 +71,13 @@ pub struct Options {
     pub nft_table: String,
     /// A minisign public key (file or base64): only policy files signed by it load.
     pub require_signature: Option<String>,
-    /// Where events go: `-`/`stdout` or a file path (appended).
-    pub events: String,
+    /// Where events go (every one of them; see [`crate::events::sink`]).
+    pub events: Vec<SinkSpec>,
     pub event_format: EventFormat,
+    /// Window for aggregating repeated denies; zero = every deny on its own.
+    pub aggregate: Duration,
+    /// How often losses are checked and, when there are new ones, reported.
+    pub loss_report: Duration,
     pub run_dir: PathBuf,
     /// How often to look for new interfaces and newly created policy cgroups.
     pub rescan: Duration,
@@ -105,59 +110,11 @@ pub fn load_policy(
     Ok((policy, compiled))
 }
 
-/// Where events go, in the chosen encoding.
-struct Sink {
-    out: Box<dyn Write + Send>,
-    encoder: Encoder,
-}
-
-impl Sink {
-    fn open(spec: &str, encoder: Encoder) -> std::io::Result<Self> {
-        let out: Box<dyn Write + Send> = match spec {
-            "-" | "stdout" => Box::new(std::io::BufWriter::new(std::io::stdout())),
-            path => Box::new(std::io::BufWriter::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)?,
-            )),
-        };
-        Ok(Self { out, encoder })
-    }
-
-    /// Buffers one flow record (written at the next flush).
-    fn flow(&mut self, ev: &FlowEvent, rule: Option<&str>) {
-        let v = self.encoder.flow(ev, rule);
-        self.write(&v);
-    }
-
-    /// Writes one lifecycle event now.
-    fn lifecycle(&mut self, kind: &str, fields: Value) {
-        let v = self.encoder.lifecycle(kind, fields);
-        self.write(&v);
-        self.flush();
-    }
-
-    /// Buffers one event; [`Sink::flush`] writes the batch.
-    fn write(&mut self, v: &Value) {
-        // A failing sink must not stop enforcement; losses are reported on stderr.
-        if writeln!(self.out, "{v}").is_err() {
-            eprintln!("warden: event sink write failed");
-        }
-    }
-
-    fn flush(&mut self) {
-        if self.out.flush().is_err() {
-            eprintln!("warden: event sink flush failed");
-        }
-    }
-}
-
 /// Starts the chosen backend: policy swapped in first, then attached.
 fn start_backend(
     opts: &Options,
     compiled: &Compiled,
-    sink: &mut Sink,
+    events: &Pipeline,
 ) -> Result<(Backend, Applied, Vec<Attachment>), DaemonError> {
     let ebpf = || -> Result<_, EnforceError> {
         let mut b = Backend::Ebpf(Box::new(EbpfBackend::open(&opts.ebpf)?));
@@ -180,7 +137,7 @@ fn start_backend(
                 eprintln!(
                     "warden: WARNING: eBPF enforcement unavailable ({why}); falling back to nftables"
                 );
-                sink.lifecycle(
+                events.lifecycle(
                     "backend_fallback",
                     json!({ "from": "ebpf", "to": "nft", "error": why }),
                 );
@@ -198,12 +155,13 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         .transpose()
         .map_err(DaemonError::Policy)?;
     let (policy, compiled) = load_policy(&opts.policy, key.as_ref())?;
-    let encoder = Encoder::new(
-        opts.event_format,
-        crate::cgroupfs::cgroup2_mount().map_err(EnforceError::from)?,
-    );
-    let mut sink = Sink::open(&opts.events, encoder)?;
-    let (mut backend, applied, attachments) = start_backend(&opts, &compiled, &mut sink)?;
+    let mut pipeline = Pipeline::start(PipelineConfig {
+        sinks: opts.events.clone(),
+        format: opts.event_format,
+        cgroup2: crate::cgroupfs::cgroup2_mount().map_err(EnforceError::from)?,
+        aggregate: opts.aggregate,
+    })?;
+    let (mut backend, applied, attachments) = start_backend(&opts, &compiled, &pipeline)?;
 
     let mut current = Arc::new(compiled);
     let mut state = DaemonState::new(
@@ -216,11 +174,11 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     );
     state.write(&opts.run_dir)?;
     print_summary(&policy, &current, &applied, &attachments, backend.gaps());
-    sink.lifecycle(
+    pipeline.lifecycle(
         "start",
         json!({ "backend": backend.name(), "attachments": attachments, "gaps": backend.gaps() }),
     );
-    sink.lifecycle("policy_applied", applied_event(&current, &applied, &policy));
+    pipeline.lifecycle("policy_applied", applied_event(&current, &applied, &policy));
     let mut resolved = applied.resolved_ids.clone();
 
     let mut events = match backend.take_events() {
@@ -266,6 +224,8 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut rescan = tokio::time::interval(opts.rescan);
+    let mut loss_report = tokio::time::interval(opts.loss_report);
+    let mut nflog_lost = 0;
     notify_ready();
 
     loop {
@@ -274,10 +234,9 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
                 let mut guard = guard?;
                 // A bounded batch per wake-up, so a flood never starves reloads and
                 // signals; readiness is only cleared once the ring is empty.
-                if drain(guard.get_inner_mut(), &current, &mut sink, DRAIN_BATCH) < DRAIN_BATCH {
+                if drain(guard.get_inner_mut(), &current, &pipeline, DRAIN_BATCH) < DRAIN_BATCH {
                     guard.clear_ready();
                 }
-                sink.flush();
             }
             guard = async { watch.as_mut().expect("guarded").readable_mut().await }, if watch.is_some() => {
                 let mut guard = guard?;
@@ -289,20 +248,19 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     // Consume what the burst queued (non-blocking read).
                     let _ = watch.as_mut().expect("guarded").get_mut().changed();
-                    reload_and_report(&opts, key.as_ref(), &mut backend, &mut current, &mut resolved, &mut state, &mut sink, "file change")?;
+                    reload_and_report(&opts, key.as_ref(), &mut backend, &mut current, &mut resolved, &mut state, &pipeline, "file change")?;
                 }
             }
             guard = async { nflog.as_mut().expect("guarded").readable_mut().await }, if nflog.is_some() => {
                 let mut guard = guard?;
                 for ev in guard.get_inner_mut().read() {
-                    let rule = current.rules.get(ev.rule_id as usize).map(|r| r.description.as_str());
-                    sink.flow(&ev, rule);
+                    pipeline.flow(ev, &current);
                 }
+                nflog_lost = guard.get_inner().lost();
                 guard.clear_ready();
-                sink.flush();
             }
             _ = hup.recv() => {
-                reload_and_report(&opts, key.as_ref(), &mut backend, &mut current, &mut resolved, &mut state, &mut sink, "SIGHUP")?;
+                reload_and_report(&opts, key.as_ref(), &mut backend, &mut current, &mut resolved, &mut state, &pipeline, "SIGHUP")?;
             }
             _ = rescan.tick() => {
                 // Cgroups named by the policy that appeared or were recreated.
@@ -310,7 +268,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
                     match backend.apply_next(&current) {
                         Ok(applied) => {
                             resolved = applied.resolved_ids.clone();
-                            sink.lifecycle("cgroups_resolved", json!({
+                            pipeline.lifecycle("cgroups_resolved", json!({
                                 "generation": applied.generation, "unresolved": applied.unresolved,
                             }));
                             state.generation = applied.generation;
@@ -323,10 +281,17 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
                     Ok(changes) => {
                         let changes: Vec<&Attachment> = changes.iter().filter(|a| a.state != "adopted").collect();
                         if !changes.is_empty() {
-                            sink.lifecycle("attachments_changed", json!({ "attachments": changes }));
+                            pipeline.lifecycle("attachments_changed", json!({ "attachments": changes }));
                         }
                     }
                     Err(e) => eprintln!("warden: XDP attach: {e}"),
+                }
+            }
+            _ = loss_report.tick() => {
+                let losses = pipeline.report_losses(backend.events_lost() + nflog_lost);
+                if losses != state.events {
+                    state.events = losses;
+                    state.write(&opts.run_dir)?;
                 }
             }
             _ = term.recv() => break,
@@ -334,12 +299,23 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         }
     }
     if let Some(events) = events.as_mut() {
-        drain(events.get_mut(), &current, &mut sink, usize::MAX);
+        drain(events.get_mut(), &current, &pipeline, usize::MAX);
     }
-    sink.lifecycle(
+    let kernel_lost = backend.events_lost() + nflog_lost;
+    pipeline.report_losses(kernel_lost);
+    pipeline.lifecycle(
         "stop",
-        json!({ "enforcement": "stays pinned; `warden down` removes it" }),
+        json!({
+            "enforcement": "stays pinned; `warden down` removes it",
+            "events": pipeline.losses(kernel_lost),
+        }),
     );
+    let last = pipeline.shutdown(kernel_lost);
+    if last.total() > state.events.total() {
+        eprintln!("warden: events lost while stopping: {}", json!(last));
+    }
+    state.events = last;
+    state.write(&opts.run_dir)?;
     Ok(())
 }
 
@@ -352,11 +328,11 @@ fn reload_and_report(
     current: &mut Arc<Compiled>,
     resolved: &mut Vec<Option<u64>>,
     state: &mut DaemonState,
-    sink: &mut Sink,
+    events: &Pipeline,
     trigger: &str,
 ) -> Result<(), DaemonError> {
     match reload(opts, key, backend, current) {
-        Ok(None) => sink.lifecycle(
+        Ok(None) => events.lifecycle(
             "policy_unchanged",
             json!({ "trigger": trigger, "digest": current.digest, "generation": state.generation }),
         ),
@@ -365,13 +341,13 @@ fn reload_and_report(
             *resolved = applied.resolved_ids.clone();
             let mut fields = applied_event(current, &applied, &policy);
             fields["trigger"] = trigger.into();
-            sink.lifecycle("policy_applied", fields);
+            events.lifecycle("policy_applied", fields);
             state.policy_applied(&policy, current, &applied);
             state.write(&opts.run_dir)?;
         }
         Err(e) => {
             eprintln!("warden: policy rejected ({trigger}), previous policy stays in force: {e}");
-            sink.lifecycle(
+            events.lifecycle(
                 "policy_rejected",
                 json!({ "error": e.to_string(), "trigger": trigger, "generation_in_force": state.generation }),
             );
@@ -404,7 +380,12 @@ fn reload(
 const DRAIN_BATCH: usize = 1024;
 
 /// Reads up to `max` records; returns how many were read.
-fn drain(ring: &mut RingBuf<MapData>, compiled: &Compiled, sink: &mut Sink, max: usize) -> usize {
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    compiled: &Arc<Compiled>,
+    events: &Pipeline,
+    max: usize,
+) -> usize {
     let mut n = 0;
     while n < max {
         let Some(item) = ring.next() else { break };
@@ -414,11 +395,7 @@ fn drain(ring: &mut RingBuf<MapData>, compiled: &Compiled, sink: &mut Sink, max:
         }
         // SAFETY: the kernel wrote a whole FlowEvent; read unaligned as plain data.
         let ev: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-        let rule = compiled
-            .rules
-            .get(ev.rule_id as usize)
-            .map(|r| r.description.as_str());
-        sink.flow(&ev, rule);
+        events.flow(ev, compiled);
     }
     n
 }

@@ -21,6 +21,9 @@ pub struct DaemonState {
     pub rules: Vec<StateRule>,
     pub attachments: Vec<serde_json::Value>,
     pub unresolved_cgroups: Vec<String>,
+    /// Event delivery and losses, updated as they change.
+    #[serde(default)]
+    pub events: crate::events::pipeline::Losses,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -66,6 +69,7 @@ impl DaemonState {
                 .filter_map(|a| serde_json::to_value(a).ok())
                 .collect(),
             unresolved_cgroups: Vec::new(),
+            events: Default::default(),
         };
         s.policy_applied(policy, c, applied);
         s

@@ -161,6 +161,16 @@ impl Backend {
         ResolvedCgroups::resolve(cgroup2, compiled).ids()
     }
 
+    /// Flow records the kernel could not queue (eBPF ring buffer full), since
+    /// the maps were first pinned. The nft backend's losses are NFLOG's: see
+    /// [`nflog::NflogSocket::lost`].
+    pub fn events_lost(&self) -> u64 {
+        match self {
+            Self::Ebpf(b) => maps::Maps::sum(&b.maps.stats, warden_common::stat::EVENTS_LOST),
+            Self::Nft(_) => 0,
+        }
+    }
+
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
         match self {
             Self::Ebpf(b) => b.take_events(),

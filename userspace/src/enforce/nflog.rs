@@ -14,6 +14,11 @@ const NFULNL_MSG_PACKET: u16 = 0;
 const NFULNL_MSG_CONFIG: u16 = 1;
 const NFULA_CFG_CMD: u16 = 1;
 const NFULA_CFG_MODE: u16 = 2;
+const NFULA_CFG_FLAGS: u16 = 6;
+/// Number every message of the group, so gaps (messages the kernel could not
+/// queue on a full socket) are counted exactly.
+const NFULNL_CFG_F_SEQ: u16 = 0x0001;
+const NFULA_SEQ: u16 = 12;
 const NFULNL_CFG_CMD_BIND: u8 = 1;
 const NFULNL_COPY_PACKET: u8 = 2;
 const NFULA_IFINDEX_INDEV: u16 = 4;
@@ -31,6 +36,8 @@ pub const EGRESS_DENY: &str = "warden egress-deny";
 
 pub struct NflogSocket {
     fd: OwnedFd,
+    next_seq: Option<u32>,
+    lost: u64,
 }
 
 impl NflogSocket {
@@ -62,12 +69,17 @@ impl NflogSocket {
                 return Err(std::io::Error::last_os_error());
             }
         }
-        let s = Self { fd };
+        let s = Self {
+            fd,
+            next_seq: None,
+            lost: 0,
+        };
         s.config(group, NFULA_CFG_CMD, &[NFULNL_CFG_CMD_BIND, 0, 0, 0])?;
         // copy_range (be32) then copy_mode: the first 128 bytes hold every header we read.
         let mut mode = 128u32.to_be_bytes().to_vec();
         mode.extend_from_slice(&[NFULNL_COPY_PACKET, 0, 0, 0]);
         s.config(group, NFULA_CFG_MODE, &mode)?;
+        s.config(group, NFULA_CFG_FLAGS, &NFULNL_CFG_F_SEQ.to_be_bytes())?;
         Ok(s)
     }
 
@@ -102,10 +114,24 @@ impl NflogSocket {
             let n =
                 unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n <= 0 {
+                // ENOBUFS: the kernel dropped messages; the sequence gap counts them.
+                if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOBUFS) {
+                    continue;
+                }
                 return out;
             }
-            parse_messages(&buf[..n as usize], &mut out);
+            for seq in parse_messages(&buf[..n as usize], &mut out) {
+                if let Some(expected) = self.next_seq {
+                    self.lost += u64::from(seq.wrapping_sub(expected));
+                }
+                self.next_seq = Some(seq.wrapping_add(1));
+            }
         }
+    }
+
+    /// Log messages the kernel dropped because this socket was full.
+    pub fn lost(&self) -> u64 {
+        self.lost
     }
 }
 
@@ -119,21 +145,41 @@ fn align4(n: usize) -> usize {
     (n + 3) & !3
 }
 
-fn parse_messages(mut buf: &[u8], out: &mut Vec<FlowEvent>) {
+/// Appends the flow events in `buf` to `out`; returns the sequence numbers of
+/// the packet messages seen.
+fn parse_messages(mut buf: &[u8], out: &mut Vec<FlowEvent>) -> Vec<u32> {
+    let mut seqs = Vec::new();
     while buf.len() >= 16 {
         let len = u32::from_ne_bytes(buf[0..4].try_into().unwrap()) as usize;
         let ty = u16::from_ne_bytes(buf[4..6].try_into().unwrap());
         if len < 16 || len > buf.len() {
-            return;
+            break;
         }
-        if ty == (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET
-            && len >= 20
-            && let Some(ev) = parse_packet(&buf[20..len])
-        {
-            out.push(ev);
+        if ty == (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET && len >= 20 {
+            seqs.extend(attr_u32(&buf[20..len], NFULA_SEQ));
+            if let Some(ev) = parse_packet(&buf[20..len]) {
+                out.push(ev);
+            }
         }
         buf = &buf[align4(len).min(buf.len())..];
     }
+    seqs
+}
+
+/// A big-endian u32 attribute.
+fn attr_u32(mut attrs: &[u8], want: u16) -> Option<u32> {
+    while attrs.len() >= 4 {
+        let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
+        let ty = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
+        if len < 4 || len > attrs.len() {
+            return None;
+        }
+        if ty == want && len >= 8 {
+            return Some(u32::from_be_bytes(attrs[4..8].try_into().ok()?));
+        }
+        attrs = &attrs[align4(len).min(attrs.len())..];
+    }
+    None
 }
 
 /// One NFULNL_MSG_PACKET's attributes → a flow event (None if not one of warden's).

@@ -3,10 +3,14 @@
 //! Three encodings: `raw` (the kernel record as it is, for tools and tests),
 //! [`ocsf`] (the default) and [`ecs`]; the latter two carry the [`enrich`]ment.
 
+pub mod aggregate;
 pub mod community_id;
 pub mod ecs;
 pub mod enrich;
 pub mod ocsf;
+pub mod pipeline;
+pub mod sink;
+pub mod syslog;
 
 use serde_json::{Value, json};
 use std::net::{IpAddr, Ipv6Addr};
@@ -131,6 +135,39 @@ impl Encoder {
             EventFormat::Ocsf => ocsf::application_lifecycle(kind, fields, &event_uid(self.seq)),
             EventFormat::Ecs => ecs::lifecycle(kind, fields, &event_uid(self.seq)),
         }
+    }
+
+    /// The report of repeated denies: the last one, with the count and the
+    /// times of the first and last (OCSF `count`/`start_time`/`end_time`, ECS
+    /// `event.start`/`event.end`).
+    pub fn repeats(&mut self, r: &aggregate::Repeats<Option<String>>) -> Value {
+        let mut v = self.flow(&r.last, r.context.as_deref());
+        let (first, last) = (
+            boot_ns_to_unix_ms(r.first_ns),
+            boot_ns_to_unix_ms(r.last_ns),
+        );
+        match self.format {
+            EventFormat::Raw => {
+                v["count"] = r.count.into();
+                v["first_time_ms"] = first.into();
+                v["time_ms"] = last.into();
+            }
+            EventFormat::Ocsf => {
+                v["count"] = r.count.into();
+                v["start_time"] = first.into();
+                v["end_time"] = last.into();
+                v["unmapped"]["warden"]["aggregated"] = true.into();
+                if let Some(m) = v["message"].as_str() {
+                    v["message"] = format!("{m}, {} times", r.count).into();
+                }
+            }
+            EventFormat::Ecs => {
+                v["event"]["start"] = ecs::rfc3339_ms(first).into();
+                v["event"]["end"] = ecs::rfc3339_ms(last).into();
+                v["ollama_warden"]["count"] = r.count.into();
+            }
+        }
+        v
     }
 
     pub fn flow(&mut self, ev: &FlowEvent, rule: Option<&str>) -> Value {
