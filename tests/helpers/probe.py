@@ -3,6 +3,7 @@
 
 Reads one command per line on stdin and answers one word per line on stdout:
   connect HOST PORT [TIMEOUT]  TCP connect  -> connected | refused | denied | timeout | error:ERRNO
+  connectn HOST PORT N         N TCP connects -> JSON {"verdicts": {word: count}, "p50_us", "p99_us"}
   udpsend HOST PORT            unconnected UDP sendto -> ok | denied | error:ERRNO
   udpconnect HOST PORT         UDP connect() -> ok | denied | error:ERRNO
   bind HOST PORT               TCP bind, then close -> ok | denied | inuse | error:ERRNO
@@ -77,6 +78,25 @@ def handle(words):
     if cmd == "received":
         return str(received.get(int(words[1]), 0))
     host, port = words[1], int(words[2])
+    if cmd == "connectn":
+        import json
+        import time
+        verdicts, lat = {}, []
+        for _ in range(int(words[3])):
+            s = socket.socket(family(host), socket.SOCK_STREAM)
+            s.settimeout(1.0)
+            t = time.perf_counter()
+            try:
+                s.connect((host, port))
+                v = "connected"
+            except (OSError, socket.timeout) as e:
+                v = classify(e)
+            lat.append(time.perf_counter() - t)
+            s.close()
+            verdicts[v] = verdicts.get(v, 0) + 1
+        lat.sort()
+        pct = lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1e6, 1)
+        return json.dumps({"verdicts": verdicts, "p50_us": pct(0.5), "p99_us": pct(0.99)})
     if cmd == "connect":
         s = socket.socket(family(host), socket.SOCK_STREAM)
         s.settimeout(float(words[3]) if len(words) > 3 else 1.0)

@@ -11,7 +11,7 @@ mod daemon;
 mod probe;
 
 pub use daemon::Daemon;
-pub use probe::Prober;
+pub use probe::{Prober, enter};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -9,6 +9,31 @@ use warden_tests::{Lab, workspace};
 const PORT: u16 = 11434;
 
 fn validate_ocsf(events: &[serde_json::Value]) -> Vec<String> {
+    validate(
+        &[workspace().join("tests/helpers/validate_ocsf.py")],
+        events,
+    )
+}
+
+/// Against the published ECS 8.11 field definitions (fetched by `cargo xtask setup`).
+fn validate_ecs(events: &[serde_json::Value]) -> Vec<String> {
+    let fields = workspace().join("target/ecs/ecs_flat.json");
+    assert!(
+        fields.exists(),
+        "{} missing: run `cargo xtask setup`",
+        fields.display()
+    );
+    validate(
+        &[
+            workspace().join("tests/helpers/validate_ecs.py"),
+            fields,
+            "ollama_warden".into(),
+        ],
+        events,
+    )
+}
+
+fn validate(args: &[std::path::PathBuf], events: &[serde_json::Value]) -> Vec<String> {
     let python = workspace().join("target/pyenv/bin/python");
     assert!(
         python.exists(),
@@ -16,7 +41,7 @@ fn validate_ocsf(events: &[serde_json::Value]) -> Vec<String> {
         python.display()
     );
     let mut child = Command::new(python)
-        .arg(workspace().join("tests/helpers/validate_ocsf.py"))
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -148,8 +173,16 @@ fn ocsf_flow_records_validate_and_name_the_process() {
 }
 
 #[test]
-fn ecs_flow_records_carry_the_core_fields() {
+fn ecs_events_validate_against_the_published_fields() {
     let (_lab, events, rogue_pid) = scenario("ecs");
+    let verdicts = validate_ecs(&events);
+    assert_eq!(verdicts.len(), events.len());
+    let bad: Vec<_> = verdicts
+        .iter()
+        .zip(&events)
+        .filter(|(v, _)| *v != "ok")
+        .collect();
+    assert!(bad.is_empty(), "{bad:#?}");
     assert!(
         events.iter().all(|e| e["ecs"]["version"] == "8.11.0"),
         "every line is ECS"

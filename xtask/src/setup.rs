@@ -18,6 +18,8 @@ const APT_PACKAGES: &[&str] = &[
     "curl",
     "python3-venv",
     "minisign",
+    // A real syslog receiver for the sink tests (run privately by the tests).
+    "rsyslog",
 ];
 
 pub fn run() -> Result<()> {
@@ -27,6 +29,7 @@ pub fn run() -> Result<()> {
     step("bpf-linker", bpf_linker)?;
     step("bpffs", bpffs)?;
     step("python test deps", python_venv)?;
+    step("ECS field definitions", ecs_fields)?;
     println!("setup: ready in {:.1}s", start.elapsed().as_secs_f64());
     Ok(())
 }
@@ -203,4 +206,44 @@ fn python_venv() -> Result<String> {
     .context("pip install of the test packages (needs PyPI)")?;
     std::fs::write(&stamp, wanted)?;
     Ok(format!("installed {}", PYTHON_PACKAGES.join(" ")))
+}
+
+/// The published ECS field definitions (`ecs_flat.yml` of ECS 8.11, as carried by
+/// Elastic's `@elastic/ecs` npm package), as JSON for the ECS validation test.
+const ECS_PACKAGE: &str = "@elastic/ecs@8.11.5";
+
+pub fn ecs_fields_path() -> PathBuf {
+    cmd::workspace_root().join("target/ecs/ecs_flat.json")
+}
+
+fn ecs_fields() -> Result<String> {
+    let out = ecs_fields_path();
+    if out.exists() {
+        return Ok("present".into());
+    }
+    let dir = out.parent().expect("has a parent").to_owned();
+    std::fs::create_dir_all(&dir)?;
+    cmd::run(
+        Command::new("npm")
+            .args(["pack", "--silent", ECS_PACKAGE])
+            .current_dir(&dir),
+    )
+    .context("npm (Node.js) fetches the ECS field definitions; install nodejs and npm")?;
+    cmd::run(
+        Command::new("tar")
+            .args(["xzf", "elastic-ecs-8.11.5.tgz"])
+            .current_dir(&dir),
+    )?;
+    let json = output(
+        Command::new("node")
+            .arg("-e")
+            .arg(
+                "const m=require('./package/build/commonjs/index.js');\
+                 process.stdout.write(JSON.stringify({ecs_version:m.EcsVersion,fields:m.EcsFlat}))",
+            )
+            .current_dir(&dir),
+    )
+    .context("node could not read the @elastic/ecs package")?;
+    std::fs::write(&out, json)?;
+    Ok(format!("fetched {ECS_PACKAGE}"))
 }
