@@ -113,6 +113,7 @@ pub fn lifecycle(kind: &str, fields: Value, event_uid: &str) -> Value {
         "stop" => ("process", "end", "success"),
         "policy_rejected" => ("configuration", "change", "failure"),
         "policy_unchanged" => ("configuration", "info", "success"),
+        "loss" => ("process", "info", "failure"),
         _ => ("configuration", "change", "success"),
     };
     json!({

@@ -145,6 +145,7 @@ pub fn application_lifecycle(kind: &str, fields: Value, event_uid: &str) -> Valu
         "policy_applied" | "cgroups_resolved" | "attachments_changed" => (UPDATE, false, 1),
         "policy_rejected" => (UPDATE, true, 3),
         "backend_fallback" => (OTHER, false, 4),
+        "loss" => (OTHER, false, 3),
         _ => (OTHER, false, 1),
     };
     let product = json!({ "name": "ollama-warden", "vendor_name": "ollama-warden", "version": env!("CARGO_PKG_VERSION") });
@@ -155,6 +156,12 @@ pub fn application_lifecycle(kind: &str, fields: Value, event_uid: &str) -> Valu
     let mut message = kind.replace('_', " ");
     if let Some(e) = warden["error"].as_str() {
         message = format!("{message}: {e}");
+    }
+    if kind == "loss" {
+        message = format!(
+            "events lost: {} since start ({})",
+            warden["lost_total"], warden["since_last_report"]
+        );
     }
     let mut o = json!({
         "class_uid": 6002,
