@@ -4,7 +4,10 @@
 //! - [`enforce`]: backends; [`enforce::ebpf`] loads, pins and attaches the kernel
 //!   programs, [`enforce::maps`] swaps policies atomically between two slots.
 //! - [`daemon`]: the enforcing daemon's lifecycle (start, reload, rescan, stop).
-//! - [`events`]: kernel flow records and lifecycle events as JSON lines.
+//! - [`events`]: kernel flow records and lifecycle events, encoded (OCSF, ECS)
+//!   and delivered to sinks through bounded queues, losses counted.
+//! - [`proxy`]: the auth proxy's request judgement (canonical targets, routes,
+//!   bodies).
 //! - [`cgroupfs`]: finding cgroup2 and cgroup ids.
 //! - [`signature`]: minisign-signed policy files.
 //! - [`state`]: the daemon's state file for `status` and `down`.
@@ -17,6 +20,7 @@ pub mod compile;
 pub mod daemon;
 pub mod enforce;
 pub mod events;
+pub mod proxy;
 pub mod signature;
 pub mod state;
 pub mod watch;
