@@ -142,10 +142,13 @@ pub fn main() -> i32 {
                 require_signature,
                 events,
                 event_format,
-                aggregate: Duration::from_secs_f64(aggregate_secs.max(0.0)),
-                loss_report: Duration::from_secs_f64(loss_report_secs.max(0.1)),
+                aggregate: Duration::try_from_secs_f64(aggregate_secs.max(0.0))
+                    .unwrap_or(Duration::ZERO),
+                loss_report: Duration::try_from_secs_f64(loss_report_secs.max(0.1))
+                    .unwrap_or(Duration::from_secs(10)),
                 run_dir: cli.run_dir,
-                rescan: Duration::from_secs_f64(rescan_secs.max(0.05)),
+                rescan: Duration::try_from_secs_f64(rescan_secs.max(0.05))
+                    .unwrap_or(Duration::from_secs(1)),
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -299,12 +302,9 @@ fn status(pin_dir: &Path, run_dir: &Path, nft_table: &str, as_json: bool) -> i32
         report["rules"] = json!(rules);
     }
     if let Some(s) = &state {
-        let mut events = json!(s.events);
-        if let Some(m) = &maps {
-            // The kernel's counter is live; the rest is as of the daemon's last update.
-            events["kernel_lost"] = json!(Maps::sum(&m.stats, stat::EVENTS_LOST));
-        }
-        report["events"] = events;
+        // Since the daemon started, as of its last update (the pinned kernel
+        // counter since enforcement started is `counters.events_lost`).
+        report["events"] = json!(s.events);
         report["policy"] = json!({ "digest": s.digest, "sources": s.sources, "ports": s.ports,
                                    "unresolved_cgroups": s.unresolved_cgroups });
     }

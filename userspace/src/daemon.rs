@@ -226,6 +226,10 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let mut rescan = tokio::time::interval(opts.rescan);
     let mut loss_report = tokio::time::interval(opts.loss_report);
     let mut nflog_lost = 0;
+    // Pinned counters outlive daemons: report what was lost since this one started.
+    let kernel_lost_at_start = backend.events_lost();
+    let kernel_lost =
+        |b: &Backend, nflog: u64| b.events_lost().saturating_sub(kernel_lost_at_start) + nflog;
     notify_ready();
 
     loop {
@@ -288,10 +292,13 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
                 }
             }
             _ = loss_report.tick() => {
-                let losses = pipeline.report_losses(backend.events_lost() + nflog_lost);
+                let losses = pipeline.report_losses(kernel_lost(&backend, nflog_lost));
                 if losses != state.events {
                     state.events = losses;
-                    state.write(&opts.run_dir)?;
+                    // Status lags behind; enforcement and events go on.
+                    if let Err(e) = state.write(&opts.run_dir) {
+                        eprintln!("warden: cannot update the state file: {e}");
+                    }
                 }
             }
             _ = term.recv() => break,
@@ -301,16 +308,18 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     if let Some(events) = events.as_mut() {
         drain(events.get_mut(), &current, &pipeline, usize::MAX);
     }
-    let kernel_lost = backend.events_lost() + nflog_lost;
+    if let Some(nflog) = nflog.as_mut() {
+        for ev in nflog.get_mut().read() {
+            pipeline.flow(ev, &current);
+        }
+        nflog_lost = nflog.get_ref().lost();
+    }
+    let kernel_lost = kernel_lost(&backend, nflog_lost);
     pipeline.report_losses(kernel_lost);
-    pipeline.lifecycle(
-        "stop",
-        json!({
-            "enforcement": "stays pinned; `warden down` removes it",
-            "events": pipeline.losses(kernel_lost),
-        }),
+    let last = pipeline.shutdown(
+        json!({ "enforcement": "stays pinned; `warden down` removes it" }),
+        kernel_lost,
     );
-    let last = pipeline.shutdown(kernel_lost);
     if last.total() > state.events.total() {
         eprintln!("warden: events lost while stopping: {}", json!(last));
     }

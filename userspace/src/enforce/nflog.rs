@@ -71,7 +71,8 @@ impl NflogSocket {
         }
         let s = Self {
             fd,
-            next_seq: None,
+            // The instance is ours from the bind on: its sequence starts at 0.
+            next_seq: Some(0),
             lost: 0,
         };
         s.config(group, NFULA_CFG_CMD, &[NFULNL_CFG_CMD_BIND, 0, 0, 0])?;

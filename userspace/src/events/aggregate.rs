@@ -70,9 +70,10 @@ struct Window<T> {
     repeats: Option<Repeats<T>>,
 }
 
-pub enum Verdict {
-    /// Report this record now.
-    Report,
+pub enum Verdict<T> {
+    /// Report this record now; first report `closed`, the repeats of this kind's
+    /// previous window if it had ended and not been reported yet.
+    Report { closed: Option<Repeats<T>> },
     /// Counted; reported with its window.
     Counted,
 }
@@ -92,9 +93,10 @@ impl<T: Clone> Aggregator<T> {
     }
 
     /// Whether `ev` is reported now or counted into an open window.
-    pub fn offer(&mut self, ev: &FlowEvent, context: &T, now: Instant) -> Verdict {
+    pub fn offer(&mut self, ev: &FlowEvent, context: &T, now: Instant) -> Verdict<T> {
+        let report = Verdict::Report { closed: None };
         if self.window.is_zero() || ev.verdict == verdict::ALLOW {
-            return Verdict::Report;
+            return report;
         }
         let key = Key::of(ev);
         match self.open.get_mut(&key) {
@@ -111,8 +113,14 @@ impl<T: Clone> Aggregator<T> {
                 r.last_ns = ev.ts_ns;
                 Verdict::Counted
             }
-            // An expired window is closed by `expired` before anything new counts in it.
-            Some(_) => Verdict::Report,
+            // The window ended and `expired` has not run yet: close it here and
+            // open the next one with this deny as its first.
+            Some(w) => {
+                w.opened = now;
+                Verdict::Report {
+                    closed: w.repeats.take(),
+                }
+            }
             None => {
                 if self.open.len() < MAX_KEYS {
                     self.open.insert(
@@ -123,7 +131,7 @@ impl<T: Clone> Aggregator<T> {
                         },
                     );
                 }
-                Verdict::Report
+                report
             }
         }
     }
@@ -184,8 +192,8 @@ mod tests {
         ev
     }
 
-    fn report(v: Verdict) -> bool {
-        matches!(v, Verdict::Report)
+    fn report(v: Verdict<()>) -> bool {
+        matches!(v, Verdict::Report { closed: None })
     }
 
     #[test]
@@ -208,6 +216,31 @@ mod tests {
         assert_eq!(a.pending(), 0);
         // After the window, the next deny is reported at once again.
         assert!(report(a.offer(&deny([1, 2, 3, 4], 2000), &(), t0 + w)));
+    }
+
+    #[test]
+    fn a_window_that_ended_before_its_tick_closes_when_the_kind_comes_back() {
+        let t0 = Instant::now();
+        let w = Duration::from_secs(10);
+        let mut a = Aggregator::new(w);
+        assert!(report(a.offer(&deny([1, 2, 3, 4], 1), &(), t0)));
+        for i in 2..=10 {
+            assert!(!report(a.offer(&deny([1, 2, 3, 4], i), &(), t0)));
+        }
+        // The window ended; the flood goes on before `expired` runs.
+        let later = t0 + w + Duration::from_millis(50);
+        match a.offer(&deny([1, 2, 3, 4], 11), &(), later) {
+            Verdict::Report { closed: Some(r) } => assert_eq!(r.count, 9),
+            _ => panic!("the ended window's repeats come with this report"),
+        }
+        for i in 12..=20 {
+            assert!(
+                !report(a.offer(&deny([1, 2, 3, 4], i), &(), later)),
+                "the flood is counted in the new window, not reported one by one"
+            );
+        }
+        assert!(a.expired(later + Duration::from_secs(9)).is_empty());
+        assert_eq!(a.expired(later + w)[0].count, 9);
     }
 
     #[test]

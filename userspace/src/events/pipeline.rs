@@ -5,12 +5,15 @@
 //! reader ──try_send──▶ [record queue] ──▶ encoder thread ──try_send──▶ [sink queue] ──▶ sink thread ──▶ stdout/file/syslog/…
 //!   (daemon loop)        full: counted     aggregate, enrich,           full: counted     write; errors counted
 //!                                          encode once
+//! lifecycle ──▶ [control queue, unbounded] ──▶ encoder ──▶ [per-sink lifecycle queue, unbounded] ──▶ sink thread
 //! ```
 //!
 //! Every record is accounted for: written by a sink, or counted as dropped
 //! (a full queue) or failed (a write error, a dead receiver, a cut message).
-//! Kernel reservation failures are counted by the eBPF programs; [`Pipeline::losses`]
-//! puts the numbers together for loss events and `warden status`.
+//! Lifecycle events (policy applied or rejected, losses, stop) are rare and are
+//! never dropped by a queue. Kernel reservation failures are counted by the eBPF
+//! programs; [`Pipeline::losses`] puts the numbers together for loss events and
+//! `warden status`.
 
 use super::aggregate::{Aggregator, Verdict};
 use super::sink::{self, SinkSpec};
@@ -19,7 +22,7 @@ use super::{Encoder, EventFormat};
 use crate::compile::Compiled;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{
     Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError, channel, sync_channel,
 };
@@ -30,13 +33,13 @@ use warden_common::{FlowEvent, verdict};
 
 /// Kernel records waiting for the encoder (112 bytes each).
 pub const RECORD_QUEUE: usize = 65_536;
-/// Encoded events waiting for each sink.
+/// Encoded flow events waiting for each sink.
 pub const SINK_QUEUE: usize = 8_192;
 /// Messages a sink writes in one go.
 const SINK_BATCH: usize = 256;
 /// How often the encoder closes expired aggregation windows.
 const TICK: Duration = Duration::from_millis(100);
-/// How long stopping waits for sinks to write what is queued.
+/// How long stopping waits for the backlog to be encoded and written.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone)]
@@ -62,6 +65,9 @@ enum Input {
     Lifecycle(String, Value),
     /// A lifecycle event is waiting in the control queue.
     Wake,
+    /// The last input: report what aggregation holds, then `stop` with these
+    /// fields and the final record counts (`kernel_lost` given).
+    Stop(Value, u64),
 }
 
 #[derive(Default)]
@@ -71,6 +77,9 @@ struct SinkCounters {
     failed: AtomicU64,
     /// In a queue or being written.
     pending: AtomicU64,
+    /// Set when stopping gave up on a stuck sink: its thread no longer counts.
+    /// Taken with the lock, so the give-up and a late count never both happen.
+    abandoned: Mutex<bool>,
 }
 
 #[derive(Default)]
@@ -83,7 +92,7 @@ struct Counters {
 /// Loss and delivery counts since the daemon started.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Losses {
-    /// Records the eBPF programs could not queue (ring buffer full).
+    /// Records the kernel could not queue (ring buffer full, NFLOG overrun).
     pub kernel_lost: u64,
     /// Records the daemon read from the kernel.
     pub records: u64,
@@ -98,7 +107,8 @@ pub struct Losses {
 pub struct SinkLosses {
     pub sink: String,
     pub written: u64,
-    /// Dropped because the sink's queue was full (a slow or blocked receiver).
+    /// Dropped because the sink's queue was full (a slow or blocked receiver),
+    /// or still queued when stopping gave up on it.
     pub dropped: u64,
     /// Lost to write errors (a dead receiver, a full disk, a cut connection).
     pub failed: u64,
@@ -114,21 +124,28 @@ impl Losses {
     }
 }
 
-struct SinkHandle {
-    spec: SinkSpec,
-    tx: Option<SyncSender<Arc<Encoded>>>,
+/// What the encoder holds of a sink.
+struct SinkQueues {
+    /// `None` wakes the sink for a lifecycle event.
+    flows: SyncSender<Option<Arc<Encoded>>>,
+    lifecycle: Sender<Arc<Encoded>>,
     counters: Arc<SinkCounters>,
-    thread: Option<JoinHandle<()>>,
+}
+
+struct SinkThread {
+    spec: SinkSpec,
+    counters: Arc<SinkCounters>,
+    thread: JoinHandle<()>,
 }
 
 pub struct Pipeline {
-    tx: Option<SyncSender<Input>>,
+    tx: SyncSender<Input>,
     /// Lifecycle events: rare, never dropped, never waited for.
-    ctl: Option<Sender<Input>>,
+    ctl: Sender<Input>,
     counters: Arc<Counters>,
-    sinks: Arc<Mutex<Vec<SinkHandle>>>,
-    sink_counters: Vec<(String, Arc<SinkCounters>)>,
-    encoder: Option<JoinHandle<()>>,
+    sinks: Vec<SinkThread>,
+    encoder: JoinHandle<()>,
+    stopping: Arc<AtomicBool>,
     /// Losses in the last loss event.
     reported: Losses,
 }
@@ -137,45 +154,59 @@ impl Pipeline {
     /// Opens every sink (a file that cannot be opened is an error; network
     /// receivers are connected lazily) and starts the threads.
     pub fn start(cfg: Config) -> std::io::Result<Self> {
-        let mut handles = Vec::new();
+        let mut queues = Vec::new();
+        let mut sinks = Vec::new();
         for spec in &cfg.sinks {
             let writer = sink::open(spec)?;
             let counters = Arc::new(SinkCounters::default());
-            let (tx, rx) = sync_channel(SINK_QUEUE);
+            let (flows, flows_rx) = sync_channel(SINK_QUEUE);
+            let (lifecycle, lifecycle_rx) = channel();
             let thread = {
                 let (spec, counters) = (spec.clone(), counters.clone());
                 std::thread::Builder::new()
                     .name("warden-sink".into())
-                    .spawn(move || run_sink(&spec, writer, rx, &counters))?
+                    .spawn(move || run_sink(&spec, writer, flows_rx, lifecycle_rx, &counters))?
             };
-            handles.push(SinkHandle {
+            queues.push(SinkQueues {
+                flows,
+                lifecycle,
+                counters: counters.clone(),
+            });
+            sinks.push(SinkThread {
                 spec: spec.clone(),
-                tx: Some(tx),
                 counters,
-                thread: Some(thread),
+                thread,
             });
         }
-        let sink_counters = handles
-            .iter()
-            .map(|h| (h.spec.text.clone(), h.counters.clone()))
-            .collect();
-        let sinks = Arc::new(Mutex::new(handles));
         let counters = Arc::new(Counters::default());
+        let stopping = Arc::new(AtomicBool::new(false));
         let (tx, rx) = sync_channel(RECORD_QUEUE);
         let (ctl, ctl_rx) = channel();
         let encoder = {
-            let (sinks, counters) = (sinks.clone(), counters.clone());
+            let names: Vec<String> = cfg.sinks.iter().map(|s| s.text.clone()).collect();
+            let (counters, stopping) = (counters.clone(), stopping.clone());
             std::thread::Builder::new()
                 .name("warden-encode".into())
-                .spawn(move || run_encoder(cfg, rx, ctl_rx, &sinks, &counters))?
+                .spawn(move || {
+                    Encoding {
+                        encoder: Encoder::new(cfg.format, cfg.cgroup2.clone()),
+                        queues,
+                        names,
+                        counters,
+                        stopping,
+                        deadline: None,
+                        seq: 0,
+                    }
+                    .run(cfg.aggregate, rx, ctl_rx)
+                })?
         };
         Ok(Self {
-            tx: Some(tx),
-            ctl: Some(ctl),
+            tx,
+            ctl,
             counters,
             sinks,
-            sink_counters,
-            encoder: Some(encoder),
+            encoder,
+            stopping,
             reported: Losses::default(),
         })
     }
@@ -183,45 +214,28 @@ impl Pipeline {
     /// Queues a kernel record; never blocks (a full queue is counted).
     pub fn flow(&self, ev: FlowEvent, compiled: &Arc<Compiled>) {
         self.counters.records.fetch_add(1, Relaxed);
-        let Some(tx) = &self.tx else { return };
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-            tx.try_send(Input::Flow(ev, compiled.clone()))
+            self.tx.try_send(Input::Flow(ev, compiled.clone()))
         {
             self.counters.queue_dropped.fetch_add(1, Relaxed);
         }
     }
 
-    /// Queues a lifecycle event. These are rare and matter (policy applied or
-    /// rejected), so they have their own unbounded queue: never dropped, never
-    /// waited for.
+    /// Queues a lifecycle event: never dropped, never waited for.
     pub fn lifecycle(&self, kind: &str, fields: Value) {
-        if let Some(ctl) = &self.ctl {
-            let _ = ctl.send(Input::Lifecycle(kind.into(), fields));
-        }
-        if let Some(tx) = &self.tx {
-            // Wakes an idle encoder; a busy one looks at the control queue anyway.
-            let _ = tx.try_send(Input::Wake);
-        }
+        let _ = self.ctl.send(Input::Lifecycle(kind.into(), fields));
+        // Wakes an idle encoder; a busy one looks at the control queue anyway.
+        let _ = self.tx.try_send(Input::Wake);
     }
 
     pub fn losses(&self, kernel_lost: u64) -> Losses {
-        Losses {
-            kernel_lost,
-            records: self.counters.records.load(Relaxed),
-            queue_dropped: self.counters.queue_dropped.load(Relaxed),
-            aggregated: self.counters.aggregated.load(Relaxed),
-            sinks: self
-                .sink_counters
+        losses(
+            &self.counters,
+            self.sinks
                 .iter()
-                .map(|(name, c)| SinkLosses {
-                    sink: name.clone(),
-                    written: c.written.load(Relaxed),
-                    dropped: c.dropped.load(Relaxed),
-                    failed: c.failed.load(Relaxed),
-                    pending: c.pending.load(Relaxed),
-                })
-                .collect(),
-        }
+                .map(|s| (s.spec.text.as_str(), s.counters.as_ref())),
+            kernel_lost,
+        )
     }
 
     /// Emits a `loss` event when anything was lost since the last one; returns
@@ -230,13 +244,12 @@ impl Pipeline {
         let now = self.losses(kernel_lost);
         if now.total() != self.reported.total() {
             let prev = &self.reported;
+            let sum = |l: &Losses, f: fn(&SinkLosses) -> u64| l.sinks.iter().map(f).sum::<u64>();
             let since = serde_json::json!({
-                "kernel_lost": now.kernel_lost - prev.kernel_lost.min(now.kernel_lost),
+                "kernel_lost": now.kernel_lost.saturating_sub(prev.kernel_lost),
                 "queue_dropped": now.queue_dropped - prev.queue_dropped,
-                "sink_dropped": now.sinks.iter().map(|s| s.dropped).sum::<u64>()
-                    - prev.sinks.iter().map(|s| s.dropped).sum::<u64>(),
-                "sink_failed": now.sinks.iter().map(|s| s.failed).sum::<u64>()
-                    - prev.sinks.iter().map(|s| s.failed).sum::<u64>(),
+                "sink_dropped": sum(&now, |s| s.dropped) - sum(prev, |s| s.dropped),
+                "sink_failed": sum(&now, |s| s.failed) - sum(prev, |s| s.failed),
             });
             let mut fields = serde_json::to_value(&now).unwrap_or_default();
             fields["since_last_report"] = since;
@@ -247,29 +260,31 @@ impl Pipeline {
         now
     }
 
-    /// Stops the threads: everything queued is encoded and handed to the sinks,
-    /// which get [`SHUTDOWN_GRACE`] to write it; what they could not is counted
-    /// as dropped. Returns the final numbers.
-    pub fn shutdown(mut self, kernel_lost: u64) -> Losses {
-        self.tx = None;
-        self.ctl = None;
-        if let Some(t) = self.encoder.take() {
-            let _ = t.join();
-        }
+    /// Stops: the queued records are encoded and what aggregation holds is
+    /// reported, then the `stop` event (`fields` plus the record counts) goes out
+    /// last; sinks get until [`SHUTDOWN_GRACE`] after the call to write it all.
+    /// What a stuck sink still holds then is counted as dropped. Returns the
+    /// final numbers.
+    pub fn shutdown(self, stop_fields: Value, kernel_lost: u64) -> Losses {
         let deadline = Instant::now() + SHUTDOWN_GRACE;
-        let mut sinks = self.sinks.lock().unwrap_or_else(|e| e.into_inner());
-        for s in sinks.iter_mut() {
-            s.tx = None;
-        }
-        for s in sinks.iter_mut() {
-            let Some(t) = s.thread.take() else { continue };
-            while !t.is_finished() && Instant::now() < deadline {
+        self.stopping.store(true, Relaxed);
+        // Blocking is fine now: the encoder drains the queue in front of it.
+        let _ = self.tx.send(Input::Stop(stop_fields, kernel_lost));
+        drop(self.tx);
+        drop(self.ctl);
+        let _ = self.encoder.join();
+        for s in &self.sinks {
+            while !s.thread.is_finished() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
             }
-            if t.is_finished() {
-                let _ = t.join();
-            } else {
+            if !s.thread.is_finished() {
                 // Stuck in a write (a blocked pipe): what it holds is lost.
+                let mut abandoned = s
+                    .counters
+                    .abandoned
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                *abandoned = true;
                 let stuck = s.counters.pending.swap(0, Relaxed);
                 s.counters.dropped.fetch_add(stuck, Relaxed);
                 eprintln!(
@@ -278,101 +293,188 @@ impl Pipeline {
                 );
             }
         }
-        drop(sinks);
-        self.losses(kernel_lost)
+        let last = losses(
+            &self.counters,
+            self.sinks
+                .iter()
+                .map(|s| (s.spec.text.as_str(), s.counters.as_ref())),
+            kernel_lost,
+        );
+        for s in self.sinks {
+            if s.thread.is_finished() {
+                let _ = s.thread.join();
+            }
+        }
+        last
     }
 }
 
-fn run_encoder(
-    cfg: Config,
-    rx: Receiver<Input>,
-    ctl: Receiver<Input>,
-    sinks: &Mutex<Vec<SinkHandle>>,
+fn losses<'a>(
     counters: &Counters,
-) {
-    let mut encoder = Encoder::new(cfg.format, cfg.cgroup2);
-    let mut aggregator: Aggregator<Option<String>> = Aggregator::new(cfg.aggregate);
-    let mut seq = 0u64;
-    let mut publish = |v: Value, severity: u8, msgid: &str| {
-        seq += 1;
-        let e = Arc::new(Encoded {
+    sinks: impl Iterator<Item = (&'a str, &'a SinkCounters)>,
+    kernel_lost: u64,
+) -> Losses {
+    Losses {
+        kernel_lost,
+        records: counters.records.load(Relaxed),
+        queue_dropped: counters.queue_dropped.load(Relaxed),
+        aggregated: counters.aggregated.load(Relaxed),
+        sinks: sinks
+            .map(|(name, c)| SinkLosses {
+                sink: name.to_owned(),
+                written: c.written.load(Relaxed),
+                dropped: c.dropped.load(Relaxed),
+                failed: c.failed.load(Relaxed),
+                pending: c.pending.load(Relaxed),
+            })
+            .collect(),
+    }
+}
+
+/// The encoder thread's state.
+struct Encoding {
+    encoder: Encoder,
+    queues: Vec<SinkQueues>,
+    names: Vec<String>,
+    counters: Arc<Counters>,
+    stopping: Arc<AtomicBool>,
+    /// Set when stopping: flows then wait for room until it, instead of dropping.
+    deadline: Option<Instant>,
+    seq: u64,
+}
+
+impl Encoding {
+    fn run(mut self, window: Duration, rx: Receiver<Input>, ctl: Receiver<Input>) {
+        let mut aggregator: Aggregator<Option<String>> = Aggregator::new(window);
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            let mut inputs = Vec::with_capacity(2);
+            match rx.recv_timeout(next_tick.saturating_duration_since(Instant::now())) {
+                Ok(input) => inputs.push(input),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            if self.deadline.is_none() && self.stopping.load(Relaxed) {
+                self.deadline = Some(Instant::now() + SHUTDOWN_GRACE);
+            }
+            // Lifecycle events queued before this input go first.
+            let mut ordered: Vec<Input> = ctl.try_iter().collect();
+            ordered.append(&mut inputs);
+            for input in ordered {
+                match input {
+                    Input::Flow(ev, compiled) => {
+                        let rule = compiled
+                            .rules
+                            .get(ev.rule_id as usize)
+                            .map(|r| r.description.clone());
+                        match aggregator.offer(&ev, &rule, Instant::now()) {
+                            Verdict::Report { closed } => {
+                                if let Some(r) = closed {
+                                    let v = self.encoder.repeats(&r);
+                                    self.publish_flow(v, &r.last);
+                                }
+                                let v = self.encoder.flow(&ev, rule.as_deref());
+                                self.publish_flow(v, &ev);
+                            }
+                            Verdict::Counted => {
+                                self.counters.aggregated.fetch_add(1, Relaxed);
+                            }
+                        }
+                    }
+                    Input::Lifecycle(kind, fields) => self.publish_lifecycle(&kind, fields),
+                    Input::Wake => {}
+                    Input::Stop(mut fields, kernel_lost) => {
+                        for r in aggregator.drain() {
+                            let v = self.encoder.repeats(&r);
+                            self.publish_flow(v, &r.last);
+                        }
+                        fields["events"] =
+                            serde_json::to_value(self.losses(kernel_lost)).unwrap_or_default();
+                        self.publish_lifecycle("stop", fields);
+                        return;
+                    }
+                }
+            }
+            if Instant::now() >= next_tick {
+                for r in aggregator.expired(Instant::now()) {
+                    let v = self.encoder.repeats(&r);
+                    self.publish_flow(v, &r.last);
+                }
+                next_tick = Instant::now() + TICK;
+            }
+        }
+    }
+
+    fn losses(&self, kernel_lost: u64) -> Losses {
+        losses(
+            &self.counters,
+            self.names
+                .iter()
+                .zip(&self.queues)
+                .map(|(n, q)| (n.as_str(), q.counters.as_ref())),
+            kernel_lost,
+        )
+    }
+
+    fn encoded(&mut self, v: Value, severity: u8, msgid: &str) -> Arc<Encoded> {
+        self.seq += 1;
+        Arc::new(Encoded {
             json: v.to_string(),
             severity,
             msgid: msgid.to_owned(),
             time_ms: super::now_ms(),
-            seq,
-        });
-        let sinks = sinks.lock().unwrap_or_else(|e| e.into_inner());
-        for s in sinks.iter() {
-            let Some(tx) = &s.tx else { continue };
-            s.counters.pending.fetch_add(1, Relaxed);
-            if tx.try_send(e.clone()).is_err() {
-                s.counters.pending.fetch_sub(1, Relaxed);
-                s.counters.dropped.fetch_add(1, Relaxed);
-            }
-        }
-    };
-    let flow_severity = |ev: &FlowEvent| {
-        if ev.verdict == verdict::ALLOW {
+            seq: self.seq,
+        })
+    }
+
+    /// Offers a flow event to every sink; a full queue drops it (counted), except
+    /// while stopping, when it waits for room until the deadline.
+    fn publish_flow(&mut self, v: Value, ev: &FlowEvent) {
+        let sev = if ev.verdict == verdict::ALLOW {
             severity::INFO
         } else {
             severity::WARNING
-        }
-    };
-    let rule_of = |ev: &FlowEvent, c: &Compiled| {
-        c.rules
-            .get(ev.rule_id as usize)
-            .map(|r| r.description.clone())
-    };
-    let mut next_tick = Instant::now() + TICK;
-    let mut open = true;
-    while open {
-        let mut inputs = Vec::with_capacity(2);
-        match rx.recv_timeout(next_tick.saturating_duration_since(Instant::now())) {
-            Ok(input) => inputs.push(input),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => open = false,
-        }
-        inputs.extend(ctl.try_iter());
-        if !open {
-            // Stopping: what aggregation holds goes out before the `stop` event.
-            for r in aggregator.drain() {
-                let v = encoder.repeats(&r);
-                publish(v, flow_severity(&r.last), "flow");
-            }
-        }
-        for input in inputs {
-            match input {
-                Input::Flow(ev, compiled) => {
-                    let rule = rule_of(&ev, &compiled);
-                    match aggregator.offer(&ev, &rule, Instant::now()) {
-                        Verdict::Report => {
-                            let v = encoder.flow(&ev, rule.as_deref());
-                            publish(v, flow_severity(&ev), "flow");
-                        }
-                        Verdict::Counted => {
-                            counters.aggregated.fetch_add(1, Relaxed);
-                        }
+        };
+        let e = self.encoded(v, sev, "flow");
+        for q in &self.queues {
+            q.counters.pending.fetch_add(1, Relaxed);
+            let mut item = Some(e.clone());
+            loop {
+                match q.flows.try_send(item.take()) {
+                    Ok(()) => break,
+                    Err(TrySendError::Full(back))
+                        if self.deadline.is_some_and(|d| Instant::now() < d) =>
+                    {
+                        item = back;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(_) => {
+                        q.counters.pending.fetch_sub(1, Relaxed);
+                        q.counters.dropped.fetch_add(1, Relaxed);
+                        break;
                     }
                 }
-                Input::Lifecycle(kind, fields) => {
-                    let sev = match kind.as_str() {
-                        "policy_rejected" => severity::ERROR,
-                        "backend_fallback" | "loss" => severity::WARNING,
-                        _ => severity::NOTICE,
-                    };
-                    let v = encoder.lifecycle(&kind, fields);
-                    publish(v, sev, &kind);
-                }
-                Input::Wake => {}
             }
         }
-        if Instant::now() >= next_tick {
-            for r in aggregator.expired(Instant::now()) {
-                let v = encoder.repeats(&r);
-                publish(v, flow_severity(&r.last), "flow");
+    }
+
+    /// Hands a lifecycle event to every sink's unbounded lifecycle queue.
+    fn publish_lifecycle(&mut self, kind: &str, fields: Value) {
+        let sev = match kind {
+            "policy_rejected" => severity::ERROR,
+            "backend_fallback" | "loss" => severity::WARNING,
+            _ => severity::NOTICE,
+        };
+        let v = self.encoder.lifecycle(kind, fields);
+        let e = self.encoded(v, sev, kind);
+        for q in &self.queues {
+            q.counters.pending.fetch_add(1, Relaxed);
+            if q.lifecycle.send(e.clone()).is_err() {
+                q.counters.pending.fetch_sub(1, Relaxed);
+                q.counters.dropped.fetch_add(1, Relaxed);
             }
-            next_tick = Instant::now() + TICK;
+            // Wakes a sink waiting for flows; a full queue means it is busy anyway.
+            let _ = q.flows.try_send(None);
         }
     }
 }
@@ -380,7 +482,8 @@ fn run_encoder(
 fn run_sink(
     spec: &SinkSpec,
     mut writer: Box<dyn sink::Writer>,
-    rx: Receiver<Arc<Encoded>>,
+    flows: Receiver<Option<Arc<Encoded>>>,
+    lifecycle: Receiver<Arc<Encoded>>,
     counters: &SinkCounters,
 ) {
     let header = spec.syslog_facility.map(syslog::Header::new);
@@ -403,18 +506,38 @@ fn run_sink(
         }
     };
     let mut last_complaint: Option<Instant> = None;
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![frame(&first)];
+    let mut open = true;
+    while open {
+        let mut batch = Vec::new();
+        let first = flows.recv();
+        // Lifecycle events first: they are never dropped and usually explain
+        // the flows around them.
+        batch.extend(lifecycle.try_iter().map(|e| frame(&e)));
+        match first {
+            Ok(Some(e)) => batch.push(frame(&e)),
+            Ok(None) => {}
+            Err(_) => open = false,
+        }
         while batch.len() < SINK_BATCH {
-            match rx.try_recv() {
-                Ok(e) => batch.push(frame(&e)),
+            match flows.try_recv() {
+                Ok(Some(e)) => batch.push(frame(&e)),
+                Ok(None) => {}
                 Err(_) => break,
             }
         }
+        batch.extend(lifecycle.try_iter().map(|e| frame(&e)));
+        if batch.is_empty() {
+            continue;
+        }
         let w = writer.write_batch(&batch);
+        let abandoned = counters.abandoned.lock().unwrap_or_else(|e| e.into_inner());
+        if *abandoned {
+            return;
+        }
         counters.written.fetch_add(w.ok as u64, Relaxed);
         counters.failed.fetch_add(w.failed as u64, Relaxed);
         counters.pending.fetch_sub(batch.len() as u64, Relaxed);
+        drop(abandoned);
         if let Some(e) = w.error
             && last_complaint.is_none_or(|t| t.elapsed() > Duration::from_secs(10))
         {

@@ -64,6 +64,7 @@ impl fmt::Display for SinkSpec {
 
 pub const DEFAULT_MAX_BYTES: u64 = 100 << 20;
 pub const DEFAULT_KEEP: u32 = 5;
+const MAX_KEEP: u32 = 1000;
 const DEFAULT_FACILITY: &str = "auth";
 
 impl std::str::FromStr for SinkSpec {
@@ -135,9 +136,9 @@ impl std::str::FromStr for SinkSpec {
                     .unwrap_or(DEFAULT_MAX_BYTES);
                 let keep = opts
                     .take("keep")
-                    .map(|v| {
-                        v.parse()
-                            .map_err(|_| format!("keep: `{v}` is not a number"))
+                    .map(|v| match v.parse::<u32>() {
+                        Ok(k) if k <= MAX_KEEP => Ok(k),
+                        _ => Err(format!("keep: `{v}` is not a number from 0 to {MAX_KEEP}")),
                     })
                     .transpose()?
                     .unwrap_or(DEFAULT_KEEP);
@@ -194,8 +195,9 @@ fn parse_size(v: &str) -> Result<u64, String> {
         _ => (v, 1),
     };
     num.parse::<u64>()
-        .map(|n| n * mult)
-        .map_err(|_| format!("max_bytes: `{v}` is not a size (e.g. 100M)"))
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("max_bytes: `{v}` is not a size (e.g. 100M)"))
 }
 
 /// The outcome of writing a batch: messages written whole, messages lost, and
@@ -217,7 +219,12 @@ pub trait Writer: Send {
 /// be opened is.
 pub fn open(spec: &SinkSpec) -> io::Result<Box<dyn Writer>> {
     Ok(match &spec.target {
-        Target::Stdout => Box::new(StreamWriter::new(|| Ok(io::stdout()))),
+        Target::Stdout => Box::new(StreamWriter::new(|| {
+            // Unbuffered, so "written" means handed to the kernel.
+            use std::os::fd::{AsFd, OwnedFd};
+            let fd: OwnedFd = io::stdout().as_fd().try_clone_to_owned()?;
+            Ok(std::fs::File::from(fd))
+        })),
         Target::File {
             path,
             max_bytes,
@@ -225,13 +232,16 @@ pub fn open(spec: &SinkSpec) -> io::Result<Box<dyn Writer>> {
         } => Box::new(FileWriter::open(path, *max_bytes, *keep)?),
         Target::Tcp(addr) => {
             let addr = addr.clone();
-            Box::new(StreamWriter::new(move || {
-                let sa = resolve(&addr)?;
-                let s = TcpStream::connect_timeout(&sa, SEND_TIMEOUT)?;
-                s.set_write_timeout(Some(SEND_TIMEOUT))?;
-                s.set_nodelay(true)?;
-                Ok(s)
-            }))
+            Box::new(
+                StreamWriter::new(move || {
+                    let sa = resolve(&addr)?;
+                    let s = TcpStream::connect_timeout(&sa, SEND_TIMEOUT)?;
+                    s.set_write_timeout(Some(SEND_TIMEOUT))?;
+                    s.set_nodelay(true)?;
+                    Ok(s)
+                })
+                .with_liveness(peer_open),
+            )
         }
         Target::Udp(addr) => {
             let addr = addr.clone();
@@ -260,6 +270,21 @@ fn resolve(addr: &str) -> io::Result<std::net::SocketAddr> {
     addr.to_socket_addrs()?
         .next()
         .ok_or_else(|| io::Error::other(format!("{addr}: no address")))
+}
+
+/// Whether the receiver still has the connection open: a receiver that closed it
+/// (restarted) would take the next write and reset, losing it uncounted.
+fn peer_open(s: &TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    if s.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let open = match s.peek(&mut b) {
+        Ok(0) => false,
+        Ok(_) => true,
+        Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+    };
+    s.set_nonblocking(false).is_ok() && open
 }
 
 /// Writes `msgs` as one byte stream; counts the messages that went out whole.
@@ -304,6 +329,7 @@ type Connect<T> = Box<dyn FnMut() -> io::Result<T> + Send>;
 /// A byte stream that is (re)connected on demand: stdout, TCP.
 struct StreamWriter<S: Write + Send> {
     connect: Connect<S>,
+    alive: fn(&S) -> bool,
     stream: Option<S>,
     retry_at: Option<Instant>,
 }
@@ -312,14 +338,23 @@ impl<S: Write + Send> StreamWriter<S> {
     fn new(connect: impl FnMut() -> io::Result<S> + Send + 'static) -> Self {
         Self {
             connect: Box::new(connect),
+            alive: |_| true,
             stream: None,
             retry_at: None,
         }
+    }
+
+    fn with_liveness(mut self, alive: fn(&S) -> bool) -> Self {
+        self.alive = alive;
+        self
     }
 }
 
 impl<S: Write + Send> Writer for StreamWriter<S> {
     fn write_batch(&mut self, msgs: &[Vec<u8>]) -> Written {
+        if self.stream.as_ref().is_some_and(|s| !(self.alive)(s)) {
+            self.stream = None;
+        }
         if self.stream.is_none() {
             if self.retry_at.is_some_and(|t| Instant::now() < t) {
                 return Written {
@@ -418,12 +453,13 @@ struct FileWriter {
 impl FileWriter {
     fn open(path: &Path, max_bytes: u64, keep: u32) -> io::Result<Self> {
         let file = Self::open_file(path)?;
-        let size = file.metadata()?.len();
+        let meta = file.metadata()?;
         Ok(Self {
             path: path.to_owned(),
             file,
-            size,
-            max_bytes,
+            size: meta.len(),
+            // A device or pipe (`/dev/null`, a FIFO) is written, never rotated.
+            max_bytes: if meta.is_file() { max_bytes } else { 0 },
             keep,
         })
     }
@@ -435,8 +471,11 @@ impl FileWriter {
             .mode(0o600)
             .open(path)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        // An existing file keeps its mode on open: events are sensitive, tighten it.
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        // An existing file keeps its mode on open: events are sensitive, tighten it
+        // (regular files only: never a device such as /dev/null).
+        if f.metadata()?.is_file() {
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
         Ok(f)
     }
 
@@ -457,7 +496,14 @@ impl FileWriter {
                 }
             }
             std::fs::rename(&self.path, self.rotated(1))?;
-            self.file = Self::open_file(&self.path)?;
+            match Self::open_file(&self.path) {
+                Ok(f) => self.file = f,
+                Err(e) => {
+                    // Keep writing where we were, under its own name.
+                    let _ = std::fs::rename(self.rotated(1), &self.path);
+                    return Err(e);
+                }
+            }
         }
         self.size = 0;
         Ok(())
@@ -474,6 +520,10 @@ impl Writer for FileWriter {
         }
         let mut w = write_stream(&mut self.file, msgs);
         self.size += msgs[..w.ok].iter().map(|m| m.len() as u64).sum::<u64>();
+        if w.error.is_some() && self.max_bytes > 0 {
+            // A cut line (a full disk) would glue itself to the next one: drop it.
+            let _ = self.file.set_len(self.size);
+        }
         if w.error.is_none() {
             w.error = rotate_error;
         }
@@ -535,7 +585,11 @@ mod tests {
     }
 
     fn lines(n: usize, width: usize) -> Vec<Vec<u8>> {
-        (0..n)
+        numbered(0, n, width)
+    }
+
+    fn numbered(from: usize, n: usize, width: usize) -> Vec<Vec<u8>> {
+        (from..from + n)
             .map(|i| format!("{i:0width$}\n").into_bytes())
             .collect()
     }
@@ -551,7 +605,7 @@ mod tests {
         let mut w = FileWriter::open(&path, 1000, 2).unwrap();
         let mut written = 0;
         for batch in 0..30 {
-            let r = w.write_batch(&lines(7, 9 + batch % 3));
+            let r = w.write_batch(&numbered(batch * 7, 7, 9 + batch % 3));
             assert!(r.error.is_none(), "{:?}", r.error);
             written += r.ok;
         }
@@ -576,8 +630,16 @@ mod tests {
                     .map(|l| l.unwrap().parse::<usize>().unwrap()),
             );
         }
-        assert!(all.windows(2).all(|w| w[1] == w[0] + 1 || w[1] == 0));
-        assert_eq!(*all.last().unwrap(), 6);
+        assert!(
+            all.windows(2).all(|w| w[1] == w[0] + 1),
+            "an unbroken run of lines: {all:?}"
+        );
+        assert_eq!(*all.last().unwrap(), 209);
+        // A device is written, never chmodded or rotated.
+        let mut null = FileWriter::open(Path::new("/dev/null"), 10, 2).unwrap();
+        assert_eq!(null.write_batch(&lines(50, 4)).ok, 50);
+        assert!(!Path::new("/dev/null.1").exists());
+        assert_eq!(mode(Path::new("/dev/null")), 0o666);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
