@@ -170,6 +170,11 @@ impl Encoder {
         v
     }
 
+    /// How many events this encoder produced (the last one's sequence number).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
     pub fn flow(&mut self, ev: &FlowEvent, rule: Option<&str>) -> Value {
         self.seq += 1;
         let uid = || event_uid(self.seq);

@@ -126,6 +126,7 @@ impl Losses {
 
 /// What the encoder holds of a sink.
 struct SinkQueues {
+    name: String,
     /// `None` wakes the sink for a lifecycle event.
     flows: SyncSender<Option<Arc<Encoded>>>,
     lifecycle: Sender<Arc<Encoded>>,
@@ -168,6 +169,7 @@ impl Pipeline {
                     .spawn(move || run_sink(&spec, writer, flows_rx, lifecycle_rx, &counters))?
             };
             queues.push(SinkQueues {
+                name: spec.text.clone(),
                 flows,
                 lifecycle,
                 counters: counters.clone(),
@@ -183,7 +185,6 @@ impl Pipeline {
         let (tx, rx) = sync_channel(RECORD_QUEUE);
         let (ctl, ctl_rx) = channel();
         let encoder = {
-            let names: Vec<String> = cfg.sinks.iter().map(|s| s.text.clone()).collect();
             let (counters, stopping) = (counters.clone(), stopping.clone());
             std::thread::Builder::new()
                 .name("warden-encode".into())
@@ -191,11 +192,9 @@ impl Pipeline {
                     Encoding {
                         encoder: Encoder::new(cfg.format, cfg.cgroup2.clone()),
                         queues,
-                        names,
                         counters,
                         stopping,
                         deadline: None,
-                        seq: 0,
                     }
                     .run(cfg.aggregate, rx, ctl_rx)
                 })?
@@ -335,12 +334,10 @@ fn losses<'a>(
 struct Encoding {
     encoder: Encoder,
     queues: Vec<SinkQueues>,
-    names: Vec<String>,
     counters: Arc<Counters>,
     stopping: Arc<AtomicBool>,
     /// Set when stopping: flows then wait for room until it, instead of dropping.
     deadline: Option<Instant>,
-    seq: u64,
 }
 
 impl Encoding {
@@ -408,22 +405,21 @@ impl Encoding {
     fn losses(&self, kernel_lost: u64) -> Losses {
         losses(
             &self.counters,
-            self.names
+            self.queues
                 .iter()
-                .zip(&self.queues)
-                .map(|(n, q)| (n.as_str(), q.counters.as_ref())),
+                .map(|q| (q.name.as_str(), q.counters.as_ref())),
             kernel_lost,
         )
     }
 
-    fn encoded(&mut self, v: Value, severity: u8, msgid: &str) -> Arc<Encoded> {
-        self.seq += 1;
+    /// `v` was just made by the encoder: its sequence number is the encoder's.
+    fn encoded(&self, v: Value, severity: u8, msgid: &str) -> Arc<Encoded> {
         Arc::new(Encoded {
             json: v.to_string(),
             severity,
             msgid: msgid.to_owned(),
             time_ms: super::now_ms(),
-            seq: self.seq,
+            seq: self.encoder.seq(),
         })
     }
 
