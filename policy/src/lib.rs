@@ -27,7 +27,7 @@ mod model;
 mod net;
 mod parse;
 mod ports;
-mod walk;
+pub mod walk;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,4 +1,5 @@
-//! Reading a span-preserving toml_edit document: tables written as `[t]` or `{ … }`,
+//! Reading a span-preserving toml_edit document (shared by every warden config file):
+//! tables written as `[t]` or `{ … }`,
 //! arrays of tables written as `[[t]]` or `[{ … }]`, unknown keys with a "did you mean",
 //! and positions for every diagnostic.
 
@@ -11,14 +12,14 @@ use toml_edit::{InlineTable, Item, Key, Table, Value};
 use crate::diagnostic::{Diagnostic, LineIndex, Origin};
 
 /// One file being checked: turns spans into [`Origin`]s and collects diagnostics.
-pub(crate) struct FileCtx<'a> {
-    pub(crate) file: Arc<Path>,
+pub struct FileCtx<'a> {
+    pub file: Arc<Path>,
     lines: LineIndex<'a>,
-    pub(crate) diagnostics: Vec<Diagnostic>,
+    pub diagnostics: Vec<Diagnostic>,
 }
 
 impl<'a> FileCtx<'a> {
-    pub(crate) fn new(file: Arc<Path>, text: &'a str) -> Self {
+    pub fn new(file: Arc<Path>, text: &'a str) -> Self {
         Self {
             file,
             lines: LineIndex::new(text),
@@ -26,48 +27,48 @@ impl<'a> FileCtx<'a> {
         }
     }
 
-    pub(crate) fn origin(&self, span: Option<Range<usize>>) -> Origin {
+    pub fn origin(&self, span: Option<Range<usize>>) -> Origin {
         let (line, col) = span.map_or((1, 1), |s| self.lines.position(s.start));
         Origin::new(self.file.clone(), line, col)
     }
 
-    pub(crate) fn error(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
+    pub fn error(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
         let origin = self.origin(span);
         self.error_at(origin, message);
     }
 
-    pub(crate) fn error_at(&mut self, origin: Origin, message: impl Into<String>) {
+    pub fn error_at(&mut self, origin: Origin, message: impl Into<String>) {
         self.diagnostics.push(Diagnostic::new(origin, message));
     }
 }
 
 /// A key and its value, with the best span for pointing at the value.
 #[derive(Clone, Copy)]
-pub(crate) struct Entry<'a> {
-    pub(crate) key: &'a Key,
-    pub(crate) item: &'a Item,
+pub struct Entry<'a> {
+    pub key: &'a Key,
+    pub item: &'a Item,
 }
 
 impl<'a> Entry<'a> {
     /// The value's span, or the key's when the value has none (implicit dotted tables).
-    pub(crate) fn span(&self) -> Option<Range<usize>> {
+    pub fn span(&self) -> Option<Range<usize>> {
         self.item.span().or_else(|| self.key.span())
     }
 
-    pub(crate) fn value(&self) -> Option<&'a Value> {
+    pub fn value(&self) -> Option<&'a Value> {
         self.item.as_value()
     }
 }
 
 /// A table however it was written: `[name]`, dotted keys, or `{ inline }`.
 #[derive(Clone, Copy)]
-pub(crate) enum TableRef<'a> {
+pub enum TableRef<'a> {
     Table(&'a Table),
     Inline(&'a InlineTable),
 }
 
 impl<'a> TableRef<'a> {
-    pub(crate) fn from_item(item: &'a Item) -> Option<Self> {
+    pub fn from_item(item: &'a Item) -> Option<Self> {
         match item {
             Item::Table(t) => Some(TableRef::Table(t)),
             Item::Value(Value::InlineTable(t)) => Some(TableRef::Inline(t)),
@@ -75,14 +76,14 @@ impl<'a> TableRef<'a> {
         }
     }
 
-    pub(crate) fn span(&self) -> Option<Range<usize>> {
+    pub fn span(&self) -> Option<Range<usize>> {
         match self {
             TableRef::Table(t) => t.span(),
             TableRef::Inline(t) => t.span(),
         }
     }
 
-    pub(crate) fn get(&self, name: &str) -> Option<Entry<'a>> {
+    pub fn get(&self, name: &str) -> Option<Entry<'a>> {
         let (key, item) = match self {
             TableRef::Table(t) => t.get_key_value(name)?,
             TableRef::Inline(t) => t.get_key_value(name)?,
@@ -94,7 +95,7 @@ impl<'a> TableRef<'a> {
     }
 
     /// Every key in the order written.
-    pub(crate) fn entries(&self) -> Vec<Entry<'a>> {
+    pub fn entries(&self) -> Vec<Entry<'a>> {
         let names: Vec<&str> = match self {
             TableRef::Table(t) => t.iter().map(|(k, _)| k).collect(),
             TableRef::Inline(t) => t.iter().map(|(k, _)| k).collect(),
@@ -103,7 +104,7 @@ impl<'a> TableRef<'a> {
     }
 
     /// Reports every key not in `known`; `context` names the table ("in [ingress]").
-    pub(crate) fn check_keys(&self, ctx: &mut FileCtx<'_>, known: &[&str], context: &str) {
+    pub fn check_keys(&self, ctx: &mut FileCtx<'_>, known: &[&str], context: &str) {
         for entry in self.entries() {
             let name = entry.key.get();
             if known.contains(&name) {
@@ -124,7 +125,7 @@ impl<'a> TableRef<'a> {
 /// Elements of an array of tables however it was written: `[[name]]` blocks or an
 /// inline array of inline tables. `None` if the item is neither; elements of an inline
 /// array that are not tables come back as `Err(value)`.
-pub(crate) fn array_of_tables(item: &Item) -> Option<Vec<Result<TableRef<'_>, &Value>>> {
+pub fn array_of_tables(item: &Item) -> Option<Vec<Result<TableRef<'_>, &Value>>> {
     match item {
         Item::ArrayOfTables(a) => Some(a.iter().map(|t| Ok(TableRef::Table(t))).collect()),
         Item::Value(Value::Array(a)) => Some(
@@ -140,7 +141,7 @@ pub(crate) fn array_of_tables(item: &Item) -> Option<Vec<Result<TableRef<'_>, &V
 }
 
 /// TOML's name for what was written, for "must be X, found Y" messages.
-pub(crate) fn type_name(item: &Item) -> &'static str {
+pub fn type_name(item: &Item) -> &'static str {
     match item {
         Item::Value(v) => v.type_name(),
         Item::Table(t) if t.is_dotted() => "dotted-key table",
@@ -149,7 +150,7 @@ pub(crate) fn type_name(item: &Item) -> &'static str {
 }
 
 /// The known key closest to a misspelt one, if it is close enough to be a typo.
-pub(crate) fn closest<'k>(name: &str, known: &[&'k str]) -> Option<&'k str> {
+pub fn closest<'k>(name: &str, known: &[&'k str]) -> Option<&'k str> {
     let lower = name.to_lowercase();
     // A key and its abbreviation or extension (`protocol` for `proto`) are a near miss too.
     let prefixes = |k: &str| lower.len() >= 3 && (k.starts_with(&lower) || lower.starts_with(k));

@@ -9,4 +9,8 @@
 
 pub mod body;
 pub mod canon;
+pub mod config;
+pub mod identity;
+pub mod limits;
+pub mod models;
 pub mod routes;

@@ -1,0 +1,816 @@
+//! The proxy's configuration file (`warden proxy --config PATH`): TOML read with
+//! positions, every problem reported as `file:line:col: message`, unknown keys
+//! refused with a "did you mean". The reference is `docs/PROXY.md`.
+
+use super::models::ModelGlob;
+use crate::events::sink::SinkSpec;
+use ipnet::IpNet;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use toml_edit::{ImDocument, Value};
+
+type Span = Option<std::ops::Range<usize>>;
+use warden_policy::walk::{Entry, FileCtx, TableRef, array_of_tables, type_name};
+use warden_policy::{Diagnostic, parse_net};
+
+const TOP_KEYS: &[&str] = &[
+    "listen",
+    "upstream",
+    "audit",
+    "audit_body_sha256",
+    "pass_cors",
+    "tls",
+    "limits",
+    "identity",
+];
+const TLS_KEYS: &[&str] = &["cert", "key", "client_ca"];
+const LIMIT_KEYS: &[&str] = &[
+    "max_connections",
+    "handshake_timeout",
+    "header_timeout",
+    "body_timeout",
+    "upstream_timeout",
+    "max_headers",
+];
+const IDENTITY_KEYS: &[&str] = &[
+    "name",
+    "tokens",
+    "basic",
+    "mtls",
+    "models",
+    "admin",
+    "sources",
+    "windows",
+    "rate",
+    "concurrency",
+    "max_body",
+    "max_tokens",
+];
+const TOKEN_KEYS: &[&str] = &["hash", "expires"];
+
+pub const DEFAULT_MAX_BODY: u64 = 16 << 20;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub upstream: Upstream,
+    pub tls: Tls,
+    pub audit: Vec<SinkSpec>,
+    pub audit_body_sha256: bool,
+    /// Forward the upstream's CORS headers (dropped by default).
+    pub pass_cors: bool,
+    pub limits: Limits,
+    pub identities: Vec<Arc<Identity>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    /// The Host header sent upstream (`IP:PORT`, which Ollama's host check accepts).
+    pub host: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub max_connections: usize,
+    /// A TLS handshake must finish within this.
+    pub handshake_timeout: Duration,
+    /// A request's headers must arrive within this.
+    pub header_timeout: Duration,
+    /// A request body may pause at most this long between bytes.
+    pub body_timeout: Duration,
+    /// The upstream may be silent at most this long (before its first byte and
+    /// between chunks); a generation that keeps streaming is never cut.
+    pub upstream_timeout: Duration,
+    pub max_headers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            upstream_timeout: Duration::from_secs(600),
+            max_headers: 64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    /// SHA-256 of the token.
+    pub hash: [u8; 32],
+    /// Unix seconds after which the token is refused.
+    pub expires: Option<i64>,
+}
+
+/// A weekly window in UTC: days (bit 0 = Monday) and minutes since midnight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub days: u8,
+    pub start_min: u16,
+    pub end_min: u16,
+}
+
+impl Window {
+    /// `weekday` 0 = Monday; a window whose end is before its start spans midnight.
+    pub fn contains(&self, weekday: u8, minute: u16) -> bool {
+        let day = |d: u8| self.days & (1 << (d % 7)) != 0;
+        if self.start_min <= self.end_min {
+            day(weekday) && (self.start_min..self.end_min).contains(&minute)
+        } else {
+            (day(weekday) && minute >= self.start_min)
+                || (day((weekday + 6) % 7) && minute < self.end_min)
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub name: String,
+    pub tokens: Vec<Token>,
+    /// PHC string of an argon2id hash (basic auth, user = `name`).
+    pub basic: Option<String>,
+    /// Client-certificate names (SAN DNS or e-mail, or subject CN) that are this identity.
+    pub mtls: Vec<String>,
+    pub models: Vec<ModelGlob>,
+    pub admin: bool,
+    /// Client addresses allowed (empty = any).
+    pub sources: Vec<IpNet>,
+    /// When requests are allowed (empty = always).
+    pub windows: Vec<Window>,
+    /// Requests per minute (token bucket, a minute's worth of burst).
+    pub rate_per_min: Option<u32>,
+    pub concurrency: Option<u32>,
+    pub max_body: u64,
+    pub max_tokens: Option<u64>,
+}
+
+impl Identity {
+    pub fn may_use(&self, model: &super::models::ModelName) -> bool {
+        self.models.iter().any(|g| g.matches(model))
+    }
+
+    /// True if every model is allowed (`models = ["*"]`).
+    pub fn all_models(&self) -> bool {
+        self.models.iter().any(|g| g.as_str() == "*")
+    }
+}
+
+/// Reads and checks a config file.
+pub fn load(path: &Path) -> Result<Config, Vec<Diagnostic>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![Diagnostic::new(
+            warden_policy::Origin::start_of(path),
+            format!("cannot read: {e}"),
+        )]
+    })?;
+    parse(path, &text)
+}
+
+pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<Diagnostic>> {
+    let mut ctx = FileCtx::new(Arc::from(path), text);
+    let doc = match ImDocument::parse(text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            let msg = e.message().lines().map(str::trim).filter(|l| !l.is_empty());
+            let msg = msg.collect::<Vec<_>>().join("; ");
+            ctx.error(e.span(), format!("TOML syntax error: {msg}"));
+            return Err(ctx.diagnostics);
+        }
+    };
+    let base = path.parent().unwrap_or(Path::new("."));
+    let root = TableRef::Table(doc.as_table());
+    root.check_keys(&mut ctx, TOP_KEYS, "at top level");
+    let mut r = Reader { ctx, base };
+
+    let listen = r.required(root, "listen", |r, e| {
+        let s = r.string(e)?;
+        s.parse::<SocketAddr>()
+            .map_err(|_| r.err(e, format!("`listen` must be IP:PORT, found `{s}`")))
+            .ok()
+    });
+    let upstream = r.required(root, "upstream", Reader::upstream);
+    let tls = r.required(root, "tls", Reader::tls);
+    let audit = match root.get("audit") {
+        None => vec!["stdout".parse().expect("stdout is a sink")],
+        Some(e) => r
+            .strings(e)
+            .into_iter()
+            .filter_map(|(s, at)| {
+                s.parse::<SinkSpec>()
+                    .map_err(|m| r.ctx.error(at, format!("audit sink `{s}`: {m}")))
+                    .ok()
+            })
+            .collect(),
+    };
+    let audit_body_sha256 = root
+        .get("audit_body_sha256")
+        .and_then(|e| r.bool(e))
+        .unwrap_or(false);
+    let pass_cors = root
+        .get("pass_cors")
+        .and_then(|e| r.bool(e))
+        .unwrap_or(false);
+    let limits = root
+        .get("limits")
+        .map_or_else(Limits::default, |e| r.limits(e));
+    let identities = r.identities(root, tls.as_ref().is_some_and(|t| t.client_ca.is_some()));
+
+    if !r.ctx.diagnostics.is_empty() {
+        return Err(r.ctx.diagnostics);
+    }
+    Ok(Config {
+        listen: listen.expect("checked"),
+        upstream: upstream.expect("checked"),
+        tls: tls.expect("checked"),
+        audit,
+        audit_body_sha256,
+        pass_cors,
+        limits,
+        identities,
+    })
+}
+
+struct Reader<'a, 'b> {
+    ctx: FileCtx<'a>,
+    base: &'b Path,
+}
+
+impl Reader<'_, '_> {
+    /// Records an error at an entry's value; returns `()` for `map_err` chains.
+    fn err(&mut self, e: Entry<'_>, message: impl Into<String>) {
+        self.ctx.error(e.span(), message);
+    }
+
+    fn required<T>(
+        &mut self,
+        t: TableRef<'_>,
+        key: &str,
+        read: impl FnOnce(&mut Self, Entry<'_>) -> Option<T>,
+    ) -> Option<T> {
+        match t.get(key) {
+            Some(e) => read(self, e),
+            None => {
+                self.ctx.error(t.span(), format!("missing `{key}`"));
+                None
+            }
+        }
+    }
+
+    fn string<'e>(&mut self, e: Entry<'e>) -> Option<&'e str> {
+        let s = e.value().and_then(Value::as_str);
+        if s.is_none() {
+            let msg = format!(
+                "`{}` must be a string, found {}",
+                e.key.get(),
+                type_name(e.item)
+            );
+            self.err(e, msg);
+        }
+        s
+    }
+
+    fn bool(&mut self, e: Entry<'_>) -> Option<bool> {
+        let b = e.value().and_then(Value::as_bool);
+        if b.is_none() {
+            let msg = format!(
+                "`{}` must be true or false, found {}",
+                e.key.get(),
+                type_name(e.item)
+            );
+            self.err(e, msg);
+        }
+        b
+    }
+
+    fn int(&mut self, e: Entry<'_>, min: i64, max: i64) -> Option<i64> {
+        match e.value().and_then(Value::as_integer) {
+            Some(n) if (min..=max).contains(&n) => Some(n),
+            _ => {
+                let msg = format!(
+                    "`{}` must be an integer from {min} to {max}, found {}",
+                    e.key.get(),
+                    e.item.as_value().map_or_else(
+                        || type_name(e.item).to_owned(),
+                        |v| v.to_string().trim().to_owned()
+                    )
+                );
+                self.err(e, msg);
+                None
+            }
+        }
+    }
+
+    /// An array of strings, each with its span.
+    fn strings<'e>(&mut self, e: Entry<'e>) -> Vec<(&'e str, Span)> {
+        let Some(a) = e.value().and_then(Value::as_array) else {
+            let msg = format!(
+                "`{}` must be an array of strings, found {}",
+                e.key.get(),
+                type_name(e.item)
+            );
+            self.err(e, msg);
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for v in a.iter() {
+            match v.as_str() {
+                Some(s) => out.push((s, v.span())),
+                None => self.ctx.error(
+                    v.span(),
+                    format!(
+                        "`{}` must contain strings, found {}",
+                        e.key.get(),
+                        v.type_name()
+                    ),
+                ),
+            }
+        }
+        out
+    }
+
+    fn path(&mut self, e: Entry<'_>) -> Option<PathBuf> {
+        let s = self.string(e)?;
+        if s.is_empty() {
+            self.err(e, format!("`{}` must not be empty", e.key.get()));
+            return None;
+        }
+        Some(self.base.join(s))
+    }
+
+    fn duration(&mut self, e: Entry<'_>) -> Option<Duration> {
+        let s = self.string(e)?;
+        parse_duration(s)
+            .map_err(|m| self.err(e, format!("`{}`: {m}", e.key.get())))
+            .ok()
+    }
+
+    fn upstream(&mut self, e: Entry<'_>) -> Option<Upstream> {
+        let s = self.string(e)?;
+        let authority = s
+            .strip_prefix("http://")
+            .map(|a| a.strip_suffix('/').unwrap_or(a));
+        match authority.and_then(|a| a.parse::<SocketAddr>().ok().map(|sa| (a, sa))) {
+            Some((a, addr)) => Some(Upstream {
+                addr,
+                host: a.to_owned(),
+            }),
+            None => {
+                self.err(e, format!("`upstream` must be http://IP:PORT (the Ollama server, usually http://127.0.0.1:11434), found `{s}`"));
+                None
+            }
+        }
+    }
+
+    fn tls(&mut self, e: Entry<'_>) -> Option<Tls> {
+        let Some(t) = TableRef::from_item(e.item) else {
+            self.err(
+                e,
+                format!("`tls` must be a table, found {}", type_name(e.item)),
+            );
+            return None;
+        };
+        t.check_keys(&mut self.ctx, TLS_KEYS, "in [tls]");
+        let cert = self.required(t, "cert", Reader::path);
+        let key = self.required(t, "key", Reader::path);
+        let client_ca = t.get("client_ca").and_then(|e| self.path(e));
+        Some(Tls {
+            cert: cert?,
+            key: key?,
+            client_ca,
+        })
+    }
+
+    fn limits(&mut self, e: Entry<'_>) -> Limits {
+        let mut l = Limits::default();
+        let Some(t) = TableRef::from_item(e.item) else {
+            self.err(
+                e,
+                format!("`limits` must be a table, found {}", type_name(e.item)),
+            );
+            return l;
+        };
+        t.check_keys(&mut self.ctx, LIMIT_KEYS, "in [limits]");
+        if let Some(n) = t
+            .get("max_connections")
+            .and_then(|e| self.int(e, 1, 1 << 20))
+        {
+            l.max_connections = n as usize;
+        }
+        if let Some(n) = t.get("max_headers").and_then(|e| self.int(e, 8, 1024)) {
+            l.max_headers = n as usize;
+        }
+        for (key, slot) in [
+            ("handshake_timeout", &mut l.handshake_timeout),
+            ("header_timeout", &mut l.header_timeout),
+            ("body_timeout", &mut l.body_timeout),
+            ("upstream_timeout", &mut l.upstream_timeout),
+        ] {
+            if let Some(d) = t.get(key).and_then(|e| self.duration(e)) {
+                *slot = d;
+            }
+        }
+        l
+    }
+
+    fn identities(&mut self, root: TableRef<'_>, have_client_ca: bool) -> Vec<Arc<Identity>> {
+        let Some(e) = root.get("identity") else {
+            self.ctx
+                .error(None, "no [[identity]]: every request would be refused");
+            return Vec::new();
+        };
+        let Some(tables) = array_of_tables(e.item) else {
+            self.err(
+                e,
+                format!(
+                    "`identity` must be an array of tables ([[identity]]), found {}",
+                    type_name(e.item)
+                ),
+            );
+            return Vec::new();
+        };
+        let mut out: Vec<Arc<Identity>> = Vec::new();
+        let mut names: HashMap<String, ()> = HashMap::new();
+        let mut tokens: HashMap<[u8; 32], String> = HashMap::new();
+        let mut certs: HashMap<String, String> = HashMap::new();
+        for t in tables {
+            let t = match t {
+                Ok(t) => t,
+                Err(v) => {
+                    self.ctx
+                        .error(v.span(), "`identity` entries must be tables");
+                    continue;
+                }
+            };
+            let Some(id) = self.identity(t, have_client_ca) else {
+                continue;
+            };
+            let at = t.get("name").map(|e| e.span()).unwrap_or_else(|| t.span());
+            if names.insert(id.name.to_lowercase(), ()).is_some() {
+                self.ctx.error(
+                    at.clone(),
+                    format!("identity `{}` is defined twice", id.name),
+                );
+            }
+            for tok in &id.tokens {
+                if let Some(other) = tokens.insert(tok.hash, id.name.clone()) {
+                    self.ctx.error(at.clone(), format!("identity `{}` shares a token with `{other}`: a token must name one identity", id.name));
+                }
+            }
+            for c in &id.mtls {
+                if let Some(other) = certs.insert(c.clone(), id.name.clone()) {
+                    self.ctx.error(
+                        at.clone(),
+                        format!(
+                            "identity `{}` shares the client certificate name `{c}` with `{other}`",
+                            id.name
+                        ),
+                    );
+                }
+            }
+            out.push(Arc::new(id));
+        }
+        out
+    }
+
+    fn identity(&mut self, t: TableRef<'_>, have_client_ca: bool) -> Option<Identity> {
+        t.check_keys(&mut self.ctx, IDENTITY_KEYS, "in [[identity]]");
+        let before = self.ctx.diagnostics.len();
+        let name = self.required(t, "name", |r, e| {
+            let s = r.string(e)?;
+            let ok = !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b));
+            if !ok {
+                r.err(
+                    e,
+                    format!(
+                        "identity name `{s}` must be 1-64 characters of letters, digits, . _ @ -"
+                    ),
+                );
+            }
+            ok.then(|| s.to_owned())
+        });
+        let tokens = t.get("tokens").map(|e| self.tokens(e)).unwrap_or_default();
+        let basic = t.get("basic").and_then(|e| {
+            let s = self.string(e)?;
+            match argon2::PasswordHash::new(s) {
+                Ok(h) if h.algorithm.as_str() == "argon2id" => Some(s.to_owned()),
+                _ => {
+                    self.err(e, "`basic` must be an argon2id hash ($argon2id$v=19$...), as printed by `warden token basic NAME`");
+                    None
+                }
+            }
+        });
+        let mtls: Vec<String> = t
+            .get("mtls")
+            .map(|e| {
+                let names: Vec<String> = self
+                    .strings(e)
+                    .into_iter()
+                    .map(|(s, _)| s.to_owned())
+                    .collect();
+                if !have_client_ca && !names.is_empty() {
+                    self.err(
+                        e,
+                        "`mtls` needs `client_ca` in [tls] to verify client certificates",
+                    );
+                }
+                names
+            })
+            .unwrap_or_default();
+        let models = t
+            .get("models")
+            .map(|e| {
+                self.strings(e)
+                    .into_iter()
+                    .filter_map(|(s, at)| {
+                        ModelGlob::parse(s).map_err(|m| self.ctx.error(at, m)).ok()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let admin = t.get("admin").and_then(|e| self.bool(e)).unwrap_or(false);
+        let sources = t
+            .get("sources")
+            .map(|e| {
+                self.strings(e)
+                    .into_iter()
+                    .filter_map(|(s, at)| {
+                        parse_net(s)
+                            .map_err(|m| self.ctx.error(at, format!("source `{s}`: {m}")))
+                            .ok()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let windows = t
+            .get("windows")
+            .map(|e| {
+                self.strings(e)
+                    .into_iter()
+                    .filter_map(|(s, at)| {
+                        parse_window(s)
+                            .map_err(|m| self.ctx.error(at, format!("window `{s}`: {m}")))
+                            .ok()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let rate_per_min = t.get("rate").and_then(|e| {
+            let s = self.string(e)?;
+            parse_rate(s)
+                .map_err(|m| self.err(e, format!("rate `{s}`: {m}")))
+                .ok()
+        });
+        let concurrency = t
+            .get("concurrency")
+            .and_then(|e| self.int(e, 1, 1 << 20))
+            .map(|n| n as u32);
+        let max_body = t
+            .get("max_body")
+            .and_then(|e| match e.value() {
+                Some(Value::Integer(n)) if *n.value() > 0 => Some(*n.value() as u64),
+                _ => {
+                    let s = self.string(e)?;
+                    parse_size(s)
+                        .map_err(|m| self.err(e, format!("max_body `{s}`: {m}")))
+                        .ok()
+                }
+            })
+            .unwrap_or(DEFAULT_MAX_BODY);
+        let max_tokens = t
+            .get("max_tokens")
+            .and_then(|e| self.int(e, 1, i64::MAX))
+            .map(|n| n as u64);
+        if tokens.is_empty()
+            && basic.is_none()
+            && mtls.is_empty()
+            && self.ctx.diagnostics.len() == before
+        {
+            self.ctx.error(
+                t.span(),
+                "identity has no credentials: give `tokens`, `basic` or `mtls`",
+            );
+        }
+        Some(Identity {
+            name: name?,
+            tokens,
+            basic,
+            mtls,
+            models,
+            admin,
+            sources,
+            windows,
+            rate_per_min,
+            concurrency,
+            max_body,
+            max_tokens,
+        })
+    }
+
+    fn tokens(&mut self, e: Entry<'_>) -> Vec<Token> {
+        let Some(a) = e.value().and_then(Value::as_array) else {
+            self.err(
+                e,
+                format!("`tokens` must be an array, found {}", type_name(e.item)),
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for v in a.iter() {
+            let (hash, expires) = match v {
+                Value::String(s) => (Some((s.value().as_str(), v)), None),
+                Value::InlineTable(it) => {
+                    let t = TableRef::Inline(it);
+                    t.check_keys(&mut self.ctx, TOKEN_KEYS, "in a token");
+                    let hash = t
+                        .get("hash")
+                        .and_then(|e| e.value().and_then(|v| v.as_str().map(|s| (s, v))));
+                    if hash.is_none() {
+                        self.ctx
+                            .error(v.span(), "a token table needs `hash = \"sha256:...\"`");
+                    }
+                    let expires = t.get("expires").and_then(|e| match e.value() {
+                        Some(Value::Datetime(d)) => datetime_unix(d.value())
+                            .map_err(|m| self.err(e, format!("`expires`: {m}")))
+                            .ok(),
+                        _ => {
+                            self.err(
+                                e,
+                                "`expires` must be a TOML date-time such as 2027-01-31T00:00:00Z",
+                            );
+                            None
+                        }
+                    });
+                    (hash, expires)
+                }
+                other => {
+                    self.ctx.error(
+                        other.span(),
+                        "a token is \"sha256:HEX\" or { hash = \"sha256:HEX\", expires = DATE }",
+                    );
+                    (None, None)
+                }
+            };
+            if let Some((s, v)) = hash {
+                match parse_token_hash(s) {
+                    Some(hash) => out.push(Token { hash, expires }),
+                    None => self.ctx.error(v.span(), "a token hash is `sha256:` and 64 hex digits, as printed by `warden token new NAME`"),
+                }
+            }
+        }
+        out
+    }
+}
+
+pub fn parse_token_hash(s: &str) -> Option<[u8; 32]> {
+    let hex = s.strip_prefix("sha256:")?;
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (e.g. 500ms, 10s, 5m, 1h)"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("`{s}` is not a duration (e.g. 500ms, 10s, 5m, 1h)")),
+    };
+    if d.is_zero() {
+        return Err("must be more than zero".into());
+    }
+    Ok(d)
+}
+
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| "not a size (e.g. 16MiB, 512KiB, 1000000)".to_string())?;
+    let mult = match unit {
+        "" | "B" => 1,
+        "KiB" | "K" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        _ => return Err("not a size (e.g. 16MiB, 512KiB, 1000000)".into()),
+    };
+    n.checked_mul(mult)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| "out of range".into())
+}
+
+/// `N/s`, `N/min` or `N/h`, as requests per minute.
+pub fn parse_rate(s: &str) -> Result<u32, String> {
+    let (n, per) = s.split_once('/').ok_or("expected N/s, N/min or N/h")?;
+    let n: u32 = n.trim().parse().map_err(|_| "expected N/s, N/min or N/h")?;
+    let per_min = match per.trim() {
+        "s" | "sec" => n.checked_mul(60).ok_or("too large")?,
+        "m" | "min" => n,
+        "h" | "hour" => n.div_ceil(60).max(1),
+        _ => return Err("expected N/s, N/min or N/h".into()),
+    };
+    if n == 0 {
+        return Err("must allow at least one request".into());
+    }
+    Ok(per_min)
+}
+
+/// `DAYS HH:MM-HH:MM` in UTC; DAYS is `*`, a day (`mon`) or a range (`mon-fri`),
+/// comma-separated.
+pub fn parse_window(s: &str) -> Result<Window, String> {
+    const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+    let usage = "expected e.g. `mon-fri 08:00-18:00` (UTC)";
+    let (days_s, times) = s.trim().split_once(' ').ok_or(usage)?;
+    let day = |d: &str| {
+        DAYS.iter()
+            .position(|x| x.eq_ignore_ascii_case(d))
+            .ok_or(format!("unknown day `{d}`"))
+    };
+    let mut days = 0u8;
+    for part in days_s.split(',') {
+        if part == "*" {
+            days = 0x7f;
+        } else if let Some((a, b)) = part.split_once('-') {
+            let (a, b) = (day(a)?, day(b)?);
+            let mut d = a;
+            loop {
+                days |= 1 << d;
+                if d == b {
+                    break;
+                }
+                d = (d + 1) % 7;
+            }
+        } else {
+            days |= 1 << day(part)?;
+        }
+    }
+    let hm = |t: &str| -> Result<u16, String> {
+        let (h, m) = t.split_once(':').ok_or(usage)?;
+        let (h, m): (u16, u16) = (h.parse().map_err(|_| usage)?, m.parse().map_err(|_| usage)?);
+        if h > 24 || m > 59 || (h == 24 && m != 0) {
+            return Err(format!("`{t}` is not a time of day"));
+        }
+        Ok(h * 60 + m)
+    };
+    let (a, b) = times.trim().split_once('-').ok_or(usage)?;
+    let (start_min, end_min) = (hm(a)?, hm(b)?);
+    if start_min == end_min {
+        return Err("the window is empty".into());
+    }
+    Ok(Window {
+        days,
+        start_min,
+        end_min,
+    })
+}
+
+fn datetime_unix(d: &toml_edit::Datetime) -> Result<i64, String> {
+    let date = d.date.ok_or("needs a date")?;
+    let (h, m, s) = d.time.map_or((0, 0, 0), |t| (t.hour, t.minute, t.second));
+    let offset_min: i64 = match (d.time, d.offset) {
+        (None, _) => 0,
+        (Some(_), Some(toml_edit::Offset::Z)) => 0,
+        (Some(_), Some(toml_edit::Offset::Custom { minutes })) => minutes.into(),
+        (Some(_), None) => return Err("a time needs an offset (`Z` for UTC)".into()),
+    };
+    let days = days_from_civil(date.year.into(), date.month.into(), date.day.into());
+    Ok(days * 86400 + i64::from(h) * 3600 + i64::from(m) * 60 + i64::from(s) - offset_min * 60)
+}
+
+/// Days since 1970-01-01 (Howard Hinnant's algorithm).
+pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146097 + doe - 719468
+}
