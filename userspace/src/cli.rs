@@ -85,6 +85,37 @@ enum Command {
     },
     /// Stop the daemon and detach and unpin everything warden owns.
     Down,
+    /// The TLS-terminating auth proxy for the Ollama API.
+    Proxy {
+        /// Proxy config file (TOML; see docs/PROXY.md).
+        #[arg(long)]
+        config: PathBuf,
+        /// Check the config and its TLS files, print problems as file:line:col, and exit.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Credentials for proxy identities.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a fresh bearer token (once) and the config line with its hash.
+    New {
+        /// The identity the token is for.
+        name: String,
+        /// Expiry written into the config line (TOML date-time, e.g. 2027-01-31T00:00:00Z).
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// Read a password from stdin and print its argon2id hash as a config line.
+    Basic {
+        /// The identity (basic-auth user name).
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -166,6 +197,8 @@ pub fn main() -> i32 {
         }
         Command::Status { json } => status(&cli.pin_dir, &cli.run_dir, &cli.nft_table, json),
         Command::Down => down(&cli.pin_dir, &cli.run_dir, &cli.nft_table),
+        Command::Proxy { config, check } => proxy(&config, check),
+        Command::Token { command } => token(command),
     }
 }
 
@@ -429,4 +462,62 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         src = s.source();
     }
     out
+}
+
+fn proxy(config: &Path, check: bool) -> i32 {
+    let result = if check {
+        crate::proxy::server::check(config).map(|c| {
+            println!(
+                "{}: ok ({} identities)",
+                config.display(),
+                c.identities.len()
+            );
+        })
+    } else {
+        crate::proxy::server::run(config)
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("warden proxy: {e:#}");
+            1
+        }
+    }
+}
+
+fn token(command: TokenCommand) -> i32 {
+    use crate::proxy::identity;
+    match command {
+        TokenCommand::New { name, expires } => {
+            let token = identity::random_token();
+            let hash = identity::token_hash(&token);
+            eprintln!(
+                "# token for `{name}`, shown once: clients send `Authorization: Bearer TOKEN`"
+            );
+            println!("{token}");
+            eprintln!("# add to the [[identity]] with name = \"{name}\":");
+            match expires {
+                None => println!("tokens = [\"{hash}\"]"),
+                Some(e) => println!("tokens = [{{ hash = \"{hash}\", expires = {e} }}]"),
+            }
+            0
+        }
+        TokenCommand::Basic { name } => {
+            let mut password = String::new();
+            if std::io::stdin().read_line(&mut password).is_err() {
+                eprintln!("warden token basic: cannot read a password from stdin");
+                return 1;
+            }
+            let password = password.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                eprintln!("warden token basic: empty password");
+                return 1;
+            }
+            eprintln!(
+                "# add to the [[identity]] with name = \"{name}\" (basic-auth user `{name}`):"
+            );
+            println!("basic = \"{}\"", identity::hash_password(password));
+            0
+        }
+    }
 }

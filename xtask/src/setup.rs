@@ -180,7 +180,13 @@ fn bpffs() -> Result<String> {
 
 /// Python packages the tests use (validators, real client libraries), in a venv
 /// under `target/` so nothing outside the checkout changes.
-const PYTHON_PACKAGES: &[&str] = &["ocsf-json-schema==1.2.0", "jsonschema==4.23.0"];
+const PYTHON_PACKAGES: &[&str] = &[
+    "ocsf-json-schema==1.2.0",
+    "jsonschema==4.23.0",
+    "ollama==0.6.3",
+    "openai==3.54.0",
+    "httpx==0.28.1",
+];
 
 pub fn python_venv_dir() -> PathBuf {
     cmd::workspace_root().join("target/pyenv")

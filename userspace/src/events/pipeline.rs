@@ -17,7 +17,7 @@
 
 use super::aggregate::{Aggregator, Verdict};
 use super::sink::{self, SinkSpec};
-use super::syslog::{self, severity};
+use super::syslog::severity;
 use super::{Encoder, EventFormat};
 use crate::compile::Compiled;
 use serde::{Deserialize, Serialize};
@@ -482,25 +482,8 @@ fn run_sink(
     lifecycle: Receiver<Arc<Encoded>>,
     counters: &SinkCounters,
 ) {
-    let header = spec.syslog_facility.map(syslog::Header::new);
-    let stream = matches!(
-        spec.target,
-        sink::Target::Stdout | sink::Target::File { .. } | sink::Target::Tcp(_)
-    );
-    let frame = |e: &Encoded| -> Vec<u8> {
-        match &header {
-            Some(h) => {
-                let m = h.message(e.severity, e.time_ms, &e.msgid, e.seq, &e.json);
-                if stream {
-                    syslog::octet_counted(&m).into_bytes()
-                } else {
-                    m.into_bytes()
-                }
-            }
-            None if stream => format!("{}\n", e.json).into_bytes(),
-            None => e.json.clone().into_bytes(),
-        }
-    };
+    let framer = sink::Framer::new(spec);
+    let frame = |e: &Encoded| framer.frame(&e.json, e.severity, e.time_ms, &e.msgid, e.seq);
     let mut last_complaint: Option<Instant> = None;
     let mut open = true;
     while open {

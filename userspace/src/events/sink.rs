@@ -209,6 +209,40 @@ pub struct Written {
     pub error: Option<io::Error>,
 }
 
+/// Frames one encoded event for a sink: a JSON line on streams, one JSON
+/// document per datagram, or RFC 5424 (octet-counted on streams).
+pub struct Framer {
+    header: Option<syslog::Header>,
+    stream: bool,
+}
+
+impl Framer {
+    pub fn new(spec: &SinkSpec) -> Self {
+        Self {
+            header: spec.syslog_facility.map(syslog::Header::new),
+            stream: matches!(
+                spec.target,
+                Target::Stdout | Target::File { .. } | Target::Tcp(_)
+            ),
+        }
+    }
+
+    pub fn frame(&self, json: &str, severity: u8, time_ms: u64, msgid: &str, seq: u64) -> Vec<u8> {
+        match &self.header {
+            Some(h) => {
+                let m = h.message(severity, time_ms, msgid, seq, json);
+                if self.stream {
+                    syslog::octet_counted(&m).into_bytes()
+                } else {
+                    m.into_bytes()
+                }
+            }
+            None if self.stream => format!("{json}\n").into_bytes(),
+            None => json.as_bytes().to_vec(),
+        }
+    }
+}
+
 /// Writes framed messages in order.
 pub trait Writer: Send {
     fn write_batch(&mut self, msgs: &[Vec<u8>]) -> Written;

@@ -91,14 +91,14 @@ impl Authenticator {
         cert_names: &[String],
         now_unix: i64,
     ) -> Result<Arc<Identity>, AuthFailure> {
-        let from_cert = self.from_certificate(cert_names);
+        let from_cert = self.by_certificate(cert_names);
         let Some(header) = authorization else {
             return match from_cert {
                 Some(r) => r.map(|i| self.identities[i].clone()),
                 None => Err(AuthFailure::Missing),
             };
         };
-        let i = self.from_header(header, now_unix).await?;
+        let i = self.by_header(header, now_unix).await?;
         match from_cert {
             Some(Ok(c)) if c != i => Err(AuthFailure::Disagree),
             Some(Err(AuthFailure::AmbiguousCertificate)) => Err(AuthFailure::AmbiguousCertificate),
@@ -106,7 +106,7 @@ impl Authenticator {
         }
     }
 
-    fn from_certificate(&self, names: &[String]) -> Option<Result<usize, AuthFailure>> {
+    fn by_certificate(&self, names: &[String]) -> Option<Result<usize, AuthFailure>> {
         if names.is_empty() {
             return None;
         }
@@ -122,7 +122,7 @@ impl Authenticator {
         Some(found.ok_or(AuthFailure::UnmappedCertificate))
     }
 
-    async fn from_header(&self, header: &[u8], now_unix: i64) -> Result<usize, AuthFailure> {
+    async fn by_header(&self, header: &[u8], now_unix: i64) -> Result<usize, AuthFailure> {
         let text = std::str::from_utf8(header).map_err(|_| AuthFailure::Malformed)?;
         let (scheme, rest) = text.split_once(' ').ok_or(AuthFailure::Malformed)?;
         let rest = rest.trim();

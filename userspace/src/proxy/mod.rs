@@ -7,10 +7,16 @@
 //! - [`body`]: the model a JSON body names and the generation-length cap, read
 //!   the way Go's JSON decoder reads them.
 
+pub mod audit;
 pub mod body;
 pub mod canon;
 pub mod config;
+pub mod handler;
 pub mod identity;
 pub mod limits;
 pub mod models;
+pub mod relay;
 pub mod routes;
+pub mod server;
+pub mod tls;
+pub mod upstream;

@@ -1,0 +1,554 @@
+//! One request, in the order it is judged: framing, canonical target, identity,
+//! where and when, route, authorisation, limits, body, model; then the
+//! canonical request is forwarded and the response relayed.
+//!
+//! Every request gets exactly one audit record, whatever happens to it.
+
+use super::audit::{Audit, Record, now_ms};
+use super::body;
+use super::canon;
+use super::config::Config;
+use super::identity::Authenticator;
+use super::limits::{Limiter, Refusal};
+use super::models::ModelName;
+use super::relay::{BoxError, Finish, Relay, Upload, read_all};
+use super::routes::{self, Group, ModelIn, NoRoute};
+use super::upstream;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+pub type RespBody = BoxBody<Bytes, BoxError>;
+
+/// Listings are read whole to be filtered; larger ones are refused.
+const MAX_LISTING: u64 = 32 << 20;
+const MAX_LOGGED_TARGET: usize = 256;
+
+/// One configuration generation and what is built from it.
+pub struct Runtime {
+    pub cfg: Config,
+    pub auth: Authenticator,
+}
+
+/// State shared by every connection.
+pub struct Shared {
+    pub runtime: std::sync::RwLock<Arc<Runtime>>,
+    pub limiter: Limiter,
+    pub audit: Arc<Audit>,
+    id_prefix: u32,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(runtime: Runtime, audit: Audit) -> Self {
+        let mut b = [0u8; 4];
+        // SAFETY: valid buffer of 4 bytes.
+        unsafe { libc::getrandom(b.as_mut_ptr().cast(), 4, 0) };
+        Self {
+            runtime: std::sync::RwLock::new(Arc::new(runtime)),
+            limiter: Limiter::default(),
+            audit: Arc::new(audit),
+            id_prefix: u32::from_ne_bytes(b),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.read().expect("not poisoned").clone()
+    }
+
+    fn request_id(&self) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("{:08x}{:012x}", self.id_prefix, n & 0xffff_ffff_ffff)
+    }
+}
+
+/// What a connection knows about its client.
+pub struct Client {
+    pub addr: SocketAddr,
+    /// Names of the verified client certificate (empty without one).
+    pub cert_names: Vec<String>,
+}
+
+/// A refusal: status, message for the client, reason for the audit record.
+struct Refuse {
+    status: StatusCode,
+    message: &'static str,
+    reason: String,
+    close: bool,
+    retry_after: Option<u64>,
+}
+
+fn refuse(status: StatusCode, message: &'static str, reason: impl Into<String>) -> Refuse {
+    Refuse {
+        status,
+        message,
+        reason: reason.into(),
+        close: false,
+        retry_after: None,
+    }
+}
+
+pub async fn handle(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+    client: Arc<Client>,
+) -> Result<Response<RespBody>, std::convert::Infallible> {
+    let started = Instant::now();
+    let rt = shared.runtime();
+    let mut record = Record {
+        request_id: shared.request_id(),
+        time_ms: now_ms(),
+        client: Some(client.addr),
+        http_version: match req.version() {
+            Version::HTTP_2 => "HTTP/2",
+            Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        },
+        method: req.method().as_str().chars().take(16).collect(),
+        path: logged_target(&req),
+        user_agent: req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(256).collect()),
+        ..Record::default()
+    };
+    let id = record.request_id.clone();
+    let mut resp = match judge_and_forward(req, &shared, &rt, &client, &mut record, started).await {
+        Ok(resp) => resp,
+        Err(r) => {
+            record.status = r.status.as_u16();
+            record.refused = Some(r.reason);
+            let body = serde_json::json!({ "error": r.message }).to_string();
+            record.duration = started.elapsed();
+            record.bytes_out = body.len() as u64;
+            shared.audit.emit(record);
+            let mut resp = Response::new(full(body));
+            *resp.status_mut() = r.status;
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json; charset=utf-8"),
+            );
+            if r.status == StatusCode::UNAUTHORIZED {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(
+                        "Bearer realm=\"ollama-warden\", Basic realm=\"ollama-warden\"",
+                    ),
+                );
+            }
+            if let Some(secs) = r.retry_after {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            if r.close {
+                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut()
+            .insert(HeaderName::from_static("x-request-id"), v);
+    }
+    Ok(resp)
+}
+
+fn full(body: impl Into<Bytes>) -> RespBody {
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+fn logged_target(req: &Request<Incoming>) -> String {
+    let t = req.uri().path_and_query().map_or("", |p| p.as_str());
+    t.chars().take(MAX_LOGGED_TARGET).collect()
+}
+
+/// HTTP/1.1 framing a second reader could read differently: refused, and the
+/// connection closed (its next bytes cannot be trusted).
+fn framing_problem(req: &Request<Incoming>) -> Option<&'static str> {
+    let h = req.headers();
+    if req.version() != Version::HTTP_2 {
+        let lengths = h.get_all(header::CONTENT_LENGTH).iter().count();
+        let codings: Vec<&HeaderValue> = h.get_all(header::TRANSFER_ENCODING).iter().collect();
+        if lengths > 1 {
+            return Some("repeated Content-Length");
+        }
+        if lengths == 1 && !codings.is_empty() {
+            return Some("both Content-Length and Transfer-Encoding");
+        }
+        let only_chunked =
+            codings.len() == 1 && codings[0].as_bytes().eq_ignore_ascii_case(b"chunked");
+        if !codings.is_empty() && !only_chunked {
+            return Some("unsupported Transfer-Encoding");
+        }
+        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+            return Some("absolute-form request target");
+        }
+        if req.version() == Version::HTTP_11 && h.get_all(header::HOST).iter().count() != 1 {
+            return Some("HTTP/1.1 needs exactly one Host");
+        }
+    }
+    if req.method() == Method::CONNECT || h.contains_key(header::UPGRADE) {
+        return Some("upgrades are not proxied");
+    }
+    None
+}
+
+async fn judge_and_forward(
+    req: Request<Incoming>,
+    shared: &Shared,
+    rt: &Runtime,
+    client: &Client,
+    record: &mut Record,
+    started: Instant,
+) -> Result<Response<RespBody>, Refuse> {
+    if let Some(why) = framing_problem(&req) {
+        return Err(Refuse {
+            close: true,
+            ..refuse(StatusCode::BAD_REQUEST, "bad request framing", why)
+        });
+    }
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let canonical = canon::canonicalize(target).map_err(|e| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            "ambiguous request target",
+            e.to_string(),
+        )
+    })?;
+    record.path = canonical.path.clone();
+    record.query = canonical.query.clone();
+
+    // Who.
+    let mut authz = req.headers().get_all(header::AUTHORIZATION).iter();
+    let (first, second) = (authz.next(), authz.next());
+    if second.is_some() {
+        return Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "several Authorization headers",
+        ));
+    }
+    let now_unix = (record.time_ms / 1000) as i64;
+    let id = rt
+        .auth
+        .authenticate(
+            first.map(HeaderValue::as_bytes),
+            &client.cert_names,
+            now_unix,
+        )
+        .await
+        .map_err(|f| refuse(StatusCode::UNAUTHORIZED, "unauthorized", f.as_str()))?;
+    record.identity = Some(id.name.clone());
+    Limiter::check_where_and_when(&id, client.addr.ip(), now_unix)
+        .map_err(|r| refuse(StatusCode::FORBIDDEN, "forbidden", r.as_str()))?;
+
+    // What.
+    let method = req.method().as_str().to_owned();
+    let (route, params) = routes::find(&method, &canonical.path).map_err(|e| match e {
+        NoRoute::UnknownPath => refuse(StatusCode::NOT_FOUND, "not found", "no such route"),
+        NoRoute::Method => refuse(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed",
+            "method not allowed on this route",
+        ),
+    })?;
+    match route.group {
+        Group::ModelAdmin | Group::Account if !id.admin => {
+            return Err(refuse(StatusCode::FORBIDDEN, "forbidden", "admin route"));
+        }
+        Group::Inference if route.model == ModelIn::Multipart && !id.all_models() => {
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "multipart bodies are not read: this route needs models = [\"*\"]",
+            ));
+        }
+        _ => {}
+    }
+    if let Some(m) = params.first().filter(|_| route.model == ModelIn::Path) {
+        let name = ModelName::parse(m).ok_or_else(|| {
+            refuse(
+                StatusCode::BAD_REQUEST,
+                "not a model name",
+                "not a model name",
+            )
+        })?;
+        record.model = Some(name.to_string());
+        if !id.admin && !id.may_use(&name) {
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                "model not allowed",
+                "model not allowed",
+            ));
+        }
+    }
+    let slot = shared.limiter.admit(&id).map_err(|r| match r {
+        Refusal::Rate(wait) => Refuse {
+            retry_after: Some(wait.as_secs_f64().ceil() as u64),
+            ..refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many requests",
+                r.as_str(),
+            )
+        },
+        _ => refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many requests",
+            r.as_str(),
+        ),
+    })?;
+
+    // The body, read before it is judged when it names the model.
+    let (parts, incoming) = req.into_parts();
+    if parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .is_some_and(|n| n > id.max_body)
+    {
+        return Err(refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large",
+            "request body too large",
+        ));
+    }
+    let cfg = &rt.cfg;
+    let (body, uploaded): (upstream::ReqBody, Option<Arc<AtomicU64>>) =
+        if route.model == ModelIn::Body {
+            let bytes = read_all(incoming, id.max_body, cfg.limits.body_timeout)
+                .await
+                .map_err(|why| match why {
+                    "request body too large" => {
+                        refuse(StatusCode::PAYLOAD_TOO_LARGE, "request body too large", why)
+                    }
+                    "request body timed out" => Refuse {
+                        close: true,
+                        ..refuse(StatusCode::REQUEST_TIMEOUT, "request body timed out", why)
+                    },
+                    _ => Refuse {
+                        close: true,
+                        ..refuse(StatusCode::BAD_REQUEST, "request body broken off", why)
+                    },
+                })?;
+            record.bytes_in = bytes.len() as u64;
+            if cfg.audit_body_sha256 {
+                let d = Sha256::digest(&bytes);
+                record.body_sha256 = Some(d.iter().map(|b| format!("{b:02x}")).collect());
+            }
+            let cap = if id.admin { None } else { id.max_tokens };
+            let inspected = body::inspect(route, &bytes, cap).map_err(|e| {
+                refuse(
+                    StatusCode::BAD_REQUEST,
+                    "invalid request body",
+                    e.to_string(),
+                )
+            })?;
+            if let Some(m) = &inspected.model {
+                let name = ModelName::parse(m).ok_or_else(|| {
+                    refuse(
+                        StatusCode::BAD_REQUEST,
+                        "not a model name",
+                        "not a model name",
+                    )
+                })?;
+                record.model = Some(name.to_string());
+                if !id.admin && !id.may_use(&name) {
+                    return Err(refuse(
+                        StatusCode::FORBIDDEN,
+                        "model not allowed",
+                        "model not allowed",
+                    ));
+                }
+            }
+            (full_req(inspected.body), None)
+        } else {
+            let up = Upload::new(incoming, id.max_body, cfg.limits.body_timeout);
+            let count = up.count.clone();
+            (up.boxed(), Some(count))
+        };
+
+    // Forward exactly what was judged.
+    let upstream_req = build_upstream(&parts, &canonical.target(), body, cfg)?;
+    let sent = upstream::send(cfg.upstream.addr, upstream_req, cfg.limits.upstream_timeout)
+        .await
+        .map_err(|e| {
+            refuse(
+                StatusCode::BAD_GATEWAY,
+                "upstream unavailable",
+                e.to_string(),
+            )
+        })?;
+    record.upstream = Some(sent.conn);
+    let (mut head, upstream_body) = sent.response.into_parts();
+    record.status = head.status.as_u16();
+    clean_response_headers(&mut head.headers, cfg.pass_cors);
+
+    if route.group == Group::List && head.status == StatusCode::OK && parts.method != Method::HEAD {
+        let listing = read_listing(upstream_body, cfg).await;
+        sent.task.abort();
+        let listing = listing
+            .map_err(|why| refuse(StatusCode::BAD_GATEWAY, "upstream listing unreadable", why))?;
+        let filtered = filter_listing(&canonical.path, listing, |m| {
+            id.admin || ModelName::parse(m).is_some_and(|n| id.may_use(&n))
+        });
+        head.headers.remove(header::CONTENT_LENGTH);
+        record.ttfb = Some(started.elapsed());
+        record.bytes_out = filtered.len() as u64;
+        record.duration = started.elapsed();
+        if let Some(n) = &uploaded {
+            record.bytes_in = n.load(Ordering::Relaxed);
+        }
+        shared.audit.emit(std::mem::take(record));
+        drop(slot);
+        return Ok(Response::from_parts(head, full(filtered)));
+    }
+    let finish = Finish {
+        record: std::mem::take(record),
+        started,
+        audit: shared.audit.clone(),
+        uploaded,
+    };
+    let relay = Relay::new(
+        upstream_body,
+        finish,
+        cfg.limits.upstream_timeout,
+        sent.task,
+        slot,
+    );
+    Ok(Response::from_parts(head, relay.boxed()))
+}
+
+fn full_req(body: Vec<u8>) -> upstream::ReqBody {
+    Full::new(Bytes::from(body))
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// Request headers forwarded upstream: only what Ollama reads. Credentials,
+/// hop-by-hop headers, client-supplied forwarding headers and everything else
+/// stay behind; Host is the upstream's own authority.
+const FORWARDED_REQUEST_HEADERS: &[&str] = &[
+    "content-type",
+    "accept",
+    "user-agent",
+    "anthropic-version",
+    "anthropic-beta",
+];
+
+fn build_upstream(
+    parts: &http::request::Parts,
+    target: &str,
+    body: upstream::ReqBody,
+    cfg: &Config,
+) -> Result<Request<upstream::ReqBody>, Refuse> {
+    let mut req = Request::builder()
+        .method(parts.method.clone())
+        .uri(target)
+        .version(Version::HTTP_11)
+        .body(body)
+        .map_err(|e| refuse(StatusCode::BAD_REQUEST, "bad request", e.to_string()))?;
+    let h = req.headers_mut();
+    for name in FORWARDED_REQUEST_HEADERS {
+        for v in parts.headers.get_all(*name) {
+            h.append(HeaderName::from_static(name), v.clone());
+        }
+    }
+    h.insert(
+        header::HOST,
+        HeaderValue::from_str(&cfg.upstream.host)
+            .map_err(|_| refuse(StatusCode::BAD_GATEWAY, "bad upstream", "bad upstream host"))?,
+    );
+    Ok(req)
+}
+
+/// Response headers not passed back: hop-by-hop, server identification and
+/// (unless configured) CORS.
+fn clean_response_headers(h: &mut HeaderMap, pass_cors: bool) {
+    let listed: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+        .collect();
+    for n in listed {
+        h.remove(n);
+    }
+    for n in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "server",
+        "x-powered-by",
+    ] {
+        h.remove(n);
+    }
+    if !pass_cors {
+        let cors: Vec<HeaderName> = h
+            .keys()
+            .filter(|k| k.as_str().starts_with("access-control-"))
+            .cloned()
+            .collect();
+        for n in cors {
+            h.remove(n);
+        }
+        h.remove(header::VARY);
+    }
+}
+
+async fn read_listing(body: Incoming, cfg: &Config) -> Result<Value, String> {
+    let read = async {
+        let limited = http_body_util::Limited::new(body, MAX_LISTING as usize);
+        limited
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .map_err(|e| e.to_string())
+    };
+    let bytes = tokio::time::timeout(cfg.limits.upstream_timeout, read)
+        .await
+        .map_err(|_| "upstream timed out".to_string())??;
+    serde_json::from_slice(&bytes).map_err(|e| format!("listing is not JSON: {e}"))
+}
+
+/// Keeps the entries of a model listing the identity may use: `/api/tags` and
+/// `/api/ps` (`models[].name`/`model`), `/v1/models` (`data[].id`).
+pub fn filter_listing(path: &str, mut listing: Value, allowed: impl Fn(&str) -> bool) -> Vec<u8> {
+    let (key, fields): (&str, &[&str]) = if path == "/v1/models" {
+        ("data", &["id"])
+    } else {
+        ("models", &["name", "model"])
+    };
+    if let Some(items) = listing.get_mut(key).and_then(Value::as_array_mut) {
+        items.retain(|item| {
+            let names: Vec<&str> = fields
+                .iter()
+                .filter_map(|f| item.get(*f).and_then(Value::as_str))
+                .collect();
+            !names.is_empty() && names.iter().all(|n| allowed(n))
+        });
+    }
+    serde_json::to_vec(&listing).expect("a JSON value serialises")
+}
