@@ -9,12 +9,14 @@
 
 mod daemon;
 mod probe;
+pub mod proxy;
 
 pub use daemon::Daemon;
 pub use probe::{Prober, enter};
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -312,4 +314,55 @@ pub fn topology() -> Topology {
         good,
         bad,
     }
+}
+
+/// OCSF records (one verdict line per record: `ok CLASS` or `invalid: ...`).
+pub fn validate_ocsf(events: &[serde_json::Value]) -> Vec<String> {
+    validate(
+        &[workspace().join("tests/helpers/validate_ocsf.py")],
+        events,
+    )
+}
+
+/// Against the published ECS 8.11 field definitions (fetched by `cargo xtask setup`).
+pub fn validate_ecs(events: &[serde_json::Value]) -> Vec<String> {
+    let fields = workspace().join("target/ecs/ecs_flat.json");
+    assert!(
+        fields.exists(),
+        "{} missing: run `cargo xtask setup`",
+        fields.display()
+    );
+    validate(
+        &[
+            workspace().join("tests/helpers/validate_ecs.py"),
+            fields,
+            "ollama_warden".into(),
+        ],
+        events,
+    )
+}
+
+fn validate(args: &[std::path::PathBuf], events: &[serde_json::Value]) -> Vec<String> {
+    let python = workspace().join("target/pyenv/bin/python");
+    assert!(
+        python.exists(),
+        "{} missing: run `cargo xtask setup`",
+        python.display()
+    );
+    let mut child = Command::new(python)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for e in events {
+        writeln!(stdin, "{e}").unwrap();
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }

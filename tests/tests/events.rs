@@ -2,61 +2,9 @@
 //! enrichment names the process, user and cgroup, ECS records carry the fields
 //! SIEM rules key on.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-use warden_tests::{Lab, workspace};
+use warden_tests::{Lab, validate_ecs, validate_ocsf};
 
 const PORT: u16 = 11434;
-
-fn validate_ocsf(events: &[serde_json::Value]) -> Vec<String> {
-    validate(
-        &[workspace().join("tests/helpers/validate_ocsf.py")],
-        events,
-    )
-}
-
-/// Against the published ECS 8.11 field definitions (fetched by `cargo xtask setup`).
-fn validate_ecs(events: &[serde_json::Value]) -> Vec<String> {
-    let fields = workspace().join("target/ecs/ecs_flat.json");
-    assert!(
-        fields.exists(),
-        "{} missing: run `cargo xtask setup`",
-        fields.display()
-    );
-    validate(
-        &[
-            workspace().join("tests/helpers/validate_ecs.py"),
-            fields,
-            "ollama_warden".into(),
-        ],
-        events,
-    )
-}
-
-fn validate(args: &[std::path::PathBuf], events: &[serde_json::Value]) -> Vec<String> {
-    let python = workspace().join("target/pyenv/bin/python");
-    assert!(
-        python.exists(),
-        "{} missing: run `cargo xtask setup`",
-        python.display()
-    );
-    let mut child = Command::new(python)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    for e in events {
-        writeln!(stdin, "{e}").unwrap();
-    }
-    drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
 
 fn scenario(format: &str) -> (Lab, Vec<serde_json::Value>, u32) {
     let mut lab = Lab::new();

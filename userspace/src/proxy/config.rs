@@ -210,9 +210,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<Diagnostic>> {
             .strings(e)
             .into_iter()
             .filter_map(|(s, at)| {
-                s.parse::<SinkSpec>()
+                let mut spec = s
+                    .parse::<SinkSpec>()
                     .map_err(|m| r.ctx.error(at, format!("audit sink `{s}`: {m}")))
-                    .ok()
+                    .ok()?;
+                // A relative file is relative to the config file, like the TLS files.
+                if let crate::events::sink::Target::File { path, .. } = &mut spec.target {
+                    *path = r.base.join(&*path);
+                }
+                Some(spec)
             })
             .collect(),
     };

@@ -1,0 +1,333 @@
+//! The proxy lab: a throwaway PKI (`tests/helpers/make-ca.sh`), the stand-in
+//! Ollama (`fake_ollama.py`), and a `warden proxy` between them, all on
+//! loopback and all removed when the lab drops — also when a test panics.
+//!
+//! Config text given to [`ProxyLab::start`] may use placeholders that the lab
+//! fills with real credentials made by the `warden token` commands:
+//! `@token:NAME@` (a fresh token's hash; the token is in [`ProxyLab::token`])
+//! and `@basic:PASSWORD@` (an argon2id hash).
+
+use crate::{warden_bin, workspace};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+pub struct ProxyLab {
+    pub dir: PathBuf,
+    /// `https://127.0.0.1:PORT`
+    pub url: String,
+    /// `http://127.0.0.1:PORT` of the stand-in Ollama.
+    pub upstream_url: String,
+    upstream_port: u16,
+    tokens: HashMap<String, String>,
+    upstream: Child,
+    proxy: Option<Child>,
+}
+
+pub fn python() -> PathBuf {
+    let p = workspace().join("target/pyenv/bin/python");
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo xtask setup`",
+        p.display()
+    );
+    p
+}
+
+pub fn helper(name: &str) -> PathBuf {
+    workspace().join("tests/helpers").join(name)
+}
+
+fn wait_for_line(path: &Path, prefix: &str, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if let Some(l) = text.lines().find(|l| l.contains(prefix)) {
+            return l.to_owned();
+        }
+        assert!(Instant::now() < deadline, "{what} did not start: {text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl ProxyLab {
+    /// Starts the stand-in (with `upstream_args`) and a proxy configured with
+    /// `body` after the lab's own `listen`/`upstream`/`audit`/`[tls]` lines.
+    pub fn start(body: &str, upstream_args: &[&str]) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "warden-proxy-{}x{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let pki = dir.join("pki");
+        let ok = Command::new("sh")
+            .arg(helper("make-ca.sh"))
+            .arg(&pki)
+            .args(["alice", "carol"])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "make-ca.sh failed");
+        let up_out = dir.join("upstream.out");
+        let upstream = Command::new(python())
+            .arg(helper("fake_ollama.py"))
+            .args(["--port", "0", "--log"])
+            .arg(dir.join("upstream.jsonl"))
+            .args(upstream_args)
+            .stdout(std::fs::File::create(&up_out).unwrap())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let line = wait_for_line(&up_out, "listening", "the stand-in Ollama");
+        let upstream_port: u16 = line.split(' ').nth(1).unwrap().trim().parse().unwrap();
+        let mut lab = Self {
+            url: String::new(),
+            upstream_url: format!("http://127.0.0.1:{upstream_port}"),
+            upstream_port,
+            dir,
+            tokens: HashMap::new(),
+            upstream,
+            proxy: None,
+        };
+        lab.write_config(body);
+        lab.start_proxy();
+        lab
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("proxy.toml")
+    }
+
+    pub fn pki(&self, file: &str) -> PathBuf {
+        self.dir.join("pki").join(file)
+    }
+
+    /// The token made for `@token:NAME@`.
+    pub fn token(&self, name: &str) -> &str {
+        &self.tokens[name]
+    }
+
+    /// The full config file for `body` (placeholders filled).
+    pub fn config_text(&mut self, body: &str) -> String {
+        let mut text = format!(
+            "listen = \"127.0.0.1:{port}\"\nupstream = \"http://127.0.0.1:{up}\"\naudit = [\"audit.jsonl\"]\naudit_body_sha256 = true\n\n[tls]\ncert = \"pki/server.pem\"\nkey = \"pki/server.key\"\nclient_ca = \"pki/clients-ca.pem\"\n\n",
+            port = self
+                .url
+                .rsplit(':')
+                .next()
+                .filter(|_| !self.url.is_empty())
+                .unwrap_or("0"),
+            up = self.upstream_port,
+        );
+        let mut rest = body;
+        while let Some(start) = rest.find('@') {
+            text.push_str(&rest[..start]);
+            let end = rest[start + 1..].find('@').expect("placeholder closed") + start + 1;
+            let ph = &rest[start + 1..end];
+            if let Some(name) = ph.strip_prefix("token:") {
+                let out = run(Command::new(warden_bin()).args(["token", "new", name]));
+                let mut lines = out.lines();
+                let token = lines.next().unwrap().to_owned();
+                let hash = lines.next().unwrap().split('"').nth(1).unwrap().to_owned();
+                self.tokens.insert(name.to_owned(), token);
+                text.push_str(&hash);
+            } else if let Some(pw) = ph.strip_prefix("basic:") {
+                let mut child = Command::new(warden_bin())
+                    .args(["token", "basic", "x"])
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap();
+                writeln!(child.stdin.take().unwrap(), "{pw}").unwrap();
+                let out = child.wait_with_output().unwrap();
+                let line = String::from_utf8(out.stdout).unwrap();
+                text.push_str(line.trim().split('"').nth(1).unwrap());
+            } else {
+                panic!("unknown placeholder @{ph}@");
+            }
+            rest = &rest[end + 1..];
+        }
+        text.push_str(rest);
+        text
+    }
+
+    /// Rewrites the config file (placeholders filled); the proxy sees the change.
+    pub fn write_config(&mut self, body: &str) {
+        let text = self.config_text(body);
+        let tmp = self.dir.join("proxy.toml.new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.config_path()).unwrap();
+    }
+
+    fn start_proxy(&mut self) {
+        let err = self.dir.join("proxy.err");
+        let child = Command::new(warden_bin())
+            .args(["proxy", "--config"])
+            .arg(self.config_path())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap();
+        self.proxy = Some(child);
+        let line = wait_for_line(&err, "listening on", "warden proxy");
+        let url = line.split(' ').find(|w| w.starts_with("https://")).unwrap();
+        self.url = url.to_owned();
+    }
+
+    /// What the proxy said on stderr so far.
+    pub fn proxy_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("proxy.err")).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        let pid = self.proxy.as_ref().unwrap().id() as i32;
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(pid, sig) };
+    }
+
+    /// Stops the proxy (SIGTERM) and waits for it; returns its stderr.
+    pub fn stop(&mut self) -> String {
+        if let Some(mut c) = self.proxy.take() {
+            // SAFETY: plain kill(2) on our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+        self.proxy_log()
+    }
+
+    /// Runs `proxy_client.py ARGS` (stdin from `input`); its JSON output.
+    pub fn client(&self, args: &[&str], input: Option<&str>) -> Value {
+        let mut child = Command::new(python())
+            .arg(helper("proxy_client.py"))
+            .args(args)
+            .env("PROXY_URL", &self.url)
+            .env("CA", self.pki("server-ca.pem"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        if let Some(i) = input {
+            stdin.write_all(i.as_bytes()).unwrap();
+        }
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+            panic!(
+                "proxy_client.py {args:?}: {e}\n{text}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    /// curl against the proxy: `(status, body)`; status 0 when curl failed.
+    pub fn curl(&self, path: &str, args: &[&str]) -> (u16, String) {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-o",
+                "-",
+                "-w",
+                "\n%{http_code}",
+                "--cacert",
+            ])
+            .arg(self.pki("server-ca.pem"))
+            .args(args)
+            .arg(format!("{}{path}", self.url))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_owned())
+    }
+
+    /// curl with a bearer token.
+    pub fn get(&self, path: &str, token: &str) -> (u16, String) {
+        self.curl(path, &["-H", &format!("Authorization: Bearer {token}")])
+    }
+
+    pub fn post(&self, path: &str, token: &str, json: &str) -> (u16, String) {
+        self.curl(
+            path,
+            &[
+                "-H",
+                &format!("Authorization: Bearer {token}"),
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                json,
+            ],
+        )
+    }
+
+    fn jsonl(path: &Path) -> Vec<Value> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Audit records written so far.
+    pub fn audit(&self) -> Vec<Value> {
+        Self::jsonl(&self.dir.join("audit.jsonl"))
+    }
+
+    /// Waits until at least `n` audit records are written.
+    pub fn audit_wait(&self, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let a = self.audit();
+            if a.len() >= n || Instant::now() > deadline {
+                return a;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Requests the stand-in Ollama received.
+    pub fn upstream_log(&self) -> Vec<Value> {
+        Self::jsonl(&self.dir.join("upstream.jsonl"))
+    }
+
+    /// A single audit record's request id (as returned in `x-request-id`).
+    pub fn record<'a>(records: &'a [Value], request_id: &str) -> Option<&'a Value> {
+        records.iter().find(|r| r["metadata"]["uid"] == request_id)
+    }
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out: Output = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+impl Drop for ProxyLab {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = self.upstream.kill();
+        let _ = self.upstream.wait();
+        if std::thread::panicking() {
+            eprintln!("--- warden proxy stderr ---\n{}", self.proxy_log());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,211 @@
+//! The auth proxy end to end: real clients (the `ollama` and `openai` Python
+//! libraries, curl) through `warden proxy` to a stand-in Ollama, over real TLS.
+
+use serde_json::{Value, json};
+use warden_tests::proxy::ProxyLab;
+
+const IDENTITIES: &str = r#"
+[[identity]]
+name = "alice"
+tokens = ["@token:alice@", { hash = "@token:alice-old@", expires = 2020-01-01T00:00:00Z }]
+mtls = ["alice.clients.test"]
+models = ["llama3*"]
+max_tokens = 3
+
+[[identity]]
+name = "admin"
+basic = "@basic:correct horse@"
+models = ["*"]
+admin = true
+"#;
+
+fn words(v: &Value) -> String {
+    v["ok"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect()
+}
+
+#[test]
+fn real_clients_through_the_proxy() {
+    let lab = ProxyLab::start(IDENTITIES, &[]);
+    let token = lab.token("alice").to_owned();
+
+    let o = lab.client(&["ollama", &token], None);
+    // alice's max_tokens = 3 caps every generation (the stand-in honours num_predict).
+    let full = "Hello from the";
+    assert_eq!(o["chat"]["ok"], full, "{o}");
+    assert_eq!(words(&o["chat_stream"]), full, "{o}");
+    assert_eq!(
+        o["chat_stream"]["ok"].as_array().unwrap().len(),
+        4,
+        "one chunk per NDJSON line: {o}"
+    );
+    assert_eq!(o["generate"]["ok"], full, "{o}");
+    assert_eq!(words(&o["generate_stream"]), full);
+    assert_eq!(
+        o["generate_capped"]["ok"], "Hello from the",
+        "num_predict 1000 capped to 3: {o}"
+    );
+    assert_eq!(
+        o["list"]["ok"],
+        json!(["llama3.1:8b", "llama3:latest"]),
+        "listing filtered: {o}"
+    );
+    assert_eq!(o["embed"]["ok"], json!([[0.1, 0.2, 0.3]]));
+    assert_eq!(o["denied_model"]["status"], 403, "{o}");
+    assert_eq!(o["denied_pull"]["status"], 403, "{o}");
+
+    let a = lab.client(&["openai", &token], None);
+    assert_eq!(a["chat"]["ok"], "Hello from the", "{a}");
+    assert_eq!(
+        words(&a["chat_stream"]),
+        "Hello from the",
+        "SSE relayed, capped: {a}"
+    );
+    assert_eq!(
+        a["models"]["ok"],
+        json!(["llama3.1:8b", "llama3:latest"]),
+        "{a}"
+    );
+    assert_eq!(a["denied_model"]["status"], 403, "{a}");
+
+    // curl with basic auth, as the admin identity.
+    let (code, body) = lab.curl(
+        "/api/pull",
+        &["-u", "admin:correct horse", "-d", r#"{"model":"mistral"}"#],
+    );
+    assert_eq!((code, body.as_str()), (200, r#"{"status": "success"}"#));
+    let (code, _) = lab.curl(
+        "/api/pull",
+        &["-u", "admin:wrong", "-d", r#"{"model":"mistral"}"#],
+    );
+    assert_eq!(code, 401);
+    let (code, body) = lab.curl("/api/tags", &["-u", "admin:correct horse"]);
+    assert_eq!(code, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["models"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5,
+        "admins see every model"
+    );
+
+    // mTLS: the client certificate alone is the identity.
+    let c = lab.client(
+        &[
+            "ollama-cert",
+            lab.pki("alice.pem").to_str().unwrap(),
+            lab.pki("alice.key").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(
+        c["list"]["ok"],
+        json!(["llama3.1:8b", "llama3:latest"]),
+        "{c}"
+    );
+    assert_eq!(c["chat"]["ok"], "Hello from the", "{c}");
+    // A certificate the proxy's client CA did not sign fails the handshake.
+    let (code, _) = lab.curl(
+        "/api/version",
+        &[
+            "--cert",
+            lab.pki("rogue.pem").to_str().unwrap(),
+            "--key",
+            lab.pki("rogue.key").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "rogue certificate refused at the handshake");
+    // A valid certificate that names no identity is not enough.
+    let (code, _) = lab.curl(
+        "/api/version",
+        &[
+            "--cert",
+            lab.pki("carol.pem").to_str().unwrap(),
+            "--key",
+            lab.pki("carol.key").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 401);
+
+    // What Ollama saw: the canonical request, its own Host, no credentials.
+    let seen = lab.upstream_log();
+    assert!(!seen.is_empty());
+    for r in &seen {
+        let h = r["headers"].as_object().unwrap();
+        assert!(
+            r["outcome"] != "host refused",
+            "Ollama's host check passes: {r}"
+        );
+        for secret in ["authorization", "x-forwarded-for", "forwarded", "cookie"] {
+            assert!(!h.contains_key(secret), "{secret} forwarded: {r}");
+        }
+        if r["target"] == "/api/generate"
+            && r["body"]["model"] == "llama3"
+            && r["body"]["options"].is_object()
+        {
+            assert_eq!(r["body"]["options"]["num_predict"], 3, "{r}");
+        }
+    }
+    assert!(
+        !seen
+            .iter()
+            .any(|r| r["body"]["model"] == "mistral" && r["target"] != "/api/pull"),
+        "denied model never reached Ollama"
+    );
+
+    // One audit record per request, valid OCSF, with identity and correlation.
+    let records = lab.audit_wait(19);
+    let chat = records
+        .iter()
+        .find(|r| {
+            r["http_request"]["url"]["path"] == "/api/chat" && r["http_response"]["code"] == 200
+        })
+        .expect("chat audited");
+    assert_eq!(chat["actor"]["user"]["name"], "alice");
+    assert_eq!(chat["unmapped"]["warden"]["model"], "llama3:latest");
+    assert!(
+        chat["unmapped"]["warden"]["socket_cookie"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{chat}"
+    );
+    assert!(
+        chat["unmapped"]["warden"]["body_sha256"]
+            .as_str()
+            .unwrap()
+            .len()
+            == 64
+    );
+    assert!(chat["traffic"]["bytes_out"].as_u64().unwrap() > 0);
+    let refused: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["disposition_id"] == 2)
+        .collect();
+    assert!(
+        refused
+            .iter()
+            .any(|r| r["status_detail"] == "model not allowed")
+    );
+    assert!(
+        refused
+            .iter()
+            .any(|r| r["status_detail"] == "admin route" && r["actor"]["user"]["name"] == "alice")
+    );
+    assert!(
+        refused
+            .iter()
+            .any(|r| r["status_detail"] == "unknown user or wrong password")
+    );
+    let verdicts = warden_tests::validate_ocsf(&records);
+    assert!(verdicts.iter().all(|v| v == "ok 4002"), "{verdicts:?}");
+    assert!(
+        records.iter().all(|r| !r.to_string().contains("hi\"")),
+        "no prompt text in the audit"
+    );
+}
