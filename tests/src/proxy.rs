@@ -251,7 +251,14 @@ impl ProxyLab {
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        (code.trim().parse().unwrap_or(0), body.to_owned())
+        let code = code.trim().parse().unwrap_or(0);
+        if code == 0 {
+            eprintln!(
+                "curl {path} {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        (code, body.to_owned())
     }
 
     /// curl with a bearer token.

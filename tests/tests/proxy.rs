@@ -209,3 +209,231 @@ fn real_clients_through_the_proxy() {
         "no prompt text in the audit"
     );
 }
+
+#[test]
+fn authorisation_and_limits() {
+    let lab = ProxyLab::start(
+        r#"
+[[identity]]
+name = "alice"
+tokens = ["@token:alice@", { hash = "@token:expired@", expires = 2020-01-01T00:00:00Z }]
+models = ["llama3*"]
+
+[[identity]]
+name = "limited"
+tokens = ["@token:limited@"]
+models = ["*"]
+rate = "3/min"
+
+[[identity]]
+name = "narrow"
+tokens = ["@token:narrow@"]
+models = ["*"]
+concurrency = 1
+
+[[identity]]
+name = "elsewhere"
+tokens = ["@token:elsewhere@"]
+models = ["*"]
+sources = ["10.0.0.0/8"]
+
+[[identity]]
+name = "small"
+tokens = ["@token:small@"]
+models = ["*"]
+max_body = 64
+"#,
+        &["--delay-ms", "100"],
+    );
+    let alice = lab.token("alice").to_owned();
+    let chat = r#"{"model":"llama3","messages":[],"stream":false}"#;
+
+    // Wrong, missing and expired credentials get the same answer.
+    let unauthorized = lab.post("/api/chat", "owt_wrong", chat);
+    assert_eq!(unauthorized.0, 401);
+    assert_eq!(lab.curl("/api/chat", &["-d", chat]), unauthorized);
+    assert_eq!(
+        lab.post("/api/chat", lab.token("expired"), chat),
+        unauthorized
+    );
+    assert_eq!(
+        lab.curl("/api/chat", &["-H", "Authorization: Basic !!!", "-d", chat]),
+        unauthorized
+    );
+    assert_eq!(lab.post("/api/chat", &alice, chat).0, 200);
+    // Unauthenticated requests learn nothing about routes.
+    assert_eq!(lab.curl("/no/such/route", &[]), unauthorized);
+
+    // Models, admin routes, unknown routes.
+    assert_eq!(
+        lab.post(
+            "/api/chat",
+            &alice,
+            r#"{"model":"secret-model","messages":[]}"#
+        )
+        .0,
+        403
+    );
+    assert_eq!(
+        lab.post(
+            "/api/chat",
+            &alice,
+            r#"{"model":"registry.ollama.ai/library/secret-model:latest"}"#
+        )
+        .0,
+        403
+    );
+    assert_eq!(
+        lab.post("/api/show", &alice, r#"{"model":"mistral"}"#).0,
+        403
+    );
+    assert_eq!(lab.get("/v1/models/secret-model", &alice).0, 403);
+    assert_eq!(
+        lab.get("/v1/models/llama3", &alice).0,
+        404,
+        "allowed, forwarded (the stand-in has no such route)"
+    );
+    for (path, body) in [
+        ("/api/pull", r#"{"model":"llama3"}"#),
+        ("/api/push", r#"{"model":"llama3"}"#),
+        ("/api/create", r#"{"model":"llama3"}"#),
+        ("/api/copy", r#"{"source":"llama3","destination":"x"}"#),
+        ("/api/blobs/sha256:00", "x"),
+        ("/api/me", "{}"),
+    ] {
+        assert_eq!(lab.post(path, &alice, body).0, 403, "{path}");
+    }
+    assert_eq!(
+        lab.curl(
+            "/api/delete",
+            &[
+                "-X",
+                "DELETE",
+                "-H",
+                &format!("Authorization: Bearer {alice}"),
+                "-d",
+                r#"{"model":"llama3"}"#
+            ]
+        )
+        .0,
+        403
+    );
+    assert_eq!(lab.get("/api/nope", &alice).0, 404);
+    assert_eq!(lab.get("/api/chat", &alice).0, 405);
+    assert_eq!(
+        lab.post(
+            "/api/chat",
+            &alice,
+            r#"{"model":"llama3","Model":"secret-model"}"#
+        )
+        .0,
+        400,
+        "ambiguous keys"
+    );
+    assert_eq!(lab.post("/api/chat", &alice, "not json").0, 400);
+
+    // Listings are filtered to the identity's models.
+    let tags: Value = serde_json::from_str(&lab.get("/api/tags", &alice).1).unwrap();
+    let names: Vec<&str> = tags["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["llama3:latest", "llama3.1:8b"]);
+    let ps: Value = serde_json::from_str(&lab.get("/api/ps", &alice).1).unwrap();
+    assert_eq!(ps["models"].as_array().unwrap().len(), 2);
+
+    // Rate: 3 a minute, then 429 with Retry-After.
+    let limited = lab.token("limited").to_owned();
+    for _ in 0..3 {
+        assert_eq!(lab.get("/api/version", &limited).0, 200);
+    }
+    let (code, _) = lab.get("/api/version", &limited);
+    assert_eq!(code, 429);
+    let head = lab
+        .curl(
+            "/api/version",
+            &["-H", &format!("Authorization: Bearer {limited}"), "-D", "-"],
+        )
+        .1;
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 20"),
+        "{head}"
+    );
+
+    // Concurrency 1: a second request while a stream runs is refused; after it, allowed.
+    let narrow = lab.token("narrow").to_owned();
+    let url = format!("{}/api/generate", lab.url);
+    let ca = lab.pki("server-ca.pem");
+    let mut stream = std::process::Command::new("curl")
+        .args(["-sS", "-N", "--cacert"])
+        .arg(&ca)
+        .args([
+            "-H",
+            &format!("Authorization: Bearer {narrow}"),
+            "-d",
+            r#"{"model":"llama3"}"#,
+            &url,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(lab.get("/api/version", &narrow).0, 429);
+    assert!(stream.wait().unwrap().success());
+    assert_eq!(lab.get("/api/version", &narrow).0, 200);
+
+    // Sources and body size.
+    assert_eq!(lab.get("/api/version", lab.token("elsewhere")).0, 403);
+    let big = format!(r#"{{"model":"llama3","prompt":"{}"}}"#, "x".repeat(100));
+    assert_eq!(lab.post("/api/generate", lab.token("small"), &big).0, 413);
+    assert_eq!(
+        lab.post("/api/generate", lab.token("small"), r#"{"model":"llama3"}"#)
+            .0,
+        200
+    );
+
+    // Nothing refused reached Ollama.
+    for r in lab.upstream_log() {
+        let target = r["target"].as_str().unwrap();
+        assert!(
+            ![
+                "/api/pull",
+                "/api/push",
+                "/api/create",
+                "/api/copy",
+                "/api/delete",
+                "/api/me",
+                "/api/show"
+            ]
+            .contains(&target),
+            "{r}"
+        );
+        assert!(!target.starts_with("/api/blobs"), "{r}");
+        assert_ne!(r["body"]["model"], "secret-model", "{r}");
+    }
+    let records = lab.audit();
+    let reasons: Vec<&str> = records
+        .iter()
+        .filter_map(|r| r["status_detail"].as_str())
+        .collect();
+    for want in [
+        "unknown token",
+        "no credentials",
+        "expired token",
+        "malformed credentials",
+        "model not allowed",
+        "admin route",
+        "no such route",
+        "rate limit",
+        "concurrent request limit",
+        "client address not allowed for this identity",
+        "request body too large",
+    ] {
+        assert!(
+            reasons.contains(&want),
+            "no audit record for {want}: {reasons:?}"
+        );
+    }
+}

@@ -104,28 +104,37 @@ pub async fn handle(
 ) -> Result<Response<RespBody>, std::convert::Infallible> {
     let started = Instant::now();
     let rt = shared.runtime();
+    let (req, incoming) = req.into_parts();
+    let mut body = Some(incoming);
     let mut record = Record {
         request_id: shared.request_id(),
         time_ms: now_ms(),
         client: Some(client.addr),
-        http_version: match req.version() {
+        http_version: match req.version {
             Version::HTTP_2 => "HTTP/2",
             Version::HTTP_10 => "HTTP/1.0",
             _ => "HTTP/1.1",
         },
-        method: req.method().as_str().chars().take(16).collect(),
+        method: req.method.as_str().chars().take(16).collect(),
         path: logged_target(&req),
         user_agent: req
-            .headers()
+            .headers
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(|s| s.chars().take(256).collect()),
         ..Record::default()
     };
     let id = record.request_id.clone();
-    let mut resp = match judge_and_forward(req, &shared, &rt, &client, &mut record, started).await {
+    let judged =
+        judge_and_forward(&req, &mut body, &shared, &rt, &client, &mut record, started).await;
+    let mut resp = match judged {
         Ok(resp) => resp,
         Err(r) => {
+            // Read (a little of) what the client is still sending, so the
+            // refusal reaches it instead of a reset.
+            if let Some(b) = body.take().filter(|_| !r.close) {
+                drain(b).await;
+            }
             record.status = r.status.as_u16();
             record.refused = Some(r.reason);
             let body = serde_json::json!({ "error": r.message }).to_string();
@@ -169,16 +178,16 @@ fn full(body: impl Into<Bytes>) -> RespBody {
         .boxed()
 }
 
-fn logged_target(req: &Request<Incoming>) -> String {
-    let t = req.uri().path_and_query().map_or("", |p| p.as_str());
+fn logged_target(req: &http::request::Parts) -> String {
+    let t = req.uri.path_and_query().map_or("", |p| p.as_str());
     t.chars().take(MAX_LOGGED_TARGET).collect()
 }
 
 /// HTTP/1.1 framing a second reader could read differently: refused, and the
 /// connection closed (its next bytes cannot be trusted).
-fn framing_problem(req: &Request<Incoming>) -> Option<&'static str> {
-    let h = req.headers();
-    if req.version() != Version::HTTP_2 {
+fn framing_problem(req: &http::request::Parts) -> Option<&'static str> {
+    let h = &req.headers;
+    if req.version != Version::HTTP_2 {
         let lengths = h.get_all(header::CONTENT_LENGTH).iter().count();
         let codings: Vec<&HeaderValue> = h.get_all(header::TRANSFER_ENCODING).iter().collect();
         if lengths > 1 {
@@ -192,34 +201,35 @@ fn framing_problem(req: &Request<Incoming>) -> Option<&'static str> {
         if !codings.is_empty() && !only_chunked {
             return Some("unsupported Transfer-Encoding");
         }
-        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        if req.uri.scheme().is_some() || req.uri.authority().is_some() {
             return Some("absolute-form request target");
         }
-        if req.version() == Version::HTTP_11 && h.get_all(header::HOST).iter().count() != 1 {
+        if req.version == Version::HTTP_11 && h.get_all(header::HOST).iter().count() != 1 {
             return Some("HTTP/1.1 needs exactly one Host");
         }
     }
-    if req.method() == Method::CONNECT || h.contains_key(header::UPGRADE) {
+    if req.method == Method::CONNECT || h.contains_key(header::UPGRADE) {
         return Some("upgrades are not proxied");
     }
     None
 }
 
 async fn judge_and_forward(
-    req: Request<Incoming>,
+    parts: &http::request::Parts,
+    body_slot: &mut Option<Incoming>,
     shared: &Shared,
     rt: &Runtime,
     client: &Client,
     record: &mut Record,
     started: Instant,
 ) -> Result<Response<RespBody>, Refuse> {
-    if let Some(why) = framing_problem(&req) {
+    if let Some(why) = framing_problem(parts) {
         return Err(Refuse {
             close: true,
             ..refuse(StatusCode::BAD_REQUEST, "bad request framing", why)
         });
     }
-    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let canonical = canon::canonicalize(target).map_err(|e| {
         refuse(
             StatusCode::BAD_REQUEST,
@@ -231,7 +241,7 @@ async fn judge_and_forward(
     record.query = canonical.query.clone();
 
     // Who.
-    let mut authz = req.headers().get_all(header::AUTHORIZATION).iter();
+    let mut authz = parts.headers.get_all(header::AUTHORIZATION).iter();
     let (first, second) = (authz.next(), authz.next());
     if second.is_some() {
         return Err(refuse(
@@ -255,7 +265,7 @@ async fn judge_and_forward(
         .map_err(|r| refuse(StatusCode::FORBIDDEN, "forbidden", r.as_str()))?;
 
     // What.
-    let method = req.method().as_str().to_owned();
+    let method = parts.method.as_str().to_owned();
     let (route, params) = routes::find(&method, &canonical.path).map_err(|e| match e {
         NoRoute::UnknownPath => refuse(StatusCode::NOT_FOUND, "not found", "no such route"),
         NoRoute::Method => refuse(
@@ -311,7 +321,6 @@ async fn judge_and_forward(
     })?;
 
     // The body, read before it is judged when it names the model.
-    let (parts, incoming) = req.into_parts();
     if parts
         .headers
         .get(header::CONTENT_LENGTH)
@@ -327,6 +336,7 @@ async fn judge_and_forward(
     let cfg = &rt.cfg;
     let (body, uploaded): (upstream::ReqBody, Option<Arc<AtomicU64>>) =
         if route.model == ModelIn::Body {
+            let incoming = body_slot.take().expect("body not taken yet");
             let bytes = read_all(incoming, id.max_body, cfg.limits.body_timeout)
                 .await
                 .map_err(|why| match why {
@@ -374,13 +384,14 @@ async fn judge_and_forward(
             }
             (full_req(inspected.body), None)
         } else {
+            let incoming = body_slot.take().expect("body not taken yet");
             let up = Upload::new(incoming, id.max_body, cfg.limits.body_timeout);
             let count = up.count.clone();
             (up.boxed(), Some(count))
         };
 
     // Forward exactly what was judged.
-    let upstream_req = build_upstream(&parts, &canonical.target(), body, cfg)?;
+    let upstream_req = build_upstream(parts, &canonical.target(), body, cfg)?;
     let sent = upstream::send(cfg.upstream.addr, upstream_req, cfg.limits.upstream_timeout)
         .await
         .map_err(|e| {
@@ -428,6 +439,12 @@ async fn judge_and_forward(
         slot,
     );
     Ok(Response::from_parts(head, relay.boxed()))
+}
+
+/// Reads up to 64 KiB of an unread request body, for at most a second.
+async fn drain(body: Incoming) {
+    let limited = http_body_util::Limited::new(body, 64 << 10);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), limited.collect()).await;
 }
 
 fn full_req(body: Vec<u8>) -> upstream::ReqBody {
