@@ -8,7 +8,7 @@ Each subcommand prints one JSON document on stdout.
   ollama TOKEN                 chat/generate (streaming and not), list, embed
   ollama-cert CERT KEY         list and chat with a client certificate only
   openai TOKEN                 chat completions (streaming and not), models
-  raw                          stdin: JSON list of {"name", "data" (latin-1)}; each
+  raw                          stdin: JSON list of {"name", "data" (UTF-8)}; each
                                is sent on a fresh TLS connection; reports the
                                status line and whether the proxy closed it
   ttfb URL TOKEN N             median time from request to first body byte
@@ -20,6 +20,7 @@ Each subcommand prints one JSON document on stdout.
 """
 import json
 import os
+import re
 import socket
 import ssl
 import statistics
@@ -123,11 +124,14 @@ def raw(cases):
     results = []
     for case in cases:
         s = tls_connect()
-        s.sendall(case["data"].encode("latin-1"))
+        try:
+            s.sendall(case["data"].encode("utf-8"))
+        except (ssl.SSLError, OSError):
+            pass  # the proxy may answer and close before it has read everything
         data, closed = read_response(s, case.get("wait", 2.0))
         s.close()
-        statuses = [line.split(b" ")[1].decode() for line in data.split(b"\r\n")
-                    if line.startswith(b"HTTP/1.") and len(line.split(b" ")) > 1]
+        # A response may follow the previous body without a line break.
+        statuses = [m.decode() for m in re.findall(rb"HTTP/1\.[01] (\d{3}) ", data)]
         results.append({"name": case["name"], "statuses": statuses, "closed": closed,
                         "head": data[:200].decode("latin-1")})
     return results

@@ -437,3 +437,340 @@ max_body = 64
         );
     }
 }
+
+enum Expect {
+    /// Every response is a 4xx.
+    Refused,
+    /// At most one 4xx, then the connection is closed (framing that cannot be trusted).
+    Closed,
+    /// A legitimate chat answered 200, the admin request behind it 403.
+    Legit,
+}
+
+/// Request smuggling and path confusion against the admin routes, sent raw over
+/// TLS by a non-admin identity: every attempt is refused, none reaches Ollama,
+/// and the proxy keeps serving.
+#[test]
+fn smuggling_and_path_confusion_are_refused() {
+    let mut lab = ProxyLab::start(
+        r#"
+[[identity]]
+name = "alice"
+tokens = ["@token:alice@"]
+models = ["llama3*"]
+"#,
+        &[],
+    );
+    let t = lab.token("alice").to_owned();
+    let auth = format!("Authorization: Bearer {t}\r\n");
+    let pull = r#"{"model":"evil.example/x/y"}"#;
+    let smuggled = format!(
+        "POST /api/pull HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\n\r\n{pull}",
+        pull.len()
+    );
+    let post = |target: &str| {
+        format!(
+            "POST {target} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{pull}",
+            pull.len()
+        )
+    };
+    let chat = |body: &str| {
+        format!(
+            "POST /api/chat HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let ok_chat = r#"{"model":"llama3","messages":[],"stream":false}"#;
+
+    // (name, raw request, expected outcome)
+    use Expect::*;
+    let mut cases: Vec<(&str, String, Expect)> = vec![
+        ("encoded slash", post("/api%2Fpull"), Refused),
+        ("encoded slash lower", post("/api%2fpull"), Refused),
+        ("encoded dot segment", post("/api/%2e%2e/api/pull"), Refused),
+        ("dot segment", post("/api/./pull"), Refused),
+        ("dot-dot from v1", post("/v1/../api/pull"), Refused),
+        ("double slash", post("//api/pull"), Refused),
+        ("trailing slash", post("/api/pull/"), Refused),
+        ("backslash", post("/api\\pull"), Refused),
+        ("encoded backslash", post("/api%5Cpull"), Refused),
+        ("upper case", post("/API/PULL"), Refused),
+        (
+            "GET of a POST route",
+            format!("GET /api/pull HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"),
+            Refused,
+        ),
+        ("NUL", post("/api/pull%00"), Refused),
+        ("double encoding", post("/api%252Fpull"), Refused),
+        (
+            "unreserved encoding reaches the admin check",
+            post("/api/%70ull"),
+            Refused,
+        ),
+        ("overlong UTF-8", post("/api/%C0%AFpull"), Refused),
+        ("semicolon", post("/api/pull;x=y"), Refused),
+        ("query confusion", post("/api/pull?/api/chat"), Refused),
+        ("absolute form", post("http://127.0.0.1/api/pull"), Closed),
+        (
+            "asterisk form",
+            "OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into(),
+            Refused,
+        ),
+        (
+            "blob path",
+            post("/api/blobs/sha256:..%2F..%2Fetc"),
+            Refused,
+        ),
+        (
+            "method case",
+            post("/api/pull").replacen("POST", "post", 1),
+            Refused,
+        ),
+        (
+            "method override header",
+            format!(
+                "POST /api/chat HTTP/1.1\r\nHost: x\r\n{auth}X-HTTP-Method-Override: DELETE\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{pull}",
+                pull.len()
+            ),
+            Refused,
+        ),
+        (
+            "CL and TE",
+            format!(
+                "POST /api/chat HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+            Closed,
+        ),
+        (
+            "TE and CL",
+            format!(
+                "POST /api/chat HTTP/1.1\r\nHost: x\r\n{auth}Transfer-Encoding: chunked\r\nContent-Length: 200\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+            Closed,
+        ),
+        (
+            "two lengths",
+            format!(
+                "POST /api/chat HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\nContent-Length: {}\r\n\r\n{smuggled}",
+                smuggled.len()
+            ),
+            Closed,
+        ),
+        (
+            "equal lengths",
+            format!(
+                "POST /api/chat HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 2\r\nContent-Length: 2\r\n\r\n{{}}{smuggled}"
+            ),
+            Refused,
+        ),
+        (
+            "list length",
+            format!(
+                "POST /api/chat HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 2, 2\r\n\r\n{{}}{smuggled}"
+            ),
+            Closed,
+        ),
+        (
+            "plus length",
+            format!(
+                "POST /api/chat HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: +2\r\n\r\n{{}}{smuggled}"
+            ),
+            Closed,
+        ),
+        (
+            "gzip coding",
+            format!(
+                "POST /api/chat HTTP/1.1\r\nHost: x\r\n{auth}Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+            Closed,
+        ),
+        (
+            "unknown coding",
+            format!(
+                "POST /api/chat HTTP/1.1\r\nHost: x\r\n{auth}Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+            Closed,
+        ),
+        (
+            "two codings headers",
+            format!(
+                "POST /api/chat HTTP/1.1\r\nHost: x\r\n{auth}Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+            Closed,
+        ),
+        (
+            "space before colon",
+            format!(
+                "POST /api/chat HTTP/1.1\r\nHost: x\r\n{auth}Transfer-Encoding : chunked\r\nContent-Length: 0\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+            Closed,
+        ),
+        (
+            "obs-fold",
+            format!(
+                "POST /api/chat HTTP/1.1\r\nHost: x\r\n{auth}Transfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+            Closed,
+        ),
+        (
+            "chunk size overflow",
+            format!(
+                "POST /api/chat HTTP/1.1\r\nHost: x\r\n{auth}Transfer-Encoding: chunked\r\n\r\nffffffffffffffffff1\r\nx\r\n0\r\n\r\n{smuggled}"
+            ),
+            Closed,
+        ),
+        (
+            "NUL in header",
+            format!(
+                "POST /api/pull HTTP/1.1\r\nHost: x\r\n{auth}X-A: a\0b\r\nContent-Length: 0\r\n\r\n"
+            ),
+            Closed,
+        ),
+        (
+            "two hosts",
+            format!(
+                "POST /api/chat HTTP/1.1\r\nHost: x\r\nHost: y\r\n{auth}Content-Length: 0\r\n\r\n"
+            ),
+            Closed,
+        ),
+        (
+            "h2c upgrade",
+            format!(
+                "GET /api/tags HTTP/1.1\r\nHost: x\r\n{auth}Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
+            ),
+            Closed,
+        ),
+        (
+            "websocket upgrade",
+            format!(
+                "GET /api/tags HTTP/1.1\r\nHost: x\r\n{auth}Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            ),
+            Closed,
+        ),
+        (
+            "huge header",
+            format!(
+                "GET /api/tags HTTP/1.1\r\nHost: x\r\n{auth}X-Big: {}\r\n\r\n",
+                "a".repeat(100_000)
+            ),
+            Closed,
+        ),
+        (
+            "many headers",
+            format!(
+                "GET /api/tags HTTP/1.1\r\nHost: x\r\n{auth}{}\r\n",
+                "X-A: b\r\n".repeat(200)
+            ),
+            Closed,
+        ),
+        (
+            "two authorizations",
+            format!(
+                "POST /api/pull HTTP/1.1\r\nHost: x\r\n{auth}Authorization: Basic YWRtaW46eA==\r\nContent-Length: 0\r\n\r\n"
+            ),
+            Refused,
+        ),
+        (
+            "duplicate model keys",
+            chat(r#"{"model":"llama3","model":"secret-model"}"#),
+            Refused,
+        ),
+        (
+            "escaped duplicate key",
+            chat(r#"{"model":"llama3","mod\u0065l":"secret-model"}"#),
+            Refused,
+        ),
+        (
+            "case-folded key",
+            chat(r#"{"model":"llama3","MODEL":"secret-model"}"#),
+            Refused,
+        ),
+        (
+            "Kelvin-sign key",
+            chat("{\"model\":\"llama3\",\"options\":{\"top_\u{212A}\":1}}"),
+            Refused,
+        ),
+        (
+            "name and model disagree",
+            chat(r#"{"model":"llama3","name":"secret-model"}"#),
+            Refused,
+        ),
+        (
+            "model path traversal",
+            chat(r#"{"model":"../../secret-model"}"#),
+            Refused,
+        ),
+        (
+            "pipelined admin after a chat",
+            format!(
+                "POST /api/chat HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\n\r\n{ok_chat}{smuggled}",
+                ok_chat.len()
+            ),
+            Legit,
+        ),
+        (
+            "chunked then smuggled",
+            format!(
+                "POST /api/chat HTTP/1.1\r\nHost: x\r\n{auth}Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{ok_chat}\r\n0\r\n\r\n{smuggled}",
+                ok_chat.len()
+            ),
+            Legit,
+        ),
+        (
+            "bare LF line endings",
+            format!(
+                "POST /api/pull HTTP/1.1\nHost: x\n{}\nContent-Length: 0\n\n",
+                auth.trim_end()
+            ),
+            Refused,
+        ),
+    ];
+    cases.push((
+        "HTTP/1.0 admin",
+        format!(
+            "POST /api/pull HTTP/1.0\r\n{auth}Content-Length: {}\r\n\r\n{pull}",
+            pull.len()
+        ),
+        Refused,
+    ));
+
+    let input: Vec<Value> = cases
+        .iter()
+        .map(|(n, d, _)| json!({ "name": n, "data": d }))
+        .collect();
+    let input = serde_json::to_string(&input).unwrap();
+    let results = lab.client(&["raw"], Some(&input));
+    let mut problems = Vec::new();
+    for ((name, _, expect), r) in cases.iter().zip(results.as_array().unwrap()) {
+        let statuses: Vec<u16> = r["statuses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().parse().unwrap())
+            .collect();
+        let refused = |s: &u16| (400..500).contains(s);
+        let closed = r["closed"] == true;
+        let ok = match expect {
+            Legit => statuses == [200, 403],
+            Refused => !statuses.is_empty() && statuses.iter().all(refused),
+            Closed => statuses.len() <= 1 && statuses.iter().all(refused) && closed,
+        };
+        if !ok {
+            problems.push(format!(
+                "{name}: {statuses:?} closed={} {:?}",
+                r["closed"], r["head"]
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "not refused:\n{}", problems.join("\n"));
+
+    // Nothing but the two legitimate chats reached Ollama.
+    let seen = lab.upstream_log();
+    let targets: Vec<&str> = seen.iter().map(|r| r["target"].as_str().unwrap()).collect();
+    assert_eq!(targets, ["/api/chat", "/api/chat"], "{seen:?}");
+    assert!(seen.iter().all(|r| r["body"]["model"] == "llama3"));
+    // And the proxy is healthy.
+    assert_eq!(lab.post("/api/chat", &t, ok_chat).0, 200);
+    assert_eq!(lab.get("/api/version", &t).0, 200);
+    assert!(lab.stop().contains("stopped;"), "the proxy never crashed");
+}

@@ -185,17 +185,17 @@ fn logged_target(req: &http::request::Parts) -> String {
 
 /// HTTP/1.1 framing a second reader could read differently: refused, and the
 /// connection closed (its next bytes cannot be trusted).
+///
+/// hyper's parser already refuses differing Content-Lengths, a final coding
+/// other than `chunked` and malformed header lines, and when a request has both
+/// Transfer-Encoding and Content-Length it drops the length, reads the body as
+/// chunked and closes the connection after the response (RFC 9112 §6.3). What
+/// is left to refuse here is what hyper accepts but a second reader might not.
+/// Nothing here is forwarded raw: the upstream request is framed anew.
 fn framing_problem(req: &http::request::Parts) -> Option<&'static str> {
     let h = &req.headers;
     if req.version != Version::HTTP_2 {
-        let lengths = h.get_all(header::CONTENT_LENGTH).iter().count();
         let codings: Vec<&HeaderValue> = h.get_all(header::TRANSFER_ENCODING).iter().collect();
-        if lengths > 1 {
-            return Some("repeated Content-Length");
-        }
-        if lengths == 1 && !codings.is_empty() {
-            return Some("both Content-Length and Transfer-Encoding");
-        }
         let only_chunked =
             codings.len() == 1 && codings[0].as_bytes().eq_ignore_ascii_case(b"chunked");
         if !codings.is_empty() && !only_chunked {
