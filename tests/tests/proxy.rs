@@ -774,3 +774,232 @@ models = ["llama3*"]
     assert_eq!(lab.get("/api/version", &t).0, 200);
     assert!(lab.stop().contains("stopped;"), "the proxy never crashed");
 }
+
+/// Streams pass through chunk by chunk: the first byte reaches the client
+/// within a few milliseconds of the upstream's, and a client that hangs up
+/// cancels the upstream request.
+#[test]
+fn streaming_first_byte_and_cancellation() {
+    let lab = ProxyLab::start(
+        r#"
+[[identity]]
+name = "alice"
+tokens = ["@token:alice@"]
+models = ["*"]
+"#,
+        &["--first-byte-ms", "150", "--delay-ms", "50"],
+    );
+    let t = lab.token("alice").to_owned();
+    let runs = "7";
+    let direct = lab.client(&["ttfb", &lab.upstream_url, &t, runs], None);
+    let proxied = lab.client(&["ttfb", &lab.url, &t, runs], None);
+    let (d, p) = (
+        direct["median_ms"].as_f64().unwrap(),
+        proxied["median_ms"].as_f64().unwrap(),
+    );
+    eprintln!(
+        "time to first byte: direct {d:.1} ms, through the proxy {p:.1} ms (+{:.1} ms)",
+        p - d
+    );
+    assert!(d >= 150.0, "the stand-in holds the first byte: {direct}");
+    assert!(
+        p - d < 15.0,
+        "first byte delayed by the proxy: direct {direct} proxied {proxied}"
+    );
+    let records = lab.audit_wait(7);
+    let ttfb = records[0]["http_response"]["latency"].as_u64().unwrap();
+    assert!(
+        (150..250).contains(&ttfb),
+        "audited time to first byte {ttfb} ms"
+    );
+
+    // Hang up after 3 lines of a long stream: Ollama sees the connection go.
+    let before = lab.upstream_log().len();
+    let c = lab.client(&["cancel", &t, "3"], None);
+    let closed_at = c["closed_at"].as_f64().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let gone = loop {
+        let log = lab.upstream_log();
+        if let Some(r) = log[before..].iter().find(|r| r["body"]["model"] == "long") {
+            break r.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "upstream never finished the cancelled stream"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(gone["outcome"], "client gone", "{gone}");
+    let lag = gone["time"].as_f64().unwrap() - closed_at;
+    assert!(
+        lag < 0.5,
+        "upstream noticed {lag:.3} s after the client hung up"
+    );
+    let records = lab.audit_wait(8);
+    let cancelled = records
+        .iter()
+        .find(|r| r["unmapped"]["warden"]["model"] == "long:latest")
+        .expect("audited");
+    assert_eq!(
+        cancelled["unmapped"]["warden"]["incomplete"], "client went away",
+        "{cancelled}"
+    );
+    assert_eq!(cancelled["status_id"], 2);
+}
+
+/// Slow clients are cut off at the header and body timeouts; a generation that
+/// keeps streaming is never cut, whatever the timeouts.
+#[test]
+fn slow_clients_are_cut_long_generations_are_not() {
+    let lab = ProxyLab::start(
+        r#"
+[limits]
+header_timeout = "1s"
+body_timeout = "1s"
+upstream_timeout = "1s"
+max_connections = 8
+
+[[identity]]
+name = "alice"
+tokens = ["@token:alice@"]
+models = ["*"]
+"#,
+        &["--delay-ms", "20"],
+    );
+    let t = lab.token("alice").to_owned();
+    let h = lab.client(&["slow-headers", "4"], None);
+    assert_eq!(h["closed"], true, "{h}");
+    assert!(h["after_s"].as_f64().unwrap() < 2.5, "{h}");
+    let b = lab.client(&["slow-body", &t, "4"], None);
+    assert_eq!(
+        (b["status"].as_str(), b["closed"].as_bool()),
+        (Some("408"), Some(true)),
+        "{b}"
+    );
+    // 280 chunks, 20 ms apart: about 6 s, longer than every timeout.
+    let started = std::time::Instant::now();
+    let (code, body) = lab.post("/api/generate", &t, r#"{"model":"long","prompt":"hi"}"#);
+    assert_eq!(code, 200);
+    assert_eq!(
+        body.lines().count(),
+        281,
+        "every chunk of the long generation arrived"
+    );
+    assert!(started.elapsed() > std::time::Duration::from_secs(5));
+
+    // Idle connections beyond max_connections are refused; once they go, service resumes.
+    let hold: Vec<std::net::TcpStream> = (0..8)
+        .map(|_| std::net::TcpStream::connect(lab.url.trim_start_matches("https://")).unwrap())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(lab.get("/api/version", &t).0, 0, "over max_connections");
+    drop(hold);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(lab.get("/api/version", &t).0, 200);
+}
+
+/// SIGHUP or a changed file reloads identities and certificates; a broken
+/// config is reported with its position and the running one stays.
+#[test]
+fn reload_keeps_serving_and_rejects_bad_config() {
+    let first = r#"
+[[identity]]
+name = "alice"
+tokens = ["@token:alice@"]
+models = ["*"]
+"#;
+    let mut lab = ProxyLab::start(first, &[]);
+    let alice = lab.token("alice").to_owned();
+    assert_eq!(lab.get("/api/version", &alice).0, 200);
+
+    // Rotation: a second token for alice, written by a file replace (no signal).
+    lab.write_config(
+        &format!(
+            "{first}\n[[identity]]\nname = \"bob\"\ntokens = [\"@token:bob@\"]\nmodels = [\"*\"]\n"
+        )
+        .replace(
+            "@token:alice@\"]",
+            &format!("{}\", \"@token:alice2@\"]", warden_hash(&alice)),
+        ),
+    );
+    let bob = lab.token("bob").to_owned();
+    let alice2 = lab.token("alice2").to_owned();
+    wait_until(
+        || lab.get("/api/version", &bob).0 == 200,
+        "file change reload",
+    );
+    assert_eq!(
+        lab.get("/api/version", &alice).0,
+        200,
+        "old token still valid during rotation"
+    );
+    assert_eq!(lab.get("/api/version", &alice2).0, 200);
+
+    // A broken config: rejected with file:line:col, everything keeps working.
+    let good = std::fs::read_to_string(lab.config_path()).unwrap();
+    std::fs::write(
+        lab.config_path(),
+        good.replace("models = [\"*\"]", "models = [\"a b\"]\nrate = \"lots\""),
+    )
+    .unwrap();
+    lab.signal(libc::SIGHUP);
+    wait_until(
+        || lab.proxy_log().contains("rejected"),
+        "rejection reported",
+    );
+    let log = lab.proxy_log();
+    let cfg = lab.config_path().display().to_string();
+    assert!(
+        log.contains(&format!("{cfg}:")) && log.contains("is not a model name"),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with(&format!("{cfg}:")) && l.contains(": rate `lots`")),
+        "{log}"
+    );
+    assert_eq!(lab.get("/api/version", &bob).0, 200, "running config kept");
+
+    // A new certificate (same CA) is served to new connections after SIGHUP.
+    std::fs::write(lab.config_path(), &good).unwrap();
+    let fingerprint = || {
+        warden_tests::sh(&format!(
+            "echo | openssl s_client -connect {} -CAfile {} 2>/dev/null | openssl x509 -noout -fingerprint -sha256",
+            lab.url.trim_start_matches("https://"),
+            lab.pki("server-ca.pem").display()
+        ))
+    };
+    let before = fingerprint();
+    warden_tests::sh(&format!(
+        "cd {dir} && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out new.key 2>/dev/null && \
+         openssl req -new -key new.key -subj /CN=localhost -out new.csr && \
+         printf 'subjectAltName=IP:127.0.0.1\\n' > new.ext && \
+         openssl x509 -req -in new.csr -CA server-ca.pem -CAkey server-ca.key -days 1 -extfile new.ext -out new.pem 2>/dev/null && \
+         cat new.key > server.key && cat new.pem > server.pem",
+        dir = lab.pki("").display()
+    ));
+    lab.signal(libc::SIGHUP);
+    wait_until(|| fingerprint() != before, "certificate reload");
+    assert_eq!(lab.get("/api/version", &bob).0, 200);
+    let log = lab.stop();
+    assert!(log.contains("reloaded (SIGHUP)"), "{log}");
+}
+
+fn warden_hash(token: &str) -> String {
+    use std::fmt::Write;
+    let out = warden_tests::sh(&format!("printf %s '{token}' | sha256sum"));
+    let mut s = String::from("sha256:");
+    write!(s, "{}", out.split_whitespace().next().unwrap()).unwrap();
+    s
+}
+
+fn wait_until(mut f: impl FnMut() -> bool, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -20,6 +20,8 @@ const APT_PACKAGES: &[&str] = &[
     "minisign",
     // A real syslog receiver for the sink tests (run privately by the tests).
     "rsyslog",
+    // The proxy tests' throwaway PKI (tests/helpers/make-ca.sh).
+    "openssl",
 ];
 
 pub fn run() -> Result<()> {
