@@ -489,6 +489,14 @@ fn token(command: TokenCommand) -> i32 {
     use crate::proxy::identity;
     match command {
         TokenCommand::New { name, expires } => {
+            if let Some(e) = &expires
+                && !matches!(e.parse::<toml_edit::Value>(), Ok(toml_edit::Value::Datetime(d)) if d.value().offset.is_some() || d.value().time.is_none())
+            {
+                eprintln!(
+                    "warden token new: --expires `{e}` is not a TOML date-time with an offset (e.g. 2027-01-31T00:00:00Z)"
+                );
+                return 2;
+            }
             let token = identity::random_token();
             let hash = identity::token_hash(&token);
             eprintln!(

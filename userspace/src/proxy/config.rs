@@ -236,7 +236,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<Diagnostic>> {
     let identities = r.identities(root, tls.as_ref().is_some_and(|t| t.client_ca.is_some()));
 
     if !r.ctx.diagnostics.is_empty() {
-        return Err(r.ctx.diagnostics);
+        let mut d = r.ctx.diagnostics;
+        d.sort_by(|a, b| a.origin.cmp(&b.origin));
+        return Err(d);
     }
     Ok(Config {
         listen: listen.expect("checked"),
@@ -558,7 +560,7 @@ impl Reader<'_, '_> {
                     .into_iter()
                     .filter_map(|(s, at)| {
                         parse_net(s)
-                            .map_err(|m| self.ctx.error(at, format!("source `{s}`: {m}")))
+                            .map_err(|m| self.ctx.error(at, m.to_string()))
                             .ok()
                     })
                     .collect()
@@ -819,4 +821,135 @@ pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     era * 146097 + doe - 719468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH: &str = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    fn errors(text: &str) -> Vec<String> {
+        match parse(Path::new("/etc/w/proxy.toml"), text) {
+            Ok(_) => vec![],
+            Err(d) => d.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    fn minimal(identity: &str) -> String {
+        format!(
+            "listen = \"127.0.0.1:8443\"\nupstream = \"http://127.0.0.1:11434\"\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n[[identity]]\n{identity}\n"
+        )
+    }
+
+    #[test]
+    fn the_example_config_parses() {
+        let text = include_str!("../../../policies/proxy/example.toml");
+        let cfg = parse(Path::new("example.toml"), text).unwrap();
+        assert_eq!(cfg.identities.len(), 3);
+        assert_eq!(cfg.upstream.host, "127.0.0.1:11434");
+        assert_eq!(cfg.identities[0].tokens[1].expires, Some(1_801_353_600));
+        assert_eq!(cfg.identities[0].rate_per_min, Some(60));
+        assert_eq!(cfg.identities[2].max_body, 64 << 30);
+        assert_eq!(cfg.limits.upstream_timeout, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn relative_paths_follow_the_config_file() {
+        let cfg = parse(
+            Path::new("/etc/w/proxy.toml"),
+            &minimal(&format!("name = \"a\"\ntokens = [\"{HASH}\"]")),
+        )
+        .unwrap();
+        assert_eq!(cfg.tls.cert, Path::new("/etc/w/c.pem"));
+        assert_eq!(cfg.identities[0].max_body, DEFAULT_MAX_BODY);
+    }
+
+    #[test]
+    fn every_problem_has_a_position() {
+        let e = errors(&minimal(&format!(
+            "name = \"a\"\ntokens = [\"{HASH}\", \"sha256:12\"]\nmodels = [\"ok\", \"bad name\"]\nrate = \"5/fortnight\"\nsources = [\"10.0.0.0/33\"]\nwindows = [\"mon-fri 9-5\"]\nmtls = [\"x\"]\nadmn = true"
+        )));
+        let want = [
+            "/etc/w/proxy.toml:8:86: a token hash is `sha256:` and 64 hex digits",
+            "/etc/w/proxy.toml:9:17: `bad name` is not a model name",
+            "/etc/w/proxy.toml:10:8: rate `5/fortnight`: expected N/s, N/min or N/h",
+            "/etc/w/proxy.toml:11:12: `10.0.0.0/33`: prefix length /33",
+            "/etc/w/proxy.toml:12:12: window `mon-fri 9-5`",
+            "/etc/w/proxy.toml:13:8: `mtls` needs `client_ca`",
+            "/etc/w/proxy.toml:14:1: unknown key `admn` in [[identity]]",
+        ];
+        for w in want {
+            assert!(
+                e.iter().any(|l| l.starts_with(w)),
+                "missing {w:?} in {e:#?}"
+            );
+        }
+        assert!(
+            e.iter().any(|l| l.contains("(did you mean `admin`?)")),
+            "{e:#?}"
+        );
+        assert_eq!(e.len(), want.len(), "{e:#?}");
+    }
+
+    #[test]
+    fn identities_must_be_distinct_and_credentialed() {
+        let dup = format!(
+            "name = \"a\"\ntokens = [\"{HASH}\"]\n[[identity]]\nname = \"A\"\ntokens = [\"{HASH}\"]\n[[identity]]\nname = \"c\"\nmodels = [\"*\"]"
+        );
+        let e = errors(&minimal(&dup));
+        assert!(
+            e.iter()
+                .any(|l| l.contains("identity `A` is defined twice")),
+            "{e:#?}"
+        );
+        assert!(
+            e.iter().any(|l| l.contains("shares a token with `a`")),
+            "{e:#?}"
+        );
+        assert!(
+            e.iter().any(|l| l.contains("identity has no credentials")),
+            "{e:#?}"
+        );
+        let e = errors("listen = \"x\"\nupstream = \"https://ollama:11434\"\n");
+        assert!(
+            e.iter()
+                .any(|l| l.starts_with("/etc/w/proxy.toml:1:10: `listen` must be IP:PORT")),
+            "{e:#?}"
+        );
+        assert!(e.iter().any(|l| l.starts_with("/etc/w/proxy.toml:2:12: `upstream` must be http://IP:PORT")), "{e:#?}");
+        assert!(e.iter().any(|l| l.contains("missing `tls`")), "{e:#?}");
+        assert!(e.iter().any(|l| l.contains("no [[identity]]")), "{e:#?}");
+        let e = errors(&minimal(&format!(
+            "name = \"a\"\ntokens = [{{ hash = \"{HASH}\", expires = 2027-01-01T00:00:00 }}]"
+        )));
+        assert!(
+            e.iter().any(|l| l.contains("a time needs an offset")),
+            "{e:#?}"
+        );
+        assert!(
+            errors("listen = [")
+                .iter()
+                .any(|l| l.contains("TOML syntax error"))
+        );
+    }
+
+    #[test]
+    fn values() {
+        assert_eq!(parse_rate("10/s"), Ok(600));
+        assert_eq!(parse_rate("90/h"), Ok(2));
+        assert!(parse_rate("0/min").is_err());
+        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
+        assert!(parse_size("16 MB").is_err());
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert!(parse_duration("0s").is_err());
+        let w = parse_window("sat,sun 22:00-02:00").unwrap();
+        assert_eq!((w.days, w.start_min, w.end_min), (0b110_0000, 1320, 120));
+        assert_eq!(
+            parse_window("fri-mon 00:00-24:00").unwrap().days,
+            0b111_0001
+        );
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2000, 3, 1), 11017);
+    }
 }
