@@ -5,6 +5,7 @@
 
 pub mod aggregate;
 pub mod community_id;
+pub mod correlate;
 pub mod ecs;
 pub mod enrich;
 pub mod ocsf;
