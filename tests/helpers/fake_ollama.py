@@ -93,7 +93,8 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
         try:
             for i, c in enumerate(chunks):
-                time.sleep((self.server.first_byte_ms if i == 0 else self.server.delay_ms) / 1000)
+                if i == 0 or len(chunks) != 1001:  # "huge" streams as fast as it can
+                    time.sleep((self.server.first_byte_ms if i == 0 else self.server.delay_ms) / 1000)
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(c), c))
                 self.wfile.flush()
             self.wfile.write(b"0\r\n\r\n")
@@ -121,6 +122,8 @@ class Handler(BaseHTTPRequestHandler):
             n = min(n, limit)
         if (body or {}).get("model") == "long":
             return WORDS * 40
+        if (body or {}).get("model") == "huge":
+            return ["x" * 65536] * 1000  # 64 MiB: more than every buffer on the way
         return WORDS[:n]
 
     def route(self, body):

@@ -17,6 +17,9 @@ Each subcommand prints one JSON document on stdout.
   slow-headers SECS            sends half a request head, waits SECS, reports
                                whether the proxy closed the connection
   slow-body TOKEN SECS         sends headers and half a body, waits SECS
+  idle SECS                    completes TLS, sends nothing, reports when the proxy closed
+  stop-reading TOKEN SECS      starts a huge stream, reads nothing for SECS, then
+                               reports whether the proxy had closed the connection
 """
 import json
 import os
@@ -189,6 +192,31 @@ def slow_body(token, secs):
     return {"closed": closed, "status": status, "after_s": time.time() - t0}
 
 
+def idle(secs):
+    s = tls_connect()
+    t0 = time.time()
+    data, closed = read_response(s, secs)
+    return {"closed": closed, "after_s": time.time() - t0}
+
+
+def stop_reading(token, secs):
+    u = urllib.parse.urlsplit(URL)
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.settimeout(10)
+    raw.connect((u.hostname, u.port))
+    ctx = ssl.create_default_context(cafile=CA)
+    ctx.set_alpn_protocols(["http/1.1"])
+    s = ctx.wrap_socket(raw, server_hostname=u.hostname)
+    body = json.dumps({"model": "huge", "prompt": "hi"})
+    s.sendall(("POST /api/generate HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+               "Content-Length: %d\r\n\r\n%s" % (token, len(body), body)).encode())
+    time.sleep(secs)
+    t0 = time.time()
+    data, closed = read_response(s, 5)
+    return {"closed": closed, "read_bytes": len(data), "drain_s": time.time() - t0}
+
+
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "ollama":
@@ -207,6 +235,10 @@ def main():
         out(slow_headers(float(args[0])))
     elif cmd == "slow-body":
         out(slow_body(args[0], float(args[1])))
+    elif cmd == "idle":
+        out(idle(float(args[0])))
+    elif cmd == "stop-reading":
+        out(stop_reading(args[0], float(args[1])))
     else:
         sys.exit("unknown command " + cmd)
 

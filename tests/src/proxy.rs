@@ -28,6 +28,7 @@ pub struct ProxyLab {
     tokens: HashMap<String, String>,
     upstream: Child,
     proxy: Option<Child>,
+    curls: std::sync::atomic::AtomicUsize,
 }
 
 pub fn python() -> PathBuf {
@@ -96,6 +97,7 @@ impl ProxyLab {
             tokens: HashMap::new(),
             upstream,
             proxy: None,
+            curls: Default::default(),
         };
         lab.write_config(body);
         lab.start_proxy();
@@ -232,7 +234,13 @@ impl ProxyLab {
     }
 
     /// curl against the proxy: `(status, body)`; status 0 when curl failed.
+    /// How many requests [`ProxyLab::curl`] has sent.
+    pub fn curl_count(&self) -> usize {
+        self.curls.load(Ordering::SeqCst)
+    }
+
     pub fn curl(&self, path: &str, args: &[&str]) -> (u16, String) {
+        self.curls.fetch_add(1, Ordering::SeqCst);
         let out = Command::new("curl")
             .args([
                 "-sS",
@@ -294,14 +302,23 @@ impl ProxyLab {
         Self::jsonl(&self.dir.join("audit.jsonl"))
     }
 
-    /// Waits until at least `n` audit records are written.
+    /// Waits for exactly `n` audit records (one per request sent so far);
+    /// fails if fewer arrive or more follow.
     pub fn audit_wait(&self, n: usize) -> Vec<Value> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let a = self.audit();
-            if a.len() >= n || Instant::now() > deadline {
+            if a.len() >= n {
+                std::thread::sleep(Duration::from_millis(300));
+                let a = self.audit();
+                assert_eq!(a.len(), n, "audit records: {a:#?}");
                 return a;
             }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {n} audit records: {a:#?}",
+                a.len()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

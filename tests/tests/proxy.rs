@@ -132,6 +132,38 @@ fn real_clients_through_the_proxy() {
     );
     assert_eq!(code, 401);
 
+    // Response headers: the upstream's Server and CORS headers are dropped,
+    // every response carries its request id.
+    let (_, head) = lab.curl(
+        "/api/version",
+        &[
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+        ],
+    );
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("x-request-id: "), "{head}");
+    assert!(
+        !head.contains("server:") && !head.contains("access-control-"),
+        "{head}"
+    );
+    let (_, direct) = (
+        0,
+        warden_tests::sh(&format!(
+            "curl -s -D - -o /dev/null {}/api/version",
+            lab.upstream_url
+        ))
+        .to_ascii_lowercase(),
+    );
+    assert!(
+        direct.contains("server:") && direct.contains("access-control-allow-origin"),
+        "the stand-in sends them: {direct}"
+    );
+
     // What Ollama saw: the canonical request, its own Host, no credentials.
     let seen = lab.upstream_log();
     assert!(!seen.is_empty());
@@ -159,7 +191,7 @@ fn real_clients_through_the_proxy() {
     );
 
     // One audit record per request, valid OCSF, with identity and correlation.
-    let records = lab.audit_wait(19);
+    let records = lab.audit_wait(20);
     let chat = records
         .iter()
         .find(|r| {
@@ -413,7 +445,8 @@ max_body = 64
         assert!(!target.starts_with("/api/blobs"), "{r}");
         assert_ne!(r["body"]["model"], "secret-model", "{r}");
     }
-    let records = lab.audit();
+    // Exactly one record per request (every request here was a curl, plus the stream).
+    let records = lab.audit_wait(lab.curl_count() + 1);
     let reasons: Vec<&str> = records
         .iter()
         .filter_map(|r| r["status_detail"].as_str())
@@ -445,6 +478,8 @@ enum Expect {
     Closed,
     /// A legitimate chat answered 200, the admin request behind it 403.
     Legit,
+    /// A target Ollama could read differently: 400 before anything else.
+    Canonical,
 }
 
 /// Request smuggling and path confusion against the admin routes, sent raw over
@@ -458,6 +493,12 @@ fn smuggling_and_path_confusion_are_refused() {
 name = "alice"
 tokens = ["@token:alice@"]
 models = ["llama3*"]
+
+[[identity]]
+name = "root"
+tokens = ["@token:root@"]
+models = ["*"]
+admin = true
 "#,
         &[],
     );
@@ -485,29 +526,33 @@ models = ["llama3*"]
     // (name, raw request, expected outcome)
     use Expect::*;
     let mut cases: Vec<(&str, String, Expect)> = vec![
-        ("encoded slash", post("/api%2Fpull"), Refused),
-        ("encoded slash lower", post("/api%2fpull"), Refused),
-        ("encoded dot segment", post("/api/%2e%2e/api/pull"), Refused),
-        ("dot segment", post("/api/./pull"), Refused),
-        ("dot-dot from v1", post("/v1/../api/pull"), Refused),
-        ("double slash", post("//api/pull"), Refused),
-        ("trailing slash", post("/api/pull/"), Refused),
-        ("backslash", post("/api\\pull"), Refused),
-        ("encoded backslash", post("/api%5Cpull"), Refused),
+        ("encoded slash", post("/api%2Fpull"), Canonical),
+        ("encoded slash lower", post("/api%2fpull"), Canonical),
+        (
+            "encoded dot segment",
+            post("/api/%2e%2e/api/pull"),
+            Canonical,
+        ),
+        ("dot segment", post("/api/./pull"), Canonical),
+        ("dot-dot from v1", post("/v1/../api/pull"), Canonical),
+        ("double slash", post("//api/pull"), Canonical),
+        ("trailing slash", post("/api/pull/"), Canonical),
+        ("backslash", post("/api\\pull"), Canonical),
+        ("encoded backslash", post("/api%5Cpull"), Canonical),
         ("upper case", post("/API/PULL"), Refused),
         (
             "GET of a POST route",
             format!("GET /api/pull HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"),
             Refused,
         ),
-        ("NUL", post("/api/pull%00"), Refused),
-        ("double encoding", post("/api%252Fpull"), Refused),
+        ("NUL", post("/api/pull%00"), Canonical),
+        ("double encoding", post("/api%252Fpull"), Canonical),
         (
             "unreserved encoding reaches the admin check",
             post("/api/%70ull"),
             Refused,
         ),
-        ("overlong UTF-8", post("/api/%C0%AFpull"), Refused),
+        ("overlong UTF-8", post("/api/%C0%AFpull"), Canonical),
         ("semicolon", post("/api/pull;x=y"), Refused),
         ("query confusion", post("/api/pull?/api/chat"), Refused),
         ("absolute form", post("http://127.0.0.1/api/pull"), Closed),
@@ -519,7 +564,7 @@ models = ["llama3*"]
         (
             "blob path",
             post("/api/blobs/sha256:..%2F..%2Fetc"),
-            Refused,
+            Canonical,
         ),
         (
             "method case",
@@ -754,6 +799,7 @@ models = ["llama3*"]
             Legit => statuses == [200, 403],
             Refused => !statuses.is_empty() && statuses.iter().all(refused),
             Closed => statuses.len() <= 1 && statuses.iter().all(refused) && closed,
+            Canonical => statuses == [400],
         };
         if !ok {
             problems.push(format!(
@@ -769,6 +815,49 @@ models = ["llama3*"]
     let targets: Vec<&str> = seen.iter().map(|r| r["target"].as_str().unwrap()).collect();
     assert_eq!(targets, ["/api/chat", "/api/chat"], "{seen:?}");
     assert!(seen.iter().all(|r| r["body"]["model"] == "llama3"));
+    let records = lab.audit();
+    let ambiguous = records
+        .iter()
+        .filter(|r| {
+            r["status_detail"].as_str().is_some_and(|d| {
+                d.contains("encod") || d.contains("segment") || d.contains("slash")
+            })
+        })
+        .count();
+    assert!(
+        ambiguous >= 10,
+        "canonical-form refusals carry their reason: {records:#?}"
+    );
+
+    // The same confusions from an admin: still refused, and what an admin may
+    // reach arrives in canonical form only.
+    let root = format!("Authorization: Bearer {}\r\n", lab.token("root"));
+    let admin_cases: Vec<(&str, String, bool)> = cases
+        .iter()
+        .filter(|(_, _, e)| matches!(e, Canonical))
+        .map(|(n, d, _)| (*n, d.replace(&auth, &root), false))
+        .chain([(
+            "unreserved encoding",
+            post("/api/%70ull").replace(&auth, &root),
+            true,
+        )])
+        .collect();
+    let input: Vec<Value> = admin_cases
+        .iter()
+        .map(|(n, d, _)| json!({ "name": n, "data": d }))
+        .collect();
+    let results = lab.client(&["raw"], Some(&serde_json::to_string(&input).unwrap()));
+    for ((name, _, forwarded), r) in admin_cases.iter().zip(results.as_array().unwrap()) {
+        let want = if *forwarded {
+            json!(["200"])
+        } else {
+            json!(["400"])
+        };
+        assert_eq!(r["statuses"], want, "{name}: {r}");
+    }
+    let seen = lab.upstream_log();
+    let targets: Vec<&str> = seen.iter().map(|r| r["target"].as_str().unwrap()).collect();
+    assert_eq!(targets, ["/api/chat", "/api/chat", "/api/pull"], "{seen:?}");
     // And the proxy is healthy.
     assert_eq!(lab.post("/api/chat", &t, ok_chat).0, 200);
     assert_eq!(lab.get("/api/version", &t).0, 200);
@@ -857,7 +946,10 @@ fn slow_clients_are_cut_long_generations_are_not() {
 header_timeout = "1s"
 body_timeout = "1s"
 upstream_timeout = "1s"
+send_timeout = "1s"
+idle_timeout = "1s"
 max_connections = 8
+max_connections_per_ip = 5
 
 [[identity]]
 name = "alice"
@@ -887,12 +979,41 @@ models = ["*"]
     );
     assert!(started.elapsed() > std::time::Duration::from_secs(5));
 
-    // Idle connections beyond max_connections are refused; once they go, service resumes.
-    let hold: Vec<std::net::TcpStream> = (0..8)
+    // A connection with nothing in flight is closed after idle_timeout.
+    let i = lab.client(&["idle", "5"], None);
+    assert_eq!(i["closed"], true, "{i}");
+    assert!(i["after_s"].as_f64().unwrap() < 2.5, "{i}");
+
+    // A client that stops reading a stream: Ollama's request is cancelled and
+    // the connection dropped after send_timeout.
+    let s = lab.client(&["stop-reading", &t, "4"], None);
+    assert_eq!(s["closed"], true, "{s}");
+    let gone = lab
+        .upstream_log()
+        .into_iter()
+        .find(|r| r["body"]["model"] == "huge")
+        .expect("huge requested");
+    assert_eq!(gone["outcome"], "client gone", "{gone}");
+    let records = lab.audit_wait(3);
+    let stalled = records
+        .iter()
+        .find(|r| r["unmapped"]["warden"]["model"] == "huge:latest")
+        .expect("audited");
+    assert_eq!(
+        stalled["status_detail"], "client stopped reading",
+        "{stalled}"
+    );
+
+    // Connections beyond max_connections_per_ip are refused; once they go, service resumes.
+    let hold: Vec<std::net::TcpStream> = (0..5)
         .map(|_| std::net::TcpStream::connect(lab.url.trim_start_matches("https://")).unwrap())
         .collect();
     std::thread::sleep(std::time::Duration::from_millis(200));
-    assert_eq!(lab.get("/api/version", &t).0, 0, "over max_connections");
+    assert_eq!(
+        lab.get("/api/version", &t).0,
+        0,
+        "over max_connections_per_ip"
+    );
     drop(hold);
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert_eq!(lab.get("/api/version", &t).0, 200);

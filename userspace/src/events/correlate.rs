@@ -40,7 +40,7 @@ pub struct ProxyReport {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Joined<T> {
     /// A flow and the report that explains it.
-    Correlated(T, ProxyReport),
+    Correlated(T, Box<ProxyReport>),
     /// A flow no report explained within the window.
     Unattributed(T),
 }
@@ -73,7 +73,7 @@ impl<T> Correlator<T> {
     /// An allowed connection to a protected port (`cookie` from its event).
     pub fn offer_flow(&mut self, cookie: u64, flow: T, now: Instant) -> Vec<Joined<T>> {
         if let Some((r, _)) = self.reports.remove(&cookie) {
-            return vec![Joined::Correlated(flow, r)];
+            return vec![Joined::Correlated(flow, Box::new(r))];
         }
         let mut out = Vec::new();
         if cookie == 0 {
@@ -92,7 +92,7 @@ impl<T> Correlator<T> {
 
     pub fn offer_report(&mut self, r: ProxyReport, now: Instant) -> Option<Joined<T>> {
         if let Some((flow, _)) = self.flows.remove(&r.cookie) {
-            return Some(Joined::Correlated(flow, r));
+            return Some(Joined::Correlated(flow, Box::new(r)));
         }
         if self.reports.len() >= MAX_PENDING {
             self.evict(false);
@@ -189,12 +189,12 @@ mod tests {
         assert!(c.offer_flow(1, "flow1", t0).is_empty());
         assert_eq!(
             c.offer_report(report(1), t0),
-            Some(Joined::Correlated("flow1", report(1)))
+            Some(Joined::Correlated("flow1", Box::new(report(1))))
         );
         assert_eq!(c.offer_report(report(2), t0), None);
         assert_eq!(
             c.offer_flow(2, "flow2", t0),
-            vec![Joined::Correlated("flow2", report(2))]
+            vec![Joined::Correlated("flow2", Box::new(report(2)))]
         );
         assert_eq!(c.pending(), (0, 0));
         assert_eq!(

@@ -3,8 +3,8 @@
 //! `audit_body_sha256 = true` adds a SHA-256 of the request body.
 //!
 //! Requests never wait for the audit writer: records go through a bounded queue
-//! and a record that does not fit is counted as dropped (reported on stderr and
-//! at exit), never lost silently.
+//! and a record that does not fit is counted as dropped (the totals are printed
+//! when the proxy stops), never lost silently.
 
 use crate::events::ocsf::OCSF_VERSION;
 use crate::events::sink::{self, SinkSpec, Writer};

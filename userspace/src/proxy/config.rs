@@ -33,7 +33,11 @@ const LIMIT_KEYS: &[&str] = &[
     "header_timeout",
     "body_timeout",
     "upstream_timeout",
+    "send_timeout",
+    "idle_timeout",
     "max_headers",
+    "max_buffered",
+    "max_connections_per_ip",
 ];
 const IDENTITY_KEYS: &[&str] = &[
     "name",
@@ -92,7 +96,15 @@ pub struct Limits {
     /// The upstream may be silent at most this long (before its first byte and
     /// between chunks); a generation that keeps streaming is never cut.
     pub upstream_timeout: Duration,
+    /// A client must take response data within this (one that stops reading
+    /// would otherwise hold Ollama's generation slot).
+    pub send_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
     pub max_headers: usize,
+    /// Bytes of request bodies read whole (to be judged) at once, all clients together.
+    pub max_buffered: u64,
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for Limits {
@@ -103,7 +115,11 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             upstream_timeout: Duration::from_secs(600),
+            send_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
             max_headers: 64,
+            max_buffered: 256 << 20,
+            max_connections_per_ip: 256,
         }
     }
 }
@@ -152,7 +168,7 @@ pub struct Identity {
     /// When requests are allowed (empty = always).
     pub windows: Vec<Window>,
     /// Requests per minute (token bucket, a minute's worth of burst).
-    pub rate_per_min: Option<u32>,
+    pub rate: Option<Rate>,
     pub concurrency: Option<u32>,
     pub max_body: u64,
     pub max_tokens: Option<u64>,
@@ -421,11 +437,28 @@ impl Reader<'_, '_> {
         if let Some(n) = t.get("max_headers").and_then(|e| self.int(e, 8, 1024)) {
             l.max_headers = n as usize;
         }
+        if let Some(n) = t
+            .get("max_connections_per_ip")
+            .and_then(|e| self.int(e, 1, 1 << 20))
+        {
+            l.max_connections_per_ip = n as usize;
+        }
+        if let Some(e) = t.get("max_buffered")
+            && let Some(s) = self.string(e)
+        {
+            match parse_size(s) {
+                Ok(n) if n <= 1 << 40 => l.max_buffered = n,
+                Ok(_) => self.err(e, "`max_buffered` is at most 1TiB"),
+                Err(m) => self.err(e, format!("max_buffered `{s}`: {m}")),
+            }
+        }
         for (key, slot) in [
             ("handshake_timeout", &mut l.handshake_timeout),
             ("header_timeout", &mut l.header_timeout),
             ("body_timeout", &mut l.body_timeout),
             ("upstream_timeout", &mut l.upstream_timeout),
+            ("send_timeout", &mut l.send_timeout),
+            ("idle_timeout", &mut l.idle_timeout),
         ] {
             if let Some(d) = t.get(key).and_then(|e| self.duration(e)) {
                 *slot = d;
@@ -479,7 +512,7 @@ impl Reader<'_, '_> {
                 }
             }
             for c in &id.mtls {
-                if let Some(other) = certs.insert(c.clone(), id.name.clone()) {
+                if let Some(other) = certs.insert(c.to_ascii_lowercase(), id.name.clone()) {
                     self.ctx.error(
                         at.clone(),
                         format!(
@@ -516,10 +549,13 @@ impl Reader<'_, '_> {
         let tokens = t.get("tokens").map(|e| self.tokens(e)).unwrap_or_default();
         let basic = t.get("basic").and_then(|e| {
             let s = self.string(e)?;
+            let params = |h: &argon2::PasswordHash<'_>| {
+                argon2::Params::try_from(h).is_ok_and(|p| p.m_cost() <= 256 * 1024 && p.t_cost() <= 10 && p.p_cost() <= 4)
+            };
             match argon2::PasswordHash::new(s) {
-                Ok(h) if h.algorithm.as_str() == "argon2id" => Some(s.to_owned()),
+                Ok(h) if h.algorithm.as_str() == "argon2id" && params(&h) => Some(s.to_owned()),
                 _ => {
-                    self.err(e, "`basic` must be an argon2id hash ($argon2id$v=19$...), as printed by `warden token basic NAME`");
+                    self.err(e, "`basic` must be an argon2id hash ($argon2id$v=19$...) with at most 256 MiB, 10 passes and 4 lanes, as printed by `warden token basic NAME`");
                     None
                 }
             }
@@ -579,7 +615,7 @@ impl Reader<'_, '_> {
                     .collect()
             })
             .unwrap_or_default();
-        let rate_per_min = t.get("rate").and_then(|e| {
+        let rate = t.get("rate").and_then(|e| {
             let s = self.string(e)?;
             parse_rate(s)
                 .map_err(|m| self.err(e, format!("rate `{s}`: {m}")))
@@ -624,7 +660,7 @@ impl Reader<'_, '_> {
             admin,
             sources,
             windows,
-            rate_per_min,
+            rate,
             concurrency,
             max_body,
             max_tokens,
@@ -735,20 +771,32 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| "out of range".into())
 }
 
-/// `N/s`, `N/min` or `N/h`, as requests per minute.
-pub fn parse_rate(s: &str) -> Result<u32, String> {
-    let (n, per) = s.split_once('/').ok_or("expected N/s, N/min or N/h")?;
-    let n: u32 = n.trim().parse().map_err(|_| "expected N/s, N/min or N/h")?;
-    let per_min = match per.trim() {
-        "s" | "sec" => n.checked_mul(60).ok_or("too large")?,
-        "m" | "min" => n,
-        "h" | "hour" => n.div_ceil(60).max(1),
-        _ => return Err("expected N/s, N/min or N/h".into()),
+/// A request rate: a token bucket holding one period's requests (`burst`),
+/// refilled at `per_sec`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub per_sec: f64,
+    pub burst: f64,
+}
+
+/// `N/s`, `N/min` or `N/h`.
+pub fn parse_rate(s: &str) -> Result<Rate, String> {
+    let usage = "expected N/s, N/min or N/h";
+    let (n, per) = s.split_once('/').ok_or(usage)?;
+    let n: u32 = n.trim().parse().map_err(|_| usage)?;
+    let secs = match per.trim() {
+        "s" | "sec" => 1.0,
+        "m" | "min" => 60.0,
+        "h" | "hour" => 3600.0,
+        _ => return Err(usage.into()),
     };
     if n == 0 {
         return Err("must allow at least one request".into());
     }
-    Ok(per_min)
+    Ok(Rate {
+        per_sec: f64::from(n) / secs,
+        burst: f64::from(n),
+    })
 }
 
 /// `DAYS HH:MM-HH:MM` in UTC; DAYS is `*`, a day (`mon`) or a range (`mon-fri`),
@@ -849,7 +897,13 @@ mod tests {
         assert_eq!(cfg.identities.len(), 3);
         assert_eq!(cfg.upstream.host, "127.0.0.1:11434");
         assert_eq!(cfg.identities[0].tokens[1].expires, Some(1_801_353_600));
-        assert_eq!(cfg.identities[0].rate_per_min, Some(60));
+        assert_eq!(
+            cfg.identities[0].rate,
+            Some(Rate {
+                per_sec: 1.0,
+                burst: 60.0
+            })
+        );
         assert_eq!(cfg.identities[2].max_body, 64 << 30);
         assert_eq!(cfg.limits.upstream_timeout, Duration::from_secs(600));
     }
@@ -936,8 +990,20 @@ mod tests {
 
     #[test]
     fn values() {
-        assert_eq!(parse_rate("10/s"), Ok(600));
-        assert_eq!(parse_rate("90/h"), Ok(2));
+        assert_eq!(
+            parse_rate("10/s"),
+            Ok(Rate {
+                per_sec: 10.0,
+                burst: 10.0
+            })
+        );
+        assert_eq!(
+            parse_rate("90/h"),
+            Ok(Rate {
+                per_sec: 0.025,
+                burst: 90.0
+            })
+        );
         assert!(parse_rate("0/min").is_err());
         assert_eq!(parse_size("16MiB"), Ok(16 << 20));
         assert!(parse_size("16 MB").is_err());

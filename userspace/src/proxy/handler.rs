@@ -11,7 +11,7 @@ use super::config::Config;
 use super::identity::Authenticator;
 use super::limits::{Limiter, Refusal};
 use super::models::ModelName;
-use super::relay::{BoxError, Finish, Relay, Upload, read_all};
+use super::relay::{self, BoxError, Finish, Relay, Upload, read_all};
 use super::routes::{self, Group, ModelIn, NoRoute};
 use super::upstream;
 use bytes::Bytes;
@@ -43,12 +43,15 @@ pub struct Shared {
     pub runtime: std::sync::RwLock<Arc<Runtime>>,
     pub limiter: Limiter,
     pub audit: Arc<Audit>,
+    /// KiB of request bodies being read whole, across all requests.
+    pub body_budget: Arc<tokio::sync::Semaphore>,
     id_prefix: u32,
     next_id: AtomicU64,
 }
 
 impl Shared {
     pub fn new(runtime: Runtime, audit: Audit) -> Self {
+        let budget_kib = runtime.cfg.limits.max_buffered.div_ceil(1024) as usize;
         let mut b = [0u8; 4];
         // SAFETY: valid buffer of 4 bytes.
         unsafe { libc::getrandom(b.as_mut_ptr().cast(), 4, 0) };
@@ -56,6 +59,7 @@ impl Shared {
             runtime: std::sync::RwLock::new(Arc::new(runtime)),
             limiter: Limiter::default(),
             audit: Arc::new(audit),
+            body_budget: Arc::new(tokio::sync::Semaphore::new(budget_kib)),
             id_prefix: u32::from_ne_bytes(b),
             next_id: AtomicU64::new(1),
         }
@@ -76,6 +80,10 @@ pub struct Client {
     pub addr: SocketAddr,
     /// Names of the verified client certificate (empty without one).
     pub cert_names: Vec<String>,
+    /// When the client certificate expires (unix seconds): checked per request,
+    /// since a connection may outlive its certificate.
+    pub cert_not_after: Option<i64>,
+    pub activity: Arc<relay::Activity>,
 }
 
 /// A refusal: status, message for the client, reason for the audit record.
@@ -106,7 +114,7 @@ pub async fn handle(
     let rt = shared.runtime();
     let (req, incoming) = req.into_parts();
     let mut body = Some(incoming);
-    let mut record = Record {
+    let record = Record {
         request_id: shared.request_id(),
         time_ms: now_ms(),
         client: Some(client.addr),
@@ -125,8 +133,13 @@ pub async fn handle(
         ..Record::default()
     };
     let id = record.request_id.clone();
-    let judged =
-        judge_and_forward(&req, &mut body, &shared, &rt, &client, &mut record, started).await;
+    let mut finish = Finish::new(
+        record,
+        started,
+        shared.audit.clone(),
+        client.activity.begin(),
+    );
+    let judged = judge_and_forward(&req, &mut body, &shared, &rt, &client, &mut finish).await;
     let mut resp = match judged {
         Ok(resp) => resp,
         Err(r) => {
@@ -135,12 +148,11 @@ pub async fn handle(
             if let Some(b) = body.take().filter(|_| !r.close) {
                 drain(b).await;
             }
+            let record = finish.record();
             record.status = r.status.as_u16();
             record.refused = Some(r.reason);
             let body = serde_json::json!({ "error": r.message }).to_string();
-            record.duration = started.elapsed();
-            record.bytes_out = body.len() as u64;
-            shared.audit.emit(record);
+            finish.emit(Some(body.len() as u64), None);
             let mut resp = Response::new(full(body));
             *resp.status_mut() = r.status;
             let h = resp.headers_mut();
@@ -220,9 +232,10 @@ async fn judge_and_forward(
     shared: &Shared,
     rt: &Runtime,
     client: &Client,
-    record: &mut Record,
-    started: Instant,
+    fin: &mut Finish,
 ) -> Result<Response<RespBody>, Refuse> {
+    let started = fin.started();
+    let record = fin.record();
     if let Some(why) = framing_problem(parts) {
         return Err(Refuse {
             close: true,
@@ -251,13 +264,13 @@ async fn judge_and_forward(
         ));
     }
     let now_unix = (record.time_ms / 1000) as i64;
+    let cert_names: &[String] = match client.cert_not_after {
+        Some(t) if now_unix > t => &[],
+        _ => &client.cert_names,
+    };
     let id = rt
         .auth
-        .authenticate(
-            first.map(HeaderValue::as_bytes),
-            &client.cert_names,
-            now_unix,
-        )
+        .authenticate(first.map(HeaderValue::as_bytes), cert_names, now_unix)
         .await
         .map_err(|f| refuse(StatusCode::UNAUTHORIZED, "unauthorized", f.as_str()))?;
     record.identity = Some(id.name.clone());
@@ -278,7 +291,7 @@ async fn judge_and_forward(
         Group::ModelAdmin | Group::Account if !id.admin => {
             return Err(refuse(StatusCode::FORBIDDEN, "forbidden", "admin route"));
         }
-        Group::Inference if route.model == ModelIn::Multipart && !id.all_models() => {
+        Group::Inference if route.model == ModelIn::Multipart && !id.admin && !id.all_models() => {
             return Err(refuse(
                 StatusCode::FORBIDDEN,
                 "forbidden",
@@ -334,24 +347,36 @@ async fn judge_and_forward(
         ));
     }
     let cfg = &rt.cfg;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let mut budget = None;
+    let mut upload_failure = None;
     let (body, uploaded): (upstream::ReqBody, Option<Arc<AtomicU64>>) =
         if route.model == ModelIn::Body {
+            // Bodies read whole share one memory budget, reserved up front.
+            let cap = id.max_body.min(cfg.limits.max_buffered);
+            let need = declared.unwrap_or(cap).min(cap);
+            let kib = u32::try_from(need.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+            budget = Some(
+                shared
+                    .body_budget
+                    .clone()
+                    .try_acquire_many_owned(kib)
+                    .map_err(|_| Refuse {
+                        retry_after: Some(1),
+                        ..refuse(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "busy",
+                            "request body memory budget exhausted",
+                        )
+                    })?,
+            );
             let incoming = body_slot.take().expect("body not taken yet");
-            let bytes = read_all(incoming, id.max_body, cfg.limits.body_timeout)
+            let bytes = read_all(incoming, cap, cfg.limits.body_timeout)
                 .await
-                .map_err(|why| match why {
-                    "request body too large" => {
-                        refuse(StatusCode::PAYLOAD_TOO_LARGE, "request body too large", why)
-                    }
-                    "request body timed out" => Refuse {
-                        close: true,
-                        ..refuse(StatusCode::REQUEST_TIMEOUT, "request body timed out", why)
-                    },
-                    _ => Refuse {
-                        close: true,
-                        ..refuse(StatusCode::BAD_REQUEST, "request body broken off", why)
-                    },
-                })?;
+                .map_err(body_refusal)?;
             record.bytes_in = bytes.len() as u64;
             if cfg.audit_body_sha256 {
                 let d = Sha256::digest(&bytes);
@@ -387,25 +412,38 @@ async fn judge_and_forward(
             let incoming = body_slot.take().expect("body not taken yet");
             let up = Upload::new(incoming, id.max_body, cfg.limits.body_timeout);
             let count = up.count.clone();
+            upload_failure = Some(up.failure.clone());
             (up.boxed(), Some(count))
         };
 
-    // Forward exactly what was judged.
+    // Forward exactly what was judged. A streamed upload (blobs) may take
+    // long; its pace is bounded by the body timeout instead.
     let upstream_req = build_upstream(parts, &canonical.target(), body, cfg)?;
-    let sent = upstream::send(cfg.upstream.addr, upstream_req, cfg.limits.upstream_timeout)
+    fin.uploaded = uploaded;
+    let head_timeout = upload_failure
+        .is_none()
+        .then_some(cfg.limits.upstream_timeout);
+    let sent = upstream::send(cfg.upstream.addr, upstream_req, head_timeout)
         .await
-        .map_err(|e| {
-            refuse(
+        .map_err(|e| match upload_failure.as_ref().and_then(|f| f.get()) {
+            Some(why) => body_refusal(why),
+            None => refuse(
                 StatusCode::BAD_GATEWAY,
                 "upstream unavailable",
                 e.to_string(),
-            )
+            ),
         })?;
+    drop(budget);
+    let record = fin.record();
     record.upstream = Some(sent.conn);
     let (mut head, upstream_body) = sent.response.into_parts();
     record.status = head.status.as_u16();
     clean_response_headers(&mut head.headers, cfg.pass_cors);
 
+    if route.group == Group::List && parts.method == Method::HEAD {
+        // The upstream's length is the unfiltered listing's.
+        head.headers.remove(header::CONTENT_LENGTH);
+    }
     if route.group == Group::List && head.status == StatusCode::OK && parts.method != Method::HEAD {
         let listing = read_listing(upstream_body, cfg).await;
         sent.task.abort();
@@ -416,29 +454,35 @@ async fn judge_and_forward(
         });
         head.headers.remove(header::CONTENT_LENGTH);
         record.ttfb = Some(started.elapsed());
-        record.bytes_out = filtered.len() as u64;
-        record.duration = started.elapsed();
-        if let Some(n) = &uploaded {
-            record.bytes_in = n.load(Ordering::Relaxed);
-        }
-        shared.audit.emit(std::mem::take(record));
+        fin.emit(Some(filtered.len() as u64), None);
         drop(slot);
         return Ok(Response::from_parts(head, full(filtered)));
     }
-    let finish = Finish {
-        record: std::mem::take(record),
-        started,
-        audit: shared.audit.clone(),
-        uploaded,
-    };
+    let finish = fin.take();
     let relay = Relay::new(
         upstream_body,
         finish,
         cfg.limits.upstream_timeout,
+        cfg.limits.send_timeout,
         sent.task,
         slot,
+        client.activity.clone(),
     );
     Ok(Response::from_parts(head, relay.boxed()))
+}
+
+fn body_refusal(why: &'static str) -> Refuse {
+    match why {
+        relay::TOO_LARGE => refuse(StatusCode::PAYLOAD_TOO_LARGE, "request body too large", why),
+        relay::TIMED_OUT => Refuse {
+            close: true,
+            ..refuse(StatusCode::REQUEST_TIMEOUT, "request body timed out", why)
+        },
+        _ => Refuse {
+            close: true,
+            ..refuse(StatusCode::BAD_REQUEST, "request body broken off", why)
+        },
+    }
 }
 
 /// Reads up to 64 KiB of an unread request body, for at most a second.

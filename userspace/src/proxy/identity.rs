@@ -56,7 +56,7 @@ pub struct Authenticator {
     by_name: HashMap<String, usize>,
     by_cert: HashMap<String, usize>,
     decoy: String,
-    argon_slots: Semaphore,
+    argon_slots: Arc<Semaphore>,
     basic_ok: Mutex<HashMap<[u8; 32], (usize, Instant)>>,
 }
 
@@ -78,7 +78,7 @@ impl Authenticator {
             by_name,
             by_cert,
             decoy: hash_password(&random_token()),
-            argon_slots: Semaphore::new(2),
+            argon_slots: Arc::new(Semaphore::new(2)),
             basic_ok: Mutex::new(HashMap::new()),
         }
     }
@@ -173,8 +173,16 @@ impl Authenticator {
         let known = stored.is_some();
         let phc = stored.unwrap_or_else(|| self.decoy.clone());
         let password = password.to_owned();
-        let _slot = self.argon_slots.acquire().await.expect("never closed");
+        // The slot moves into the blocking task: a client that gives up does not
+        // free it while the hash still runs.
+        let slot = self
+            .argon_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
         let verified = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             PasswordHash::new(&phc).is_ok_and(|h| {
                 Argon2::default()
                     .verify_password(password.as_bytes(), &h)
@@ -234,6 +242,13 @@ fn getrandom(buf: &mut [u8]) {
     assert_eq!(n, buf.len() as isize, "getrandom failed");
 }
 
+/// When a certificate stops being valid (unix seconds).
+pub fn certificate_not_after(der: &[u8]) -> Option<i64> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
 /// Names a verified client certificate offers: SAN DNS names and e-mail
 /// addresses, then the subject CN.
 pub fn certificate_names(der: &[u8]) -> Vec<String> {
@@ -278,7 +293,7 @@ mod tests {
             admin: false,
             sources: vec![],
             windows: vec![],
-            rate_per_min: None,
+            rate: None,
             concurrency: None,
             max_body: 1,
             max_tokens: None,

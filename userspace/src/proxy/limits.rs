@@ -103,9 +103,8 @@ impl Limiter {
                 }
             }
         };
-        if let Some(per_min) = id.rate_per_min {
-            let cap = f64::from(per_min);
-            let per_sec = cap / 60.0;
+        if let Some(rate) = id.rate {
+            let (cap, per_sec) = (rate.burst, rate.per_sec);
             let mut b = state.bucket.lock().expect("not poisoned");
             let now = Instant::now();
             let (mut tokens, last) = b.unwrap_or((cap, now));
@@ -126,7 +125,7 @@ mod tests {
     use super::*;
     use crate::proxy::config::parse_window;
 
-    fn id(rate: Option<u32>, conc: Option<u32>) -> Identity {
+    fn id(rate: Option<&str>, conc: Option<u32>) -> Identity {
         Identity {
             name: "a".into(),
             tokens: vec![],
@@ -139,7 +138,7 @@ mod tests {
                 parse_window("mon-fri 08:00-18:00").unwrap(),
                 parse_window("sat 22:00-02:00").unwrap(),
             ],
-            rate_per_min: rate,
+            rate: rate.map(|r| crate::proxy::config::parse_rate(r).unwrap()),
             concurrency: conc,
             max_body: 1,
             max_tokens: None,
@@ -170,9 +169,20 @@ mod tests {
     }
 
     #[test]
+    fn an_hourly_rate_is_hourly() {
+        let l = Limiter::default();
+        let i = id(Some("2/h"), None);
+        assert!(l.admit(&i).is_ok() && l.admit(&i).is_ok());
+        match l.admit(&i).err() {
+            Some(Refusal::Rate(wait)) => assert!(wait > Duration::from_secs(1790), "{wait:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn rate_and_concurrency() {
         let l = Limiter::default();
-        let i = id(Some(3), Some(2));
+        let i = id(Some("3/min"), Some(2));
         let a = l.admit(&i).unwrap();
         let b = l.admit(&i).unwrap();
         assert_eq!(l.admit(&i).err(), Some(Refusal::Concurrency));

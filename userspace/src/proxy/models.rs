@@ -80,8 +80,10 @@ impl fmt::Display for ModelName {
     }
 }
 
-/// An allowlist entry: a glob (`*` any run of characters, `?` one) over
-/// canonical names. A pattern without a tag matches every tag of its models.
+/// An allowlist entry: a glob (`*` any run of characters, `?` one, neither
+/// crossing `/` or `:`) over canonical names. A pattern without a tag matches
+/// every tag of its models, except cloud tags (`…-cloud`, which run on
+/// ollama.com under the server's account): those must be named.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelGlob(String);
 
@@ -110,6 +112,11 @@ impl ModelGlob {
     }
 
     pub fn matches(&self, name: &ModelName) -> bool {
+        let tag_of = |s: &str| s.rsplit_once(':').map_or("", |(_, t)| t).to_owned();
+        let cloud = tag_of(&name.0).ends_with("cloud");
+        if cloud && self.0 != "*" && tag_of(&self.0).contains(['*', '?']) {
+            return false;
+        }
         glob(self.0.as_bytes(), name.0.as_bytes())
     }
 
@@ -119,8 +126,13 @@ impl ModelGlob {
 }
 
 /// Iterative glob match with backtracking to the last `*` (linear in practice,
-/// never exponential).
+/// never exponential). Wildcards stay within one part of a name: they never
+/// match `/` or `:`, so `llama3*` cannot reach another host, namespace or tag.
 fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    if pattern == b"*" {
+        return true;
+    }
+    let sep = |c: u8| c == b'/' || c == b':';
     let (mut p, mut t) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while t < text.len() {
@@ -129,17 +141,17 @@ fn glob(pattern: &[u8], text: &[u8]) -> bool {
                 star = Some((p, t));
                 p += 1;
             }
-            Some(&c) if c == b'?' || c == text[t] => {
+            Some(&c) if (c == b'?' && !sep(text[t])) || c == text[t] => {
                 p += 1;
                 t += 1;
             }
             _ => match star {
-                Some((sp, st)) => {
+                Some((sp, st)) if !sep(text[st]) => {
                     p = sp + 1;
                     t = st + 1;
                     star = Some((sp, st + 1));
                 }
-                None => return false,
+                _ => return false,
             },
         }
     }
@@ -206,6 +218,17 @@ mod tests {
         assert!(!g("llama3*", "mistral"));
         assert!(!g("llama3*", "evil.example/library/llama3"));
         assert!(g("*", "evil.example/library/llama3"));
+        // Wildcards stay within one part of the name.
+        assert!(!g("llama3", "llama3:5000/team/secret"));
+        assert!(!g("llama3*", "llama3.corp.example/x/secret"));
+        // Cloud models (run on ollama.com under the server's account) are
+        // matched only by a pattern naming their tag.
+        assert!(!g("gpt-oss", "gpt-oss:120b-cloud"));
+        assert!(!g("gpt-oss:*", "gpt-oss:120b-cloud"));
+        assert!(g("gpt-oss:120b-cloud", "gpt-oss:120b-cloud"));
+        assert!(g("gpt-oss:120b", "gpt-oss:120b"));
+        assert!(g("team/*", "team/anything:v2"));
+        assert!(!g("team/*", "team/a/b"));
         assert!(g("qwen?:7b", "qwen2:7b"));
         assert!(!g("qwen?:7b", "qwen25:7b"));
         assert!(ModelGlob::parse("a b").is_err());

@@ -36,6 +36,8 @@ pub struct Upload {
     idle: Duration,
     sleep: Pin<Box<Sleep>>,
     pub count: Arc<AtomicU64>,
+    /// Why the body was cut off, if it was (the request then fails upstream).
+    pub failure: Arc<std::sync::OnceLock<&'static str>>,
 }
 
 impl Upload {
@@ -46,6 +48,7 @@ impl Upload {
             idle,
             sleep: Box::pin(tokio::time::sleep(idle)),
             count: Arc::default(),
+            failure: Arc::default(),
         }
     }
 }
@@ -65,7 +68,8 @@ impl Body for Upload {
                     let n =
                         this.count.fetch_add(d.len() as u64, Ordering::Relaxed) + d.len() as u64;
                     if n > this.max {
-                        return Poll::Ready(Some(Err(BodyError("request body too large").into())));
+                        let _ = this.failure.set(TOO_LARGE);
+                        return Poll::Ready(Some(Err(BodyError(TOO_LARGE).into())));
                     }
                 }
                 let deadline = tokio::time::Instant::now() + this.idle;
@@ -76,7 +80,8 @@ impl Body for Upload {
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 ready!(this.sleep.as_mut().poll(cx));
-                Poll::Ready(Some(Err(BodyError("request body timed out").into())))
+                let _ = this.failure.set(TIMED_OUT);
+                Poll::Ready(Some(Err(BodyError(TIMED_OUT).into())))
             }
         }
     }
@@ -89,6 +94,9 @@ impl Body for Upload {
         self.inner.size_hint()
     }
 }
+
+pub const TOO_LARGE: &str = "request body too large";
+pub const TIMED_OUT: &str = "request body timed out";
 
 /// Reads a whole request body: `Err` names why it was not read.
 pub async fn read_all(body: Incoming, max: u64, idle: Duration) -> Result<Bytes, &'static str> {
@@ -113,60 +121,192 @@ pub async fn read_all(body: Incoming, max: u64, idle: Duration) -> Result<Bytes,
     Ok(buf.freeze())
 }
 
-/// What the response relay needs to finish a request's record.
+/// What a connection is doing, for its idle timeout and for cutting it off.
+#[derive(Default)]
+pub struct Activity {
+    inflight: AtomicU64,
+    last_ms: AtomicU64,
+    kill: std::sync::atomic::AtomicBool,
+}
+
+fn mono_ms() -> u64 {
+    use std::sync::OnceLock;
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+impl Activity {
+    pub fn new() -> Arc<Self> {
+        let a = Self::default();
+        a.last_ms.store(mono_ms(), Ordering::Relaxed);
+        Arc::new(a)
+    }
+
+    /// A request starts; it ends when the guard drops.
+    pub fn begin(self: &Arc<Self>) -> ActiveGuard {
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        self.last_ms.store(mono_ms(), Ordering::Relaxed);
+        ActiveGuard(self.clone())
+    }
+
+    /// No request in flight, and none for at least `d`.
+    pub fn idle_for(&self, d: Duration) -> bool {
+        self.inflight.load(Ordering::Acquire) == 0
+            && mono_ms().saturating_sub(self.last_ms.load(Ordering::Relaxed))
+                >= d.as_millis() as u64
+    }
+
+    /// Asks the connection to be dropped (a client that stopped reading).
+    pub fn kill(&self) {
+        self.kill.store(true, Ordering::Relaxed);
+    }
+
+    pub fn killed(&self) -> bool {
+        self.kill.load(Ordering::Relaxed)
+    }
+}
+
+pub struct ActiveGuard(Arc<Activity>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.last_ms.store(mono_ms(), Ordering::Relaxed);
+        self.0.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A request's audit record until it is written: exactly once, by
+/// [`Finish::emit`] or, if the request is dropped first (the client went away
+/// mid-request, hyper gave up on the connection), by `Drop`.
 pub struct Finish {
-    pub record: Record,
-    pub started: Instant,
-    pub audit: Arc<Audit>,
+    record: Option<Record>,
+    started: Instant,
+    audit: Arc<Audit>,
+    /// Bytes of a streamed request body, counted as they go upstream.
     pub uploaded: Option<Arc<AtomicU64>>,
+    /// Keeps the connection's request count until the response is done.
+    active: Option<ActiveGuard>,
 }
 
 impl Finish {
-    pub fn emit(mut self, bytes_out: u64, incomplete: Option<&'static str>) {
-        self.record.bytes_out = bytes_out;
-        self.record.incomplete = incomplete;
-        self.record.duration = self.started.elapsed();
-        if let Some(n) = &self.uploaded {
-            self.record.bytes_in = n.load(Ordering::Relaxed);
+    pub fn new(record: Record, started: Instant, audit: Arc<Audit>, active: ActiveGuard) -> Self {
+        Self {
+            record: Some(record),
+            started,
+            audit,
+            uploaded: None,
+            active: Some(active),
         }
-        self.audit.emit(self.record);
+    }
+
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    pub fn record(&mut self) -> &mut Record {
+        self.record.as_mut().expect("the record is not written yet")
+    }
+
+    /// Hands the record on (to the response relay); this one is then spent.
+    pub fn take(&mut self) -> Finish {
+        Finish {
+            record: self.record.take(),
+            started: self.started,
+            audit: self.audit.clone(),
+            uploaded: self.uploaded.take(),
+            active: self.active.take(),
+        }
+    }
+
+    pub fn emit(&mut self, bytes_out: Option<u64>, incomplete: Option<&'static str>) {
+        let Some(mut r) = self.record.take() else {
+            return;
+        };
+        if let Some(n) = bytes_out {
+            r.bytes_out = n;
+        }
+        r.incomplete = incomplete;
+        r.duration = self.started.elapsed();
+        if let Some(n) = &self.uploaded {
+            r.bytes_in = n.load(Ordering::Relaxed);
+        }
+        self.audit.emit(r);
+    }
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        if self.record.is_some() {
+            self.emit(None, Some("client went away"));
+        }
     }
 }
 
 /// The upstream response body relayed to the client frame by frame.
 pub struct Relay {
     inner: Incoming,
-    finish: Option<Finish>,
+    finish: Finish,
     bytes: u64,
     idle: Duration,
     sleep: Pin<Box<Sleep>>,
     task: JoinHandle<()>,
+    /// When hyper last asked for data (ms, monotonic); the watchdog reads it.
+    polled: Arc<AtomicU64>,
+    /// Set by the watchdog: the client stopped taking data.
+    stalled: Arc<std::sync::atomic::AtomicBool>,
+    watchdog: JoinHandle<()>,
     _slot: Slot,
 }
 
 impl Relay {
+    /// `idle`: how long the upstream may be silent; `send_timeout`: how long
+    /// the client may leave data untaken before the upstream request is
+    /// cancelled and the connection dropped.
     pub fn new(
         inner: Incoming,
         finish: Finish,
         idle: Duration,
+        send_timeout: Duration,
         task: JoinHandle<()>,
         slot: Slot,
+        activity: Arc<Activity>,
     ) -> Self {
+        let polled = Arc::new(AtomicU64::new(mono_ms()));
+        let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let abort = task.abort_handle();
+        let (p, st) = (polled.clone(), stalled.clone());
+        let limit = send_timeout.as_millis() as u64;
+        let watchdog = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis((limit / 4).clamp(10, 1000))).await;
+                if mono_ms().saturating_sub(p.load(Ordering::Relaxed)) > limit {
+                    st.store(true, Ordering::Relaxed);
+                    abort.abort();
+                    activity.kill();
+                    return;
+                }
+            }
+        });
         Self {
             inner,
-            finish: Some(finish),
+            finish,
             bytes: 0,
             idle,
             sleep: Box::pin(tokio::time::sleep(idle)),
             task,
+            polled,
+            stalled,
+            watchdog,
             _slot: slot,
         }
     }
 
+    fn stalled(&self) -> bool {
+        self.stalled.load(Ordering::Relaxed)
+    }
+
     fn end(&mut self, incomplete: Option<&'static str>) {
-        if let Some(f) = self.finish.take() {
-            f.emit(self.bytes, incomplete);
-        }
+        self.finish.emit(Some(self.bytes), incomplete);
     }
 }
 
@@ -179,14 +319,15 @@ impl Body for Relay {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        this.polled.store(mono_ms(), Ordering::Relaxed);
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
-                    if this.bytes == 0
-                        && !d.is_empty()
-                        && let Some(f) = &mut this.finish
-                    {
-                        f.record.ttfb = Some(f.started.elapsed());
+                    if this.bytes == 0 && !d.is_empty() {
+                        let ttfb = this.finish.started().elapsed();
+                        if let Some(r) = this.finish.record.as_mut() {
+                            r.ttfb = Some(ttfb);
+                        }
                     }
                     this.bytes += d.len() as u64;
                 }
@@ -195,10 +336,16 @@ impl Body for Relay {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                this.end(Some("upstream failed"));
+                let why = if this.stalled() {
+                    "client stopped reading"
+                } else {
+                    "upstream failed"
+                };
+                this.end(Some(why));
                 Poll::Ready(Some(Err(e.into())))
             }
             Poll::Ready(None) => {
+                this.watchdog.abort();
                 this.end(None);
                 Poll::Ready(None)
             }
@@ -222,14 +369,20 @@ impl Body for Relay {
 
 impl Drop for Relay {
     fn drop(&mut self) {
+        self.watchdog.abort();
         // Dropped before the end: the client went away. Closing the upstream
         // socket is what tells Ollama to stop generating.
-        if self.finish.is_some() {
+        if self.finish.record.is_some() {
             if self.inner.is_end_stream() {
                 self.end(None);
             } else {
                 self.task.abort();
-                self.end(Some("client went away"));
+                let why = if self.stalled() {
+                    "client stopped reading"
+                } else {
+                    "client went away"
+                };
+                self.end(Some(why));
             }
         }
     }

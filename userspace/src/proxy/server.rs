@@ -7,17 +7,22 @@
 use super::audit::Audit;
 use super::config::{self, Config};
 use super::handler::{self, Client, Runtime, Shared};
-use super::identity::{Authenticator, certificate_names};
+use super::identity::{Authenticator, certificate_names, certificate_not_after};
+use super::relay::Activity;
 use super::tls;
 use crate::watch::PolicyWatch;
 use anyhow::{Context, Result};
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use rustls::ServerConfig;
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{SignalKind, signal};
@@ -58,16 +63,40 @@ pub fn run(path: &Path) -> Result<()> {
         .enable_all()
         .build()
         .context("tokio runtime")?;
-    rt.block_on(serve(path, cfg))
+    let (shared, stats, drained) = rt.block_on(serve(path, cfg))?;
+    // Requests still in flight are dropped with the runtime: their audit
+    // records ("client went away") are written before the audit closes.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    shared.audit.finish();
+    let c = &shared.audit.counters;
+    eprintln!(
+        "warden proxy: stopped{}; audit records written {} dropped {} failed {}; connections refused {} failed handshakes {}",
+        if drained {
+            ""
+        } else {
+            " (requests still in flight were cut)"
+        },
+        c.written.load(Ordering::Relaxed),
+        c.dropped.load(Ordering::Relaxed),
+        c.failed.load(Ordering::Relaxed),
+        stats.refused_connections.load(Ordering::Relaxed),
+        stats.failed_handshakes.load(Ordering::Relaxed),
+    );
+    Ok(())
 }
 
-async fn serve(path: &Path, cfg: Config) -> Result<()> {
+async fn serve(path: &Path, cfg: Config) -> Result<(Arc<Shared>, Arc<Stats>, bool)> {
     let tls_config = RwLock::new(tls::server_config(&cfg.tls)?);
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("listen on {}", cfg.listen))?;
     let audit = Audit::start(&cfg.audit).context("audit sink")?;
-    let slots = Arc::new(Semaphore::new(cfg.limits.max_connections));
+    // Connection limits are read at start (a change needs a restart).
+    let max_connections = cfg.limits.max_connections;
+    let per_ip_max = cfg.limits.max_connections_per_ip;
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let per_ip: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut watch = PolicyWatch::new(&watched(path, &cfg)).context("watch config files")?;
     eprintln!(
         "warden proxy: listening on https://{} for {} ({} identities)",
@@ -89,10 +118,27 @@ async fn serve(path: &Path, cfg: Config) -> Result<()> {
                     stats.refused_connections.fetch_add(1, Ordering::Relaxed);
                     continue;
                 };
+                let ip = peer.ip().to_canonical();
+                {
+                    let mut m = per_ip.lock().expect("not poisoned");
+                    let n = m.entry(ip).or_default();
+                    if *n >= per_ip_max {
+                        stats.refused_connections.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    *n += 1;
+                }
                 let acceptor = TlsAcceptor::from(tls_config.read().expect("not poisoned").clone());
-                let (shared, stats) = (shared.clone(), stats.clone());
+                let (shared, stats, per_ip, stop) = (shared.clone(), stats.clone(), per_ip.clone(), stop_rx.clone());
                 tokio::spawn(async move {
-                    connection(stream, peer, acceptor, shared, &stats).await;
+                    connection(stream, peer, acceptor, shared, &stats, stop).await;
+                    let mut m = per_ip.lock().expect("not poisoned");
+                    if let Some(n) = m.get_mut(&ip) {
+                        *n -= 1;
+                        if *n == 0 {
+                            m.remove(&ip);
+                        }
+                    }
                     drop(permit);
                 });
             }
@@ -107,26 +153,12 @@ async fn serve(path: &Path, cfg: Config) -> Result<()> {
         }
     }
     drop(listener);
-    let max = shared.runtime().cfg.limits.max_connections;
-    let drained = tokio::time::timeout(DRAIN, slots.acquire_many(max as u32))
+    // Open connections finish what they are doing and close.
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(DRAIN, slots.acquire_many(max_connections as u32))
         .await
         .is_ok();
-    shared.audit.finish();
-    let c = &shared.audit.counters;
-    eprintln!(
-        "warden proxy: stopped{}; audit records written {} dropped {} failed {}; connections refused {} failed handshakes {}",
-        if drained {
-            ""
-        } else {
-            " (requests still in flight were cut)"
-        },
-        c.written.load(Ordering::Relaxed),
-        c.dropped.load(Ordering::Relaxed),
-        c.failed.load(Ordering::Relaxed),
-        stats.refused_connections.load(Ordering::Relaxed),
-        stats.failed_handshakes.load(Ordering::Relaxed),
-    );
-    Ok(())
+    Ok((shared, stats, drained))
 }
 
 fn runtime(cfg: Config) -> Runtime {
@@ -190,6 +222,7 @@ async fn connection(
     acceptor: TlsAcceptor,
     shared: Arc<Shared>,
     stats: &Stats,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
     let limits = shared.runtime().cfg.limits.clone();
@@ -200,32 +233,73 @@ async fn connection(
             return;
         }
     };
-    let cert_names = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .map(|c| certificate_names(c.as_ref()))
-        .unwrap_or_default();
+    let session = tls.get_ref().1;
+    let h2 = session.alpn_protocol() == Some(b"h2");
+    let cert = session.peer_certificates().and_then(|c| c.first());
     let client = Arc::new(Client {
         addr: peer,
-        cert_names,
+        cert_names: cert
+            .map(|c| certificate_names(c.as_ref()))
+            .unwrap_or_default(),
+        cert_not_after: cert.and_then(|c| certificate_not_after(c.as_ref())),
+        activity: Activity::new(),
     });
+    let activity = client.activity.clone();
     let service = service_fn(move |req| handler::handle(req, shared.clone(), client.clone()));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .max_buf_size(64 * 1024)
-        .max_headers(limits.max_headers)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(64)
-        .max_header_list_size(64 * 1024)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20));
-    let _ = builder.serve_connection(TokioIo::new(tls), service).await;
+    let io = TokioIo::new(tls);
+    // The protocol is the one ALPN chose: nothing is read before the timeouts apply.
+    let idle = limits.idle_timeout;
+    if h2 {
+        let mut b = http2::Builder::new(TokioExecutor::new());
+        b.timer(TokioTimer::new())
+            .max_concurrent_streams(64)
+            .max_header_list_size(64 * 1024)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20));
+        let conn = b.serve_connection(io, service);
+        watch_connection(conn, |c| c.graceful_shutdown(), &activity, idle, &mut stop).await;
+    } else {
+        let mut b = http1::Builder::new();
+        b.timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .max_buf_size(64 * 1024)
+            .max_headers(limits.max_headers)
+            .keep_alive(true);
+        let conn = b.serve_connection(io, service);
+        watch_connection(conn, |c| c.graceful_shutdown(), &activity, idle, &mut stop).await;
+    }
+}
+
+/// Drives a connection; closes it gracefully when idle too long or when the
+/// proxy stops, and drops it when a relay found its client no longer reading.
+async fn watch_connection<C: Future>(
+    conn: C,
+    shutdown: impl Fn(Pin<&mut C>),
+    activity: &Activity,
+    idle: Duration,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) {
+    let mut conn = std::pin::pin!(conn);
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = tick.tick() => {
+                if activity.killed() {
+                    return;
+                }
+                if !closing && activity.idle_for(idle) {
+                    shutdown(conn.as_mut());
+                    closing = true;
+                }
+            }
+            changed = stop.changed(), if !closing => {
+                if changed.is_err() || *stop.borrow() {
+                    shutdown(conn.as_mut());
+                    closing = true;
+                }
+            }
+        }
+    }
 }

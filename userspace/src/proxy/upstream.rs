@@ -63,11 +63,11 @@ pub fn socket_cookie(fd: &impl AsRawFd) -> u64 {
 }
 
 /// Connects, sends the request and waits for the response head (at most
-/// `timeout` after the request is sent).
+/// `timeout` after the request is sent, when given).
 pub async fn send(
     addr: SocketAddr,
     req: hyper::Request<ReqBody>,
-    timeout: Duration,
+    timeout: Option<Duration>,
 ) -> Result<Sent, UpstreamError> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
@@ -85,7 +85,13 @@ pub async fn send(
     let task = tokio::spawn(async move {
         let _ = connection.await;
     });
-    match tokio::time::timeout(timeout, sender.send_request(req)).await {
+    let response = async {
+        match timeout {
+            Some(t) => tokio::time::timeout(t, sender.send_request(req)).await,
+            None => Ok(sender.send_request(req).await),
+        }
+    };
+    match response.await {
         Ok(Ok(response)) => Ok(Sent {
             response,
             conn,
