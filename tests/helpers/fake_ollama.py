@@ -196,6 +196,9 @@ def main():
     ap.add_argument("--delay-ms", type=float, default=5)
     ap.add_argument("--first-byte-ms", type=float, default=0)
     a = ap.parse_args()
+    # Go's listen backlog (SOMAXCONN), not socketserver's 5: a full backlog
+    # would delay connects by a SYN retransmit.
+    ThreadingHTTPServer.request_queue_size = 4096
     srv = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
     srv.daemon_threads = True
     srv.log, srv.delay_ms, srv.first_byte_ms = a.log, a.delay_ms, a.first_byte_ms

@@ -44,6 +44,12 @@ impl Daemon {
             } else {
                 &["--aggregate-secs", "0"][..]
             })
+            // Local connections are reported at once unless a test joins them.
+            .args(if extra.contains(&"--correlate-secs") {
+                &[][..]
+            } else {
+                &["--correlate-secs", "0"][..]
+            })
             // Tests read the kernel record as it is; `events.rs` checks the encodings.
             .args(if extra.contains(&"--event-format") {
                 &[][..]

@@ -7,7 +7,7 @@
 //! `@token:NAME@` (a fresh token's hash; the token is in [`ProxyLab::token`])
 //! and `@basic:PASSWORD@` (an argon2id hash).
 
-use crate::{warden_bin, workspace};
+use crate::{enter, warden_bin, workspace};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::io::Write;
@@ -18,8 +18,22 @@ use std::time::{Duration, Instant};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// Where the lab's processes run (default: this test's namespace and cgroup,
+/// the stand-in on any free port).
+#[derive(Default, Clone)]
+pub struct Placement {
+    pub netns: Option<String>,
+    pub upstream_cgroup: Option<PathBuf>,
+    pub proxy_cgroup: Option<PathBuf>,
+    /// 0 = any free port.
+    pub upstream_port: u16,
+    /// Extra top-level config lines (e.g. `report = "..."`).
+    pub top: String,
+}
+
 pub struct ProxyLab {
     pub dir: PathBuf,
+    place: Placement,
     /// `https://127.0.0.1:PORT`
     pub url: String,
     /// `http://127.0.0.1:PORT` of the stand-in Ollama.
@@ -61,6 +75,11 @@ impl ProxyLab {
     /// Starts the stand-in (with `upstream_args`) and a proxy configured with
     /// `body` after the lab's own `listen`/`upstream`/`audit`/`[tls]` lines.
     pub fn start(body: &str, upstream_args: &[&str]) -> Self {
+        Self::start_in(body, upstream_args, Placement::default())
+    }
+
+    /// Like [`ProxyLab::start`], with the processes placed as `place` says.
+    pub fn start_in(body: &str, upstream_args: &[&str], place: Placement) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "warden-proxy-{}x{}",
             std::process::id(),
@@ -78,15 +97,19 @@ impl ProxyLab {
             .success();
         assert!(ok, "make-ca.sh failed");
         let up_out = dir.join("upstream.out");
-        let upstream = Command::new(python())
-            .arg(helper("fake_ollama.py"))
-            .args(["--port", "0", "--log"])
+        let mut cmd = Command::new(python());
+        cmd.arg(helper("fake_ollama.py"))
+            .args(["--port", &place.upstream_port.to_string(), "--log"])
             .arg(dir.join("upstream.jsonl"))
             .args(upstream_args)
             .stdout(std::fs::File::create(&up_out).unwrap())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::inherit());
+        enter(
+            &mut cmd,
+            place.netns.as_deref(),
+            place.upstream_cgroup.as_deref(),
+        );
+        let upstream = cmd.spawn().unwrap();
         let line = wait_for_line(&up_out, "listening", "the stand-in Ollama");
         let upstream_port: u16 = line.split(' ').nth(1).unwrap().trim().parse().unwrap();
         let mut lab = Self {
@@ -94,6 +117,7 @@ impl ProxyLab {
             upstream_url: format!("http://127.0.0.1:{upstream_port}"),
             upstream_port,
             dir,
+            place,
             tokens: HashMap::new(),
             upstream,
             proxy: None,
@@ -120,7 +144,7 @@ impl ProxyLab {
     /// The full config file for `body` (placeholders filled).
     pub fn config_text(&mut self, body: &str) -> String {
         let mut text = format!(
-            "listen = \"127.0.0.1:{port}\"\nupstream = \"http://127.0.0.1:{up}\"\naudit = [\"audit.jsonl\"]\naudit_body_sha256 = true\n\n[tls]\ncert = \"pki/server.pem\"\nkey = \"pki/server.key\"\nclient_ca = \"pki/clients-ca.pem\"\n\n",
+            "listen = \"127.0.0.1:{port}\"\nupstream = \"http://127.0.0.1:{up}\"\naudit = [\"audit.jsonl\"]\naudit_body_sha256 = true\n{top}\n[tls]\ncert = \"pki/server.pem\"\nkey = \"pki/server.key\"\nclient_ca = \"pki/clients-ca.pem\"\n\n",
             port = self
                 .url
                 .rsplit(':')
@@ -128,6 +152,7 @@ impl ProxyLab {
                 .filter(|_| !self.url.is_empty())
                 .unwrap_or("0"),
             up = self.upstream_port,
+            top = self.place.top,
         );
         let mut rest = body;
         while let Some(start) = rest.find('@') {
@@ -172,17 +197,25 @@ impl ProxyLab {
 
     fn start_proxy(&mut self) {
         let err = self.dir.join("proxy.err");
-        let child = Command::new(warden_bin())
-            .args(["proxy", "--config"])
+        let mut cmd = Command::new(warden_bin());
+        cmd.args(["proxy", "--config"])
             .arg(self.config_path())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&err).unwrap())
-            .spawn()
-            .unwrap();
+            .stderr(std::fs::File::create(&err).unwrap());
+        enter(
+            &mut cmd,
+            self.place.netns.as_deref(),
+            self.place.proxy_cgroup.as_deref(),
+        );
+        let child = cmd.spawn().unwrap();
         self.proxy = Some(child);
         let line = wait_for_line(&err, "listening on", "warden proxy");
         let url = line.split(' ').find(|w| w.starts_with("https://")).unwrap();
         self.url = url.to_owned();
+    }
+
+    pub fn proxy_pid(&self) -> u32 {
+        self.proxy.as_ref().expect("running").id()
     }
 
     /// What the proxy said on stderr so far.
@@ -208,16 +241,16 @@ impl ProxyLab {
 
     /// Runs `proxy_client.py ARGS` (stdin from `input`); its JSON output.
     pub fn client(&self, args: &[&str], input: Option<&str>) -> Value {
-        let mut child = Command::new(python())
-            .arg(helper("proxy_client.py"))
+        let mut cmd = Command::new(python());
+        cmd.arg(helper("proxy_client.py"))
             .args(args)
             .env("PROXY_URL", &self.url)
             .env("CA", self.pki("server-ca.pem"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::piped());
+        enter(&mut cmd, self.place.netns.as_deref(), None);
+        let mut child = cmd.spawn().unwrap();
         let mut stdin = child.stdin.take().unwrap();
         if let Some(i) = input {
             stdin.write_all(i.as_bytes()).unwrap();
@@ -241,22 +274,22 @@ impl ProxyLab {
 
     pub fn curl(&self, path: &str, args: &[&str]) -> (u16, String) {
         self.curls.fetch_add(1, Ordering::SeqCst);
-        let out = Command::new("curl")
-            .args([
-                "-sS",
-                "--max-time",
-                "10",
-                "-o",
-                "-",
-                "-w",
-                "\n%{http_code}",
-                "--cacert",
-            ])
-            .arg(self.pki("server-ca.pem"))
-            .args(args)
-            .arg(format!("{}{path}", self.url))
-            .output()
-            .unwrap();
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "--cacert",
+        ])
+        .arg(self.pki("server-ca.pem"))
+        .args(args)
+        .arg(format!("{}{path}", self.url));
+        enter(&mut cmd, self.place.netns.as_deref(), None);
+        let out = cmd.output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
         let code = code.trim().parse().unwrap_or(0);

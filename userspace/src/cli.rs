@@ -77,6 +77,24 @@ enum Command {
         /// Seconds between scans for new interfaces and newly created policy cgroups.
         #[arg(long, default_value_t = 1.0)]
         rescan_secs: f64,
+        /// Seconds a local connection to a protected port waits for the proxy's report
+        /// that explains it (then it is reported as unattributed). 0 = no proxy channel.
+        #[arg(long, default_value_t = 2.0, value_name = "SECS")]
+        correlate_secs: f64,
+        /// The socket where `warden proxy` reports its upstream connections
+        /// (default: RUN_DIR/proxy.sock).
+        #[arg(long, value_name = "PATH")]
+        proxy_socket: Option<PathBuf>,
+        /// The proxy's cgroup (relative to the cgroup2 root): only processes in it may report.
+        #[arg(
+            long,
+            default_value = "system.slice/ollama-warden-proxy.service",
+            value_name = "CGROUP"
+        )]
+        proxy_cgroup: String,
+        /// Also require reports to come from this uid.
+        #[arg(long, value_name = "UID")]
+        proxy_uid: Option<u32>,
     },
     /// Backend, attached programs, policy generation, counters.
     Status {
@@ -161,7 +179,18 @@ pub fn main() -> i32 {
             rescan_secs,
             aggregate_secs,
             loss_report_secs,
+            correlate_secs,
+            proxy_socket,
+            proxy_cgroup,
+            proxy_uid,
         } => {
+            let correlate =
+                Duration::try_from_secs_f64(correlate_secs.max(0.0)).unwrap_or(Duration::ZERO);
+            let proxy_reports = (!correlate.is_zero()).then(|| crate::events::reports::Options {
+                socket: proxy_socket.unwrap_or_else(|| cli.run_dir.join("proxy.sock")),
+                cgroup: proxy_cgroup.trim_matches('/').to_owned(),
+                uid: proxy_uid,
+            });
             let opts = daemon::Options {
                 policy,
                 backend,
@@ -180,6 +209,8 @@ pub fn main() -> i32 {
                 run_dir: cli.run_dir,
                 rescan: Duration::try_from_secs_f64(rescan_secs.max(0.05))
                     .unwrap_or(Duration::from_secs(1)),
+                proxy_reports,
+                correlate,
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -81,6 +81,10 @@ pub struct Options {
     pub run_dir: PathBuf,
     /// How often to look for new interfaces and newly created policy cgroups.
     pub rescan: Duration,
+    /// The proxy channel (None: no join, local connections reported as they come).
+    pub proxy_reports: Option<crate::events::reports::Options>,
+    /// How long a local connection waits for the proxy's report.
+    pub correlate: Duration,
 }
 
 /// Reads and compiles the policy; with `key`, every file must carry its signature
@@ -160,7 +164,15 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         format: opts.event_format,
         cgroup2: crate::cgroupfs::cgroup2_mount().map_err(EnforceError::from)?,
         aggregate: opts.aggregate,
+        correlate: if opts.proxy_reports.is_some() {
+            opts.correlate
+        } else {
+            Duration::ZERO
+        },
     })?;
+    if let Some(r) = &opts.proxy_reports {
+        crate::events::reports::listen(r.clone(), pipeline.reports())?;
+    }
     let (mut backend, applied, attachments) = start_backend(&opts, &compiled, &pipeline)?;
 
     let mut current = Arc::new(compiled);
@@ -325,6 +337,9 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     }
     state.events = last;
     state.write(&opts.run_dir)?;
+    if let Some(r) = &opts.proxy_reports {
+        let _ = std::fs::remove_file(&r.socket);
+    }
     Ok(())
 }
 

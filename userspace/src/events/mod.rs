@@ -10,6 +10,7 @@ pub mod ecs;
 pub mod enrich;
 pub mod ocsf;
 pub mod pipeline;
+pub mod reports;
 pub mod sink;
 pub mod syslog;
 
@@ -188,6 +189,66 @@ impl Encoder {
                 ecs::network_event(&Flow::enriched(ev, rule, &mut self.enricher), &uid())
             }
         }
+    }
+}
+
+impl Encoder {
+    /// A local connection to a protected port after the join: with the proxy's
+    /// report that explains it, or marked unattributed (`None`): it did not
+    /// come through the proxy.
+    pub fn joined(
+        &mut self,
+        ev: &FlowEvent,
+        rule: Option<&str>,
+        report: Option<&correlate::ProxyReport>,
+    ) -> Value {
+        let mut v = self.flow(ev, rule);
+        let proxy = report.map(|r| {
+            let outer = community_id::community_id(6, r.client.ip(), r.client.port(), r.listener.ip(), r.listener.port());
+            let inner = community_id::community_id(6, r.local.ip(), r.local.port(), r.upstream.ip(), r.upstream.port());
+            json!({
+                "identity": r.identity,
+                "request_id": r.request_id,
+                "model": r.model,
+                "client": { "ip": r.client.ip().to_canonical().to_string(), "port": r.client.port() },
+                "listener": { "ip": r.listener.ip().to_canonical().to_string(), "port": r.listener.port() },
+                "community_id": outer,
+                "upstream_community_id": inner,
+                "connected_ms": r.time_ms,
+            })
+        });
+        match (self.format, proxy) {
+            (EventFormat::Raw, Some(p)) => v["proxy"] = p,
+            (EventFormat::Raw, None) => v["unattributed"] = true.into(),
+            (EventFormat::Ocsf, Some(p)) => {
+                v["actor"]["user"] = json!({ "name": p["identity"] });
+                v["message"] = format!(
+                    "{} through warden proxy for {}",
+                    v["message"].as_str().unwrap_or("connect"),
+                    p["identity"].as_str().unwrap_or("")
+                )
+                .into();
+                v["unmapped"]["warden"]["proxy"] = p;
+            }
+            (EventFormat::Ocsf, None) => {
+                v["severity_id"] = 3.into();
+                v["message"] = format!(
+                    "{}, not through warden proxy",
+                    v["message"].as_str().unwrap_or("connect")
+                )
+                .into();
+                v["unmapped"]["warden"]["unattributed"] = true.into();
+            }
+            (EventFormat::Ecs, Some(p)) => {
+                let id = p["identity"].clone();
+                v["related"]["user"] = json!([id]);
+                v["ollama_warden"]["proxy"] = p;
+            }
+            (EventFormat::Ecs, None) => {
+                v["ollama_warden"]["unattributed"] = true.into();
+            }
+        }
+        v
     }
 }
 

@@ -16,6 +16,7 @@
 //! `warden status`.
 
 use super::aggregate::{Aggregator, Verdict};
+use super::correlate::{Correlator, Joined, ProxyReport, is_local_access};
 use super::sink::{self, SinkSpec};
 use super::syslog::severity;
 use super::{Encoder, EventFormat};
@@ -49,6 +50,9 @@ pub struct Config {
     pub cgroup2: std::path::PathBuf,
     /// Window for aggregating repeated denies; zero = off.
     pub aggregate: Duration,
+    /// How long a local connection to a protected port waits for the proxy's
+    /// report that explains it; zero = no join (reported at once, unmarked).
+    pub correlate: Duration,
 }
 
 /// One encoded event, shared by every sink's queue.
@@ -65,6 +69,8 @@ enum Input {
     Lifecycle(String, Value),
     /// A lifecycle event is waiting in the control queue.
     Wake,
+    /// An upstream-connection report from the proxy (peer pid).
+    Report(Box<ProxyReport>, u32),
     /// The last input: report what aggregation holds, then `stop` with these
     /// fields and the final record counts (`kernel_lost` given).
     Stop(Value, u64),
@@ -87,6 +93,11 @@ struct Counters {
     records: AtomicU64,
     queue_dropped: AtomicU64,
     aggregated: AtomicU64,
+    reports: AtomicU64,
+    reports_dropped: AtomicU64,
+    reports_unmatched: AtomicU64,
+    correlated: AtomicU64,
+    unattributed: AtomicU64,
 }
 
 /// Loss and delivery counts since the daemon started.
@@ -100,6 +111,19 @@ pub struct Losses {
     pub queue_dropped: u64,
     /// Denies folded into aggregate events (reported by count, not lost).
     pub aggregated: u64,
+    /// Proxy reports received, dropped (queue full), and left unmatched (no
+    /// kernel connection of the proxy's within the window).
+    #[serde(default)]
+    pub proxy_reports: u64,
+    #[serde(default)]
+    pub proxy_reports_dropped: u64,
+    #[serde(default)]
+    pub proxy_reports_unmatched: u64,
+    /// Local connections joined with a proxy report, and those no report explained.
+    #[serde(default)]
+    pub correlated: u64,
+    #[serde(default)]
+    pub unattributed: u64,
     pub sinks: Vec<SinkLosses>,
 }
 
@@ -120,6 +144,7 @@ impl Losses {
     pub fn total(&self) -> u64 {
         self.kernel_lost
             + self.queue_dropped
+            + self.proxy_reports_dropped
             + self.sinks.iter().map(|s| s.dropped + s.failed).sum::<u64>()
     }
 }
@@ -196,7 +221,7 @@ impl Pipeline {
                         stopping,
                         deadline: None,
                     }
-                    .run(cfg.aggregate, rx, ctl_rx)
+                    .run(cfg.aggregate, cfg.correlate, rx, ctl_rx)
                 })?
         };
         Ok(Self {
@@ -208,6 +233,15 @@ impl Pipeline {
             stopping,
             reported: Losses::default(),
         })
+    }
+
+    /// A handle for the proxy-report listener.
+    pub fn reports(&self) -> ReportTx {
+        ReportTx {
+            tx: self.tx.clone(),
+            ctl: self.ctl.clone(),
+            counters: self.counters.clone(),
+        }
     }
 
     /// Queues a kernel record; never blocks (a full queue is counted).
@@ -318,6 +352,11 @@ fn losses<'a>(
         records: counters.records.load(Relaxed),
         queue_dropped: counters.queue_dropped.load(Relaxed),
         aggregated: counters.aggregated.load(Relaxed),
+        proxy_reports: counters.reports.load(Relaxed),
+        proxy_reports_dropped: counters.reports_dropped.load(Relaxed),
+        proxy_reports_unmatched: counters.reports_unmatched.load(Relaxed),
+        correlated: counters.correlated.load(Relaxed),
+        unattributed: counters.unattributed.load(Relaxed),
         sinks: sinks
             .map(|(name, c)| SinkLosses {
                 sink: name.to_owned(),
@@ -330,6 +369,35 @@ fn losses<'a>(
     }
 }
 
+/// Hands proxy reports to the encoder; never blocks (a full queue is counted).
+#[derive(Clone)]
+pub struct ReportTx {
+    tx: SyncSender<Input>,
+    ctl: Sender<Input>,
+    counters: Arc<Counters>,
+}
+
+impl ReportTx {
+    pub fn send(&self, r: ProxyReport, peer_pid: u32) {
+        self.counters.reports.fetch_add(1, Relaxed);
+        if self
+            .tx
+            .try_send(Input::Report(Box::new(r), peer_pid))
+            .is_err()
+        {
+            self.counters.reports_dropped.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A lifecycle event about the proxy channel (never dropped).
+    pub fn lifecycle(&self, kind: &str, fields: Value) {
+        let _ = self.ctl.send(Input::Lifecycle(kind.into(), fields));
+        let _ = self.tx.try_send(Input::Wake);
+    }
+}
+
+type Pending = (FlowEvent, Option<String>);
+
 /// The encoder thread's state.
 struct Encoding {
     encoder: Encoder,
@@ -341,8 +409,16 @@ struct Encoding {
 }
 
 impl Encoding {
-    fn run(mut self, window: Duration, rx: Receiver<Input>, ctl: Receiver<Input>) {
+    fn run(
+        mut self,
+        window: Duration,
+        correlate: Duration,
+        rx: Receiver<Input>,
+        ctl: Receiver<Input>,
+    ) {
         let mut aggregator: Aggregator<Option<String>> = Aggregator::new(window);
+        let mut join: Option<Correlator<Pending>> =
+            (!correlate.is_zero()).then(|| Correlator::new(correlate));
         let mut next_tick = Instant::now() + TICK;
         loop {
             let mut inputs = Vec::with_capacity(2);
@@ -364,6 +440,12 @@ impl Encoding {
                             .rules
                             .get(ev.rule_id as usize)
                             .map(|r| r.description.clone());
+                        if let Some(j) = join.as_mut().filter(|_| is_local_access(&ev)) {
+                            for joined in j.offer_flow(ev.cookie, (ev, rule), Instant::now()) {
+                                self.publish_joined(joined, None);
+                            }
+                            continue;
+                        }
                         match aggregator.offer(&ev, &rule, Instant::now()) {
                             Verdict::Report { closed } => {
                                 if let Some(r) = closed {
@@ -379,8 +461,23 @@ impl Encoding {
                         }
                     }
                     Input::Lifecycle(kind, fields) => self.publish_lifecycle(&kind, fields),
+                    Input::Report(r, pid) => {
+                        if let Some(j) = join.as_mut()
+                            && let Some(joined) = j.offer_report(*r, Instant::now())
+                        {
+                            self.publish_joined(joined, Some(pid));
+                        }
+                    }
                     Input::Wake => {}
                     Input::Stop(mut fields, kernel_lost) => {
+                        if let Some(j) = join.as_mut() {
+                            for joined in j.drain() {
+                                self.publish_joined(joined, None);
+                            }
+                            self.counters
+                                .reports_unmatched
+                                .store(j.unmatched_reports, Relaxed);
+                        }
                         for r in aggregator.drain() {
                             let v = self.encoder.repeats(&r);
                             self.publish_flow(v, &r.last);
@@ -393,6 +490,14 @@ impl Encoding {
                 }
             }
             if Instant::now() >= next_tick {
+                if let Some(j) = join.as_mut() {
+                    for joined in j.expired(Instant::now()) {
+                        self.publish_joined(joined, None);
+                    }
+                    self.counters
+                        .reports_unmatched
+                        .store(j.unmatched_reports, Relaxed);
+                }
                 for r in aggregator.expired(Instant::now()) {
                     let v = self.encoder.repeats(&r);
                     self.publish_flow(v, &r.last);
@@ -431,6 +536,10 @@ impl Encoding {
         } else {
             severity::WARNING
         };
+        self.publish(v, sev);
+    }
+
+    fn publish(&mut self, v: Value, sev: u8) {
         let e = self.encoded(v, sev, "flow");
         for q in &self.queues {
             q.counters.pending.fetch_add(1, Relaxed);
@@ -452,6 +561,35 @@ impl Encoding {
                 }
             }
         }
+    }
+
+    /// Publishes a local connection after the join. A report only explains a
+    /// connection made by the process that sent it (`peer_pid`, from the
+    /// socket's credentials): anything else stays unattributed.
+    fn publish_joined(&mut self, joined: Joined<Pending>, peer_pid: Option<u32>) {
+        let ((ev, rule), report) = match joined {
+            Joined::Correlated((ev, rule), r) if peer_pid.is_none_or(|p| p == ev.tgid) => {
+                ((ev, rule), Some(r))
+            }
+            Joined::Correlated(pending, _) => {
+                self.counters.reports_unmatched.fetch_add(1, Relaxed);
+                (pending, None)
+            }
+            Joined::Unattributed(pending) => (pending, None),
+        };
+        let c = if report.is_some() {
+            &self.counters.correlated
+        } else {
+            &self.counters.unattributed
+        };
+        c.fetch_add(1, Relaxed);
+        let v = self.encoder.joined(&ev, rule.as_deref(), report.as_deref());
+        let sev = if report.is_some() {
+            severity::INFO
+        } else {
+            severity::WARNING
+        };
+        self.publish(v, sev);
     }
 
     /// Hands a lifecycle event to every sink's unbounded lifecycle queue.

@@ -22,6 +22,7 @@ const TOP_KEYS: &[&str] = &[
     "audit",
     "audit_body_sha256",
     "pass_cors",
+    "report",
     "tls",
     "limits",
     "identity",
@@ -66,6 +67,8 @@ pub struct Config {
     pub audit_body_sha256: bool,
     /// Forward the upstream's CORS headers (dropped by default).
     pub pass_cors: bool,
+    /// The daemon's socket for upstream-connection reports (correlation).
+    pub report: Option<PathBuf>,
     pub limits: Limits,
     pub identities: Vec<Arc<Identity>>,
 }
@@ -242,6 +245,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<Diagnostic>> {
         .get("audit_body_sha256")
         .and_then(|e| r.bool(e))
         .unwrap_or(false);
+    let report = root.get("report").and_then(|e| r.path(e));
     let pass_cors = root
         .get("pass_cors")
         .and_then(|e| r.bool(e))
@@ -263,6 +267,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<Diagnostic>> {
         audit,
         audit_body_sha256,
         pass_cors,
+        report,
         limits,
         identities,
     })

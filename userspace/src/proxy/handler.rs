@@ -14,6 +14,7 @@ use super::models::ModelName;
 use super::relay::{self, BoxError, Finish, Relay, Upload, read_all};
 use super::routes::{self, Group, ModelIn, NoRoute};
 use super::upstream;
+use crate::events::correlate::ProxyReport;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
@@ -43,6 +44,8 @@ pub struct Shared {
     pub runtime: std::sync::RwLock<Arc<Runtime>>,
     pub limiter: Limiter,
     pub audit: Arc<Audit>,
+    /// Reports upstream connections to the daemon (when `report` is set).
+    pub reporter: Option<super::report::Reporter>,
     /// KiB of request bodies being read whole, across all requests.
     pub body_budget: Arc<tokio::sync::Semaphore>,
     id_prefix: u32,
@@ -50,7 +53,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(runtime: Runtime, audit: Audit) -> Self {
+    pub fn new(runtime: Runtime, audit: Audit, reporter: Option<super::report::Reporter>) -> Self {
         let budget_kib = runtime.cfg.limits.max_buffered.div_ceil(1024) as usize;
         let mut b = [0u8; 4];
         // SAFETY: valid buffer of 4 bytes.
@@ -59,6 +62,7 @@ impl Shared {
             runtime: std::sync::RwLock::new(Arc::new(runtime)),
             limiter: Limiter::default(),
             audit: Arc::new(audit),
+            reporter,
             body_budget: Arc::new(tokio::sync::Semaphore::new(budget_kib)),
             id_prefix: u32::from_ne_bytes(b),
             next_id: AtomicU64::new(1),
@@ -78,6 +82,8 @@ impl Shared {
 /// What a connection knows about its client.
 pub struct Client {
     pub addr: SocketAddr,
+    /// The proxy's address the client connected to.
+    pub local: SocketAddr,
     /// Names of the verified client certificate (empty without one).
     pub cert_names: Vec<String>,
     /// When the client certificate expires (unix seconds): checked per request,
@@ -423,7 +429,28 @@ async fn judge_and_forward(
     let head_timeout = upload_failure
         .is_none()
         .then_some(cfg.limits.upstream_timeout);
-    let sent = upstream::send(cfg.upstream.addr, upstream_req, head_timeout)
+    let report = shared.reporter.as_ref().map(|rep| {
+        let r = fin.record();
+        let (request_id, identity, model) =
+            (r.request_id.clone(), id.name.clone(), r.model.clone());
+        (rep, request_id, identity, model)
+    });
+    let on_connect = |c: &super::audit::UpstreamConn| {
+        if let Some((rep, request_id, identity, model)) = report {
+            rep.report(ProxyReport {
+                cookie: c.cookie,
+                request_id,
+                identity,
+                model,
+                client: client.addr,
+                listener: client.local,
+                local: c.local,
+                upstream: c.addr,
+                time_ms: now_ms(),
+            });
+        }
+    };
+    let sent = upstream::send(cfg.upstream.addr, upstream_req, head_timeout, on_connect)
         .await
         .map_err(|e| match upload_failure.as_ref().and_then(|f| f.get()) {
             Some(why) => body_refusal(why),

@@ -16,6 +16,7 @@ pub mod identity;
 pub mod limits;
 pub mod models;
 pub mod relay;
+pub mod report;
 pub mod routes;
 pub mod server;
 pub mod tls;

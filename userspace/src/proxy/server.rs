@@ -82,6 +82,13 @@ pub fn run(path: &Path) -> Result<()> {
         stats.refused_connections.load(Ordering::Relaxed),
         stats.failed_handshakes.load(Ordering::Relaxed),
     );
+    if let Some(r) = &shared.reporter {
+        eprintln!(
+            "warden proxy: daemon reports sent {} dropped {}",
+            r.counters.sent.load(Ordering::Relaxed),
+            r.counters.dropped.load(Ordering::Relaxed)
+        );
+    }
     Ok(())
 }
 
@@ -104,7 +111,8 @@ async fn serve(path: &Path, cfg: Config) -> Result<(Arc<Shared>, Arc<Stats>, boo
         cfg.upstream.host,
         cfg.identities.len()
     );
-    let shared = Arc::new(Shared::new(runtime(cfg), audit));
+    let reporter = cfg.report.clone().map(super::report::Reporter::start);
+    let shared = Arc::new(Shared::new(runtime(cfg), audit, reporter));
     let stats = Arc::new(Stats::default());
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -198,9 +206,10 @@ fn reload(
     if new.listen != old.cfg.listen
         || new.upstream != old.cfg.upstream
         || new.audit != old.cfg.audit
+        || new.report != old.cfg.report
     {
         eprintln!(
-            "warden proxy: reload ({why}): listen, upstream and audit changes apply at restart"
+            "warden proxy: reload ({why}): listen, upstream, audit and report changes apply at restart"
         );
     }
     if let Ok(w) = PolicyWatch::new(&watched(path, &new)) {
@@ -210,6 +219,7 @@ fn reload(
     keep.listen = old.cfg.listen;
     keep.upstream = old.cfg.upstream.clone();
     keep.audit = old.cfg.audit.clone();
+    keep.report = old.cfg.report.clone();
     let n = keep.identities.len();
     *shared.runtime.write().expect("not poisoned") = Arc::new(runtime(keep));
     *tls_config.write().expect("not poisoned") = tls_new;
@@ -225,6 +235,9 @@ async fn connection(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
+    let Ok(local) = stream.local_addr() else {
+        return;
+    };
     let limits = shared.runtime().cfg.limits.clone();
     let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
@@ -238,6 +251,7 @@ async fn connection(
     let cert = session.peer_certificates().and_then(|c| c.first());
     let client = Arc::new(Client {
         addr: peer,
+        local,
         cert_names: cert
             .map(|c| certificate_names(c.as_ref()))
             .unwrap_or_default(),

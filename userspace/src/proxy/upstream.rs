@@ -12,9 +12,10 @@ use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
-use tokio::net::TcpStream;
+use tokio::net::TcpSocket;
 use tokio::task::JoinHandle;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -62,22 +63,56 @@ pub fn socket_cookie(fd: &impl AsRawFd) -> u64 {
     if rc == 0 { cookie } else { 0 }
 }
 
-/// Connects, sends the request and waits for the response head (at most
-/// `timeout` after the request is sent, when given).
+/// Opens the upstream socket, calls `on_socket` with its cookie and local
+/// address *before* connecting (so the daemon has the report by the time the
+/// kernel reports the connect, however long the handshake takes), connects,
+/// sends the request and waits for the response head (at most `timeout` after
+/// the request is sent, when given).
+///
+/// The socket is bound first so its port is known: to the loopback address for
+/// a loopback upstream (the address the kernel would pick), else to the
+/// unspecified address (the report then carries only the port).
 pub async fn send(
     addr: SocketAddr,
     req: hyper::Request<ReqBody>,
     timeout: Option<Duration>,
+    on_socket: impl FnOnce(&UpstreamConn),
 ) -> Result<Sent, UpstreamError> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+    let (socket, bind_ip): (TcpSocket, IpAddr) = match addr.ip() {
+        IpAddr::V4(ip) => (
+            TcpSocket::new_v4().map_err(UpstreamError::Connect)?,
+            if ip.is_loopback() {
+                ip.into()
+            } else {
+                Ipv4Addr::UNSPECIFIED.into()
+            },
+        ),
+        IpAddr::V6(ip) => (
+            TcpSocket::new_v6().map_err(UpstreamError::Connect)?,
+            if ip.is_loopback() {
+                ip.into()
+            } else {
+                Ipv6Addr::UNSPECIFIED.into()
+            },
+        ),
+    };
+    socket
+        .bind(SocketAddr::new(bind_ip, 0))
+        .map_err(UpstreamError::Connect)?;
+    let _ = socket.set_nodelay(true);
+    let conn = UpstreamConn {
+        addr,
+        local: socket.local_addr().map_err(UpstreamError::Connect)?,
+        cookie: socket_cookie(&socket),
+    };
+    on_socket(&conn);
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(addr))
         .await
         .map_err(|_| UpstreamError::Timeout)?
         .map_err(UpstreamError::Connect)?;
-    let _ = stream.set_nodelay(true);
     let conn = UpstreamConn {
-        addr,
-        local: stream.local_addr().map_err(UpstreamError::Connect)?,
-        cookie: socket_cookie(&stream),
+        local: stream.local_addr().unwrap_or(conn.local),
+        ..conn
     };
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await

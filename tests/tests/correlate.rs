@@ -1,0 +1,248 @@
+//! Who reached the model: the proxy's upstream connections joined with the
+//! kernel's connection events by socket cookie, and every connection to the
+//! protected port that did not come through the proxy flagged.
+
+use serde_json::Value;
+use std::collections::HashMap;
+use warden_tests::Lab;
+use warden_tests::proxy::{Placement, ProxyLab};
+
+const PORT: u16 = 11434;
+
+const IDENTITIES: &str = r#"
+[[identity]]
+name = "alice"
+tokens = ["@token:alice@"]
+models = ["llama3*"]
+
+[[identity]]
+name = "bob"
+tokens = ["@token:bob@"]
+models = ["*"]
+
+[[identity]]
+name = "carol"
+tokens = ["@token:carol@"]
+models = ["mistral"]
+"#;
+
+struct Setup {
+    lab: Lab,
+    ns: String,
+    daemon: warden_tests::Daemon,
+    proxy: ProxyLab,
+}
+
+fn setup() -> Setup {
+    let mut lab = Lab::new();
+    let ns = lab.netns("corr");
+    let policy = format!(
+        "version = 1\n[service]\nports = [{PORT}]\nserver_cgroups = [\"{server}\"]\n[local]\nallow_cgroups = [\"{proxy}\", \"{other}\"]\n",
+        server = lab.cgroup("server"),
+        proxy = lab.cgroup("proxy"),
+        other = lab.cgroup("other"),
+    );
+    let socket = lab.run_dir.join("proxy.sock");
+    let daemon = lab.daemon_with(
+        Some(&ns),
+        &lab.policy("p.toml", &policy),
+        &[
+            "--correlate-secs",
+            "1",
+            "--proxy-cgroup",
+            &lab.cgroup_rel("proxy"),
+        ],
+    );
+    let proxy = ProxyLab::start_in(
+        IDENTITIES,
+        &["--delay-ms", "1"],
+        Placement {
+            netns: Some(ns.clone()),
+            upstream_cgroup: Some(lab.cgroup.join("server")),
+            proxy_cgroup: Some(lab.cgroup.join("proxy")),
+            upstream_port: PORT,
+            top: format!("report = \"{}\"\n", socket.display()),
+        },
+    );
+    Setup {
+        lab,
+        ns,
+        daemon,
+        proxy,
+    }
+}
+
+fn joined(events: &[Value]) -> Vec<&Value> {
+    events.iter().filter(|e| e.get("proxy").is_some()).collect()
+}
+
+#[test]
+fn a_proxied_request_names_its_identity_and_bypasses_are_flagged() {
+    let s = setup();
+    let (lab, d, p) = (&s.lab, &s.daemon, &s.proxy);
+    let alice = p.token("alice").to_owned();
+    let (code, _) = p.post(
+        "/api/chat",
+        &alice,
+        r#"{"model":"llama3","messages":[],"stream":false}"#,
+    );
+    assert_eq!(code, 200);
+
+    // Exactly one correlated event, naming alice, her address and the proxy's socket.
+    let e = d.wait_event("correlated", |e| e.get("proxy").is_some());
+    let audit = p.audit_wait(1);
+    let cookie = audit[0]["unmapped"]["warden"]["socket_cookie"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(e["socket_cookie"].as_u64(), Some(cookie), "{e}");
+    assert_eq!(e["proxy"]["identity"], "alice");
+    assert_eq!(e["proxy"]["request_id"], audit[0]["metadata"]["uid"]);
+    assert_eq!(e["proxy"]["model"], "llama3:latest");
+    assert_eq!(e["proxy"]["client"]["ip"], "127.0.0.1");
+    assert_eq!(
+        e["proxy"]["client"]["port"],
+        audit[0]["src_endpoint"]["port"]
+    );
+    assert_eq!(e["dst_port"], PORT);
+    assert_eq!(e["verdict"], "allow");
+    assert!(
+        e["proxy"]["community_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("1:")
+    );
+    assert_eq!(
+        e["pid"].as_u64(),
+        Some(u64::from(p.proxy_pid())),
+        "the proxy's process: {e}"
+    );
+
+    // A local process outside the allowed cgroups: denied, with its identity.
+    let mut rogue = lab.prober(Some(&s.ns), Some("rogue"));
+    assert_eq!(rogue.connect("127.0.0.1", PORT), "denied");
+    let pid = rogue.pid();
+    let denied = d.wait_event("rogue deny", |e| e["verdict"] == "deny" && e["pid"] == pid);
+    assert_eq!(denied["comm"], "python3");
+    assert!(denied.get("proxy").is_none());
+
+    // An allowed cgroup that is not the proxy, connecting directly: unattributed.
+    let mut other = lab.prober(Some(&s.ns), Some("other"));
+    assert_eq!(other.connect("127.0.0.1", PORT), "connected");
+    let opid = other.pid();
+    let un = d.wait_event("unattributed", |e| {
+        e["unattributed"] == true && e["pid"] == opid
+    });
+    assert_eq!(un["verdict"], "allow");
+    assert!(un.get("proxy").is_none());
+
+    // A process in an allowed cgroup cannot vouch for itself: the socket refuses it.
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args(["-c", &format!(
+        "import socket,json;s=socket.socket(socket.AF_UNIX);s.connect('{}');s.sendall(b'{{}}\\n')",
+        lab.run_dir.join("proxy.sock").display()
+    )]);
+    warden_tests::enter(&mut cmd, Some(&s.ns), Some(&lab.cgroup.join("other")));
+    assert!(cmd.status().unwrap().success());
+    d.wait_event("proxy_rejected", |e| {
+        e["type"] == "proxy_rejected" && e["reason"] == "cgroup"
+    });
+    assert_eq!(
+        joined(&d.events()).len(),
+        1,
+        "still exactly one correlated event"
+    );
+}
+
+#[test]
+fn under_concurrent_load_every_request_is_joined_to_its_own_flow() {
+    let s = setup();
+    let (d, p) = (&s.daemon, &s.proxy);
+    let mut threads = Vec::new();
+    for (who, model) in [
+        ("alice", "llama3"),
+        ("bob", "mistral"),
+        ("carol", "mistral"),
+    ] {
+        let (url, ca, token, ns) = (
+            p.url.clone(),
+            p.pki("server-ca.pem"),
+            p.token(who).to_owned(),
+            s.ns.clone(),
+        );
+        threads.push(std::thread::spawn(move || {
+            // 100 requests per identity, 10 at a time, over fresh connections.
+            let body = format!(r#"{{"model":"{model}","prompt":"hi","stream":false}}"#);
+            let mut cmd = std::process::Command::new("sh");
+            cmd.arg("-c").arg(format!(
+                "seq 100 | xargs -P 10 -I{{}} curl -s -o /dev/null -w '%{{http_code}}\\n' --cacert {} -H 'Authorization: Bearer {token}' -d '{body}' {url}/api/generate",
+                ca.display()
+            ));
+            warden_tests::enter(&mut cmd, Some(&ns), None);
+            let out = cmd.output().unwrap();
+            String::from_utf8(out.stdout).unwrap()
+        }));
+    }
+    for t in threads {
+        let codes = t.join().unwrap();
+        assert_eq!(
+            codes.lines().filter(|c| *c == "200").count(),
+            100,
+            "{codes}"
+        );
+    }
+    let audit = p.audit_wait(300);
+    let by_cookie: HashMap<u64, &Value> = audit
+        .iter()
+        .map(|r| {
+            (
+                r["unmapped"]["warden"]["socket_cookie"].as_u64().unwrap(),
+                r,
+            )
+        })
+        .collect();
+    assert_eq!(by_cookie.len(), 300, "one upstream socket per request");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let events = loop {
+        let ev = d.events();
+        if joined(&ev).len() >= 300 || std::time::Instant::now() > deadline {
+            break ev;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let j = joined(&events);
+    let mut lag: Vec<i64> = j
+        .iter()
+        .map(|e| e["time_ms"].as_i64().unwrap() - e["proxy"]["connected_ms"].as_i64().unwrap())
+        .collect();
+    lag.sort();
+    eprintln!(
+        "flow time - connect time (ms): min {} p50 {} max {}",
+        lag[0],
+        lag[lag.len() / 2],
+        lag[lag.len() - 1]
+    );
+    let un: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["unattributed"] == true || e["type"] != "flow")
+        .collect();
+    assert_eq!(
+        j.len(),
+        300,
+        "every proxied request joined; others: {un:#?}"
+    );
+    let mut seen = std::collections::HashSet::new();
+    for e in j {
+        let cookie = e["socket_cookie"].as_u64().unwrap();
+        assert!(seen.insert(cookie), "joined twice: {e}");
+        let r = by_cookie
+            .get(&cookie)
+            .unwrap_or_else(|| panic!("no request for {e}"));
+        assert_eq!(
+            e["proxy"]["identity"], r["actor"]["user"]["name"],
+            "mis-attributed: {e} vs {r}"
+        );
+        assert_eq!(e["proxy"]["request_id"], r["metadata"]["uid"]);
+    }
+    let unattributed = events.iter().filter(|e| e["unattributed"] == true).count();
+    assert_eq!(unattributed, 0, "no proxied connection left unexplained");
+}
