@@ -9,7 +9,7 @@ seen), and logs every request it receives as one JSON line to --log: method,
 target, headers, parsed body, and how the response ended (`completed` or
 `client gone` when a write failed mid-stream).
 
-Usage: fake_ollama.py --port 0 --log FILE [--delay-ms 20] [--first-byte-ms 0]
+Usage: fake_ollama.py --port 0 --log FILE [--host 127.0.0.1] [--delay-ms 20] [--first-byte-ms 0]
 Prints `listening PORT` on stdout once ready.
 """
 import argparse
@@ -192,6 +192,7 @@ class Handler(BaseHTTPRequestHandler):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--log", required=True)
     ap.add_argument("--delay-ms", type=float, default=5)
     ap.add_argument("--first-byte-ms", type=float, default=0)
@@ -199,7 +200,7 @@ def main():
     # Go's listen backlog (SOMAXCONN), not socketserver's 5: a full backlog
     # would delay connects by a SYN retransmit.
     ThreadingHTTPServer.request_queue_size = 4096
-    srv = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
+    srv = ThreadingHTTPServer((a.host, a.port), Handler)
     srv.daemon_threads = True
     srv.log, srv.delay_ms, srv.first_byte_ms = a.log, a.delay_ms, a.first_byte_ms
     print("listening %d" % srv.server_address[1], flush=True)

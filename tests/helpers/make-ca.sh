@@ -1,7 +1,8 @@
 #!/bin/sh
 # Makes a throwaway PKI for the proxy tests in DIR (default: ./pki):
 #   server-ca.pem            CA that signed the server certificate (clients trust it)
-#   server.pem, server.key   for localhost, 127.0.0.1 and ::1
+#   server.pem, server.key   for localhost, 127.0.0.1 and ::1 (plus $SERVER_SAN,
+#                            e.g. SERVER_SAN=IP:10.88.1.1)
 #   clients-ca.pem           CA the proxy trusts for client certificates
 #   CLIENT.pem, CLIENT.key   client certificates signed by clients-ca, for each
 #                            name given after DIR (SAN DNS CLIENT.clients.test, CN CLIENT)
@@ -35,7 +36,7 @@ leaf() { # NAME CA SAN EKU CN
 ca server-ca "warden test server CA"
 ca clients-ca "warden test clients CA"
 ca rogue-ca "rogue CA"
-leaf server server-ca "DNS:localhost,IP:127.0.0.1,IP:::1" serverAuth localhost
+leaf server server-ca "DNS:localhost,IP:127.0.0.1,IP:::1${SERVER_SAN:+,$SERVER_SAN}" serverAuth localhost
 for name in "$@"; do
     leaf "$name" clients-ca "DNS:$name.clients.test" clientAuth "$name"
 done

@@ -29,6 +29,10 @@ pub struct Placement {
     pub upstream_port: u16,
     /// Extra top-level config lines (e.g. `report = "..."`).
     pub top: String,
+    /// Where the proxy listens (default 127.0.0.1, any free port).
+    pub listen: Option<String>,
+    /// Extra subject alternative names for the server certificate (`IP:10.0.0.1`).
+    pub server_san: Option<String>,
 }
 
 pub struct ProxyLab {
@@ -89,6 +93,7 @@ impl ProxyLab {
         std::fs::create_dir_all(&dir).unwrap();
         let pki = dir.join("pki");
         let ok = Command::new("sh")
+            .env("SERVER_SAN", place.server_san.as_deref().unwrap_or(""))
             .arg(helper("make-ca.sh"))
             .arg(&pki)
             .args(["alice", "carol"])
@@ -144,13 +149,15 @@ impl ProxyLab {
     /// The full config file for `body` (placeholders filled).
     pub fn config_text(&mut self, body: &str) -> String {
         let mut text = format!(
-            "listen = \"127.0.0.1:{port}\"\nupstream = \"http://127.0.0.1:{up}\"\naudit = [\"audit.jsonl\"]\naudit_body_sha256 = true\n{top}\n[tls]\ncert = \"pki/server.pem\"\nkey = \"pki/server.key\"\nclient_ca = \"pki/clients-ca.pem\"\n\n",
-            port = self
-                .url
-                .rsplit(':')
-                .next()
-                .filter(|_| !self.url.is_empty())
-                .unwrap_or("0"),
+            "listen = \"{listen}\"\nupstream = \"http://127.0.0.1:{up}\"\naudit = [\"audit.jsonl\"]\naudit_body_sha256 = true\n{top}\n[tls]\ncert = \"pki/server.pem\"\nkey = \"pki/server.key\"\nclient_ca = \"pki/clients-ca.pem\"\n\n",
+            listen = self.place.listen.clone().unwrap_or_else(|| format!(
+                "127.0.0.1:{}",
+                self.url
+                    .rsplit(':')
+                    .next()
+                    .filter(|_| !self.url.is_empty())
+                    .unwrap_or("0")
+            )),
             up = self.upstream_port,
             top = self.place.top,
         );

@@ -62,6 +62,7 @@ fn setup() -> Setup {
             proxy_cgroup: Some(lab.cgroup.join("proxy")),
             upstream_port: PORT,
             top: format!("report = \"{}\"\n", socket.display()),
+            ..Default::default()
         },
     );
     Setup {
@@ -245,4 +246,23 @@ fn under_concurrent_load_every_request_is_joined_to_its_own_flow() {
     }
     let unattributed = events.iter().filter(|e| e["unattributed"] == true).count();
     assert_eq!(unattributed, 0, "no proxied connection left unexplained");
+}
+
+/// `cargo xtask demo` stays truthful: it exits non-zero when what the SIEM
+/// received differs from what its scenario should produce.
+#[test]
+fn the_demo_scenario_produces_what_it_promises() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_demo"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("correlated: identity reached Ollama"),
+        "{text}"
+    );
 }

@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | build | run | test`.
+//! Developer tasks: `cargo xtask setup | build | run | test | demo`.
 //!
 //! Each task is a module; this file only parses arguments and hands over.
 
@@ -31,6 +31,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// A one-minute tour in a throwaway lab: proxy, daemon, attackers, and what a SIEM sees.
+    Demo,
     /// Setup, fmt check, clippy, unit tests and privileged integration tests.
     Test {
         /// Skip setup (when you know the machine is ready).
@@ -46,6 +48,7 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::run(),
         Task::Build { release } => run::build(release),
         Task::Run { args } => run::daemon(&args),
+        Task::Demo => run::demo(),
         Task::Test { no_setup, filter } => test::run(!no_setup, filter.as_deref()),
     }
 }

@@ -1,4 +1,4 @@
-//! `cargo xtask build` and `cargo xtask run`.
+//! `cargo xtask build`, `cargo xtask run` and `cargo xtask demo`.
 
 use crate::cmd;
 use anyhow::Result;
@@ -10,6 +10,24 @@ pub fn build(release: bool) -> Result<()> {
     if release {
         c.arg("--release");
     }
+    cmd::run(&mut c)
+}
+
+/// Builds warden and the demo, then runs the demo as root (it builds its lab
+/// of namespaces and cgroups, and removes it).
+pub fn demo() -> Result<()> {
+    crate::setup::run()?;
+    build(false)?;
+    cmd::run(cmd::cargo().args(["build", "--package", "warden-tests", "--bin", "demo"]))?;
+    let root = cmd::workspace_root();
+    let mut c = if cmd::is_root() {
+        Command::new(root.join("target/debug/demo"))
+    } else {
+        let mut s = Command::new("sudo");
+        s.arg(root.join("target/debug/demo"));
+        s
+    };
+    c.env("WARDEN_BIN", root.join("target/debug/warden"));
     cmd::run(&mut c)
 }
 
