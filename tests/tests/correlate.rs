@@ -34,6 +34,10 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with("raw")
+}
+
+fn setup_with(format: &str) -> Setup {
     let mut lab = Lab::new();
     let ns = lab.netns("corr");
     let policy = format!(
@@ -51,6 +55,8 @@ fn setup() -> Setup {
             "1",
             "--proxy-cgroup",
             &lab.cgroup_rel("proxy"),
+            "--event-format",
+            format,
         ],
     );
     let proxy = ProxyLab::start_in(
@@ -265,4 +271,45 @@ fn the_demo_scenario_produces_what_it_promises() {
         text.contains("correlated: identity reached Ollama"),
         "{text}"
     );
+}
+
+/// Correlated and unattributed events are valid OCSF and ECS.
+#[test]
+fn joined_events_validate_as_ocsf_and_ecs() {
+    for format in ["ocsf", "ecs"] {
+        let s = setup_with(format);
+        let (lab, d, p) = (&s.lab, &s.daemon, &s.proxy);
+        let (code, _) = p.post(
+            "/api/chat",
+            p.token("alice"),
+            r#"{"model":"llama3","messages":[],"stream":false}"#,
+        );
+        assert_eq!(code, 200);
+        let mut other = lab.prober(Some(&s.ns), Some("other"));
+        assert_eq!(other.connect("127.0.0.1", PORT), "connected");
+        let ext = |e: &Value| -> Value {
+            if format == "ocsf" {
+                e["unmapped"]["warden"].clone()
+            } else {
+                e["ollama_warden"].clone()
+            }
+        };
+        let joined = d.wait_event("correlated", |e| ext(e)["proxy"].is_object());
+        let un = d.wait_event("unattributed", |e| ext(e)["unattributed"] == true);
+        assert_eq!(ext(&joined)["proxy"]["identity"], "alice");
+        if format == "ocsf" {
+            assert_eq!(joined["actor"]["user"]["name"], "alice");
+            assert_eq!(un["severity_id"], 3);
+            let verdicts = warden_tests::validate_ocsf(&[joined.clone(), un.clone()]);
+            assert_eq!(verdicts, ["ok 4001", "ok 4001"], "{joined:#}\n{un:#}");
+        } else {
+            assert_eq!(joined["related"]["user"][0], "alice");
+            let verdicts = warden_tests::validate_ecs(&[joined.clone(), un.clone()]);
+            assert!(
+                verdicts.iter().all(|v| v.starts_with("ok")),
+                "{verdicts:?}\n{joined:#}"
+            );
+        }
+        eprintln!("{format} correlated:\n{joined:#}\n{format} unattributed:\n{un:#}");
+    }
 }

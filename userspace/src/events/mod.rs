@@ -212,6 +212,7 @@ impl Encoder {
                 "model": r.model,
                 "client": { "ip": r.client.ip().to_canonical().to_string(), "port": r.client.port() },
                 "listener": { "ip": r.listener.ip().to_canonical().to_string(), "port": r.listener.port() },
+                "local": { "ip": r.local.ip().to_canonical().to_string(), "port": r.local.port() },
                 "community_id": outer,
                 "upstream_community_id": inner,
                 "connected_ms": r.time_ms,
@@ -222,6 +223,9 @@ impl Encoder {
             (EventFormat::Raw, None) => v["unattributed"] = true.into(),
             (EventFormat::Ocsf, Some(p)) => {
                 v["actor"]["user"] = json!({ "name": p["identity"] });
+                if v.get("src_endpoint").is_none() {
+                    v["src_endpoint"] = p["local"].clone();
+                }
                 v["message"] = format!(
                     "{} through warden proxy for {}",
                     v["message"].as_str().unwrap_or("connect"),
