@@ -158,6 +158,32 @@ fn a_proxied_request_names_its_identity_and_bypasses_are_flagged() {
         1,
         "still exactly one correlated event"
     );
+
+    // Even inside the proxy's cgroup, a process can only vouch for its own
+    // connections: a parent reporting its child's socket explains nothing.
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(warden_tests::proxy::helper("forge_report.py"))
+        .arg(lab.run_dir.join("proxy.sock"))
+        .arg(PORT.to_string())
+        .arg("mallory");
+    warden_tests::enter(&mut cmd, Some(&s.ns), Some(&lab.cgroup.join("proxy")));
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let child: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let un = d.wait_event("forged child unattributed", |e| {
+        e["unattributed"] == true && e["pid"] == child
+    });
+    assert!(un.get("proxy").is_none(), "{un}");
+    assert!(
+        !d.events()
+            .iter()
+            .any(|e| e["proxy"]["identity"] == "mallory"),
+        "a forged report attributed a connection"
+    );
 }
 
 #[test]

@@ -205,7 +205,9 @@ impl Encoder {
         let mut v = self.flow(ev, rule);
         let proxy = report.map(|r| {
             let outer = community_id::community_id(6, r.client.ip(), r.client.port(), r.listener.ip(), r.listener.port());
-            let inner = community_id::community_id(6, r.local.ip(), r.local.port(), r.upstream.ip(), r.upstream.port());
+            // A socket bound to the unspecified address has no known source IP yet.
+            let inner = (!r.local.ip().is_unspecified())
+                .then(|| community_id::community_id(6, r.local.ip(), r.local.port(), r.upstream.ip(), r.upstream.port()));
             json!({
                 "identity": r.identity,
                 "request_id": r.request_id,
@@ -223,7 +225,10 @@ impl Encoder {
             (EventFormat::Raw, None) => v["unattributed"] = true.into(),
             (EventFormat::Ocsf, Some(p)) => {
                 v["actor"]["user"] = json!({ "name": p["identity"] });
-                if v.get("src_endpoint").is_none() {
+                if v.get("src_endpoint").is_none()
+                    && p["local"]["ip"] != "0.0.0.0"
+                    && p["local"]["ip"] != "::"
+                {
                     v["src_endpoint"] = p["local"].clone();
                 }
                 v["message"] = format!(

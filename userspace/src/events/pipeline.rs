@@ -98,6 +98,7 @@ struct Counters {
     reports_unmatched: AtomicU64,
     correlated: AtomicU64,
     unattributed: AtomicU64,
+    undetermined: AtomicU64,
 }
 
 /// Loss and delivery counts since the daemon started.
@@ -124,6 +125,10 @@ pub struct Losses {
     pub correlated: u64,
     #[serde(default)]
     pub unattributed: u64,
+    /// Local connections still waiting for a report when the daemon stopped
+    /// (published unmarked).
+    #[serde(default)]
+    pub undetermined: u64,
     pub sinks: Vec<SinkLosses>,
 }
 
@@ -283,6 +288,7 @@ impl Pipeline {
                 "queue_dropped": now.queue_dropped - prev.queue_dropped,
                 "sink_dropped": sum(&now, |s| s.dropped) - sum(prev, |s| s.dropped),
                 "sink_failed": sum(&now, |s| s.failed) - sum(prev, |s| s.failed),
+                "proxy_reports_dropped": now.proxy_reports_dropped - prev.proxy_reports_dropped,
             });
             let mut fields = serde_json::to_value(&now).unwrap_or_default();
             fields["since_last_report"] = since;
@@ -357,6 +363,7 @@ fn losses<'a>(
         proxy_reports_unmatched: counters.reports_unmatched.load(Relaxed),
         correlated: counters.correlated.load(Relaxed),
         unattributed: counters.unattributed.load(Relaxed),
+        undetermined: counters.undetermined.load(Relaxed),
         sinks: sinks
             .map(|(name, c)| SinkLosses {
                 sink: name.to_owned(),
@@ -419,6 +426,9 @@ impl Encoding {
         let mut aggregator: Aggregator<Option<String>> = Aggregator::new(window);
         let mut join: Option<Correlator<Pending>> =
             (!correlate.is_zero()).then(|| Correlator::new(correlate));
+        // The join starts with the first proxy session: before any proxy has
+        // connected, local connections are published at once, unmarked.
+        let mut proxy_seen = false;
         let mut next_tick = Instant::now() + TICK;
         loop {
             let mut inputs = Vec::with_capacity(2);
@@ -440,9 +450,11 @@ impl Encoding {
                             .rules
                             .get(ev.rule_id as usize)
                             .map(|r| r.description.clone());
-                        if let Some(j) = join.as_mut().filter(|_| is_local_access(&ev)) {
-                            for joined in j.offer_flow(ev.cookie, (ev, rule), Instant::now()) {
-                                self.publish_joined(joined, None);
+                        if let Some(j) =
+                            join.as_mut().filter(|_| proxy_seen && is_local_access(&ev))
+                        {
+                            for joined in j.offer_flow((ev, rule), Instant::now()) {
+                                self.publish_joined(joined);
                             }
                             continue;
                         }
@@ -460,19 +472,27 @@ impl Encoding {
                             }
                         }
                     }
-                    Input::Lifecycle(kind, fields) => self.publish_lifecycle(&kind, fields),
+                    Input::Lifecycle(kind, fields) => {
+                        proxy_seen |= kind == "proxy_connected";
+                        self.publish_lifecycle(&kind, fields);
+                    }
                     Input::Report(r, pid) => {
-                        if let Some(j) = join.as_mut()
-                            && let Some(joined) = j.offer_report(*r, Instant::now())
-                        {
-                            self.publish_joined(joined, Some(pid));
+                        if let Some(j) = join.as_mut() {
+                            proxy_seen = true;
+                            if let Some(joined) = j.offer_report(*r, pid, Instant::now()) {
+                                self.publish_joined(joined);
+                            }
                         }
                     }
                     Input::Wake => {}
                     Input::Stop(mut fields, kernel_lost) => {
                         if let Some(j) = join.as_mut() {
-                            for joined in j.drain() {
-                                self.publish_joined(joined, None);
+                            // Their reports may still be on the way: published
+                            // as plain flows, counted as undetermined.
+                            for (ev, rule) in j.drain() {
+                                self.counters.undetermined.fetch_add(1, Relaxed);
+                                let v = self.encoder.flow(&ev, rule.as_deref());
+                                self.publish_flow(v, &ev);
                             }
                             self.counters
                                 .reports_unmatched
@@ -492,8 +512,9 @@ impl Encoding {
             if Instant::now() >= next_tick {
                 if let Some(j) = join.as_mut() {
                     for joined in j.expired(Instant::now()) {
-                        self.publish_joined(joined, None);
+                        self.publish_joined(joined);
                     }
+                    // The correlator is the one source of this count.
                     self.counters
                         .reports_unmatched
                         .store(j.unmatched_reports, Relaxed);
@@ -563,18 +584,10 @@ impl Encoding {
         }
     }
 
-    /// Publishes a local connection after the join. A report only explains a
-    /// connection made by the process that sent it (`peer_pid`, from the
-    /// socket's credentials): anything else stays unattributed.
-    fn publish_joined(&mut self, joined: Joined<Pending>, peer_pid: Option<u32>) {
+    /// Publishes a local connection after the join.
+    fn publish_joined(&mut self, joined: Joined<Pending>) {
         let ((ev, rule), report) = match joined {
-            Joined::Correlated((ev, rule), r) if peer_pid.is_none_or(|p| p == ev.tgid) => {
-                ((ev, rule), Some(r))
-            }
-            Joined::Correlated(pending, _) => {
-                self.counters.reports_unmatched.fetch_add(1, Relaxed);
-                (pending, None)
-            }
+            Joined::Correlated(pending, r) => (pending, Some(r)),
             Joined::Unattributed(pending) => (pending, None),
         };
         let c = if report.is_some() {

@@ -32,6 +32,8 @@ pub type RespBody = BoxBody<Bytes, BoxError>;
 /// Listings are read whole to be filtered; larger ones are refused.
 const MAX_LISTING: u64 = 32 << 20;
 const MAX_LOGGED_TARGET: usize = 256;
+/// Request header bytes accepted (HTTP/1.1 and HTTP/2 alike).
+const MAX_HEAD_BYTES: usize = 64 << 10;
 
 /// One configuration generation and what is built from it.
 pub struct Runtime {
@@ -242,6 +244,23 @@ async fn judge_and_forward(
 ) -> Result<Response<RespBody>, Refuse> {
     let started = fin.started();
     let record = fin.record();
+    // hyper bounds the head only while it is incomplete: one that arrives
+    // whole in a single read can be larger. The bound is enforced here.
+    let head_bytes: usize = parts
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if head_bytes > MAX_HEAD_BYTES {
+        return Err(Refuse {
+            close: true,
+            ..refuse(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request headers too large",
+                "request headers too large",
+            )
+        });
+    }
     if let Some(why) = framing_problem(parts) {
         return Err(Refuse {
             close: true,
@@ -436,7 +455,7 @@ async fn judge_and_forward(
         (rep, request_id, identity, model)
     });
     let on_connect = |c: &super::audit::UpstreamConn| {
-        if let Some((rep, request_id, identity, model)) = report {
+        if let Some((rep, request_id, identity, model)) = report.filter(|_| c.cookie != 0) {
             rep.report(ProxyReport {
                 cookie: c.cookie,
                 request_id,

@@ -3,10 +3,14 @@
 //! kernel's event for the same socket.
 //!
 //! A report is sent as soon as the upstream socket exists, before it connects:
-//! the join waits neither for the TCP handshake nor for Ollama. Requests never wait for the
-//! daemon: reports go through a bounded queue, the writer reconnects every
-//! second while the daemon is away, and what cannot be queued or written is
-//! counted (printed when the proxy stops).
+//! the join waits neither for the TCP handshake nor for Ollama. The session
+//! with the daemon is opened at start (and reopened every second while the
+//! daemon is away), so the daemon knows the proxy before its first request.
+//! The daemon end must belong to root: reports name identities and clients.
+//!
+//! Requests never wait for the daemon: reports go through a bounded queue; a
+//! batch that fails to write is retried once on a new session; what cannot be
+//! queued or written is counted, and the totals are printed at stop.
 
 use crate::events::correlate::ProxyReport;
 use std::path::PathBuf;
@@ -23,6 +27,7 @@ const RECONNECT: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 pub struct ReportCounters {
+    pub queued: AtomicU64,
     pub sent: AtomicU64,
     pub dropped: AtomicU64,
 }
@@ -43,60 +48,107 @@ impl Reporter {
     }
 
     pub fn report(&self, r: ProxyReport) {
+        self.counters.queued.fetch_add(1, Ordering::Relaxed);
         if self.tx.try_send(r).is_err() {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
+
+    /// Waits (at most `limit`) until every queued report is written or dropped.
+    pub async fn flush(&self, limit: Duration) {
+        let c = &self.counters;
+        let done = || {
+            c.sent.load(Ordering::Relaxed) + c.dropped.load(Ordering::Relaxed)
+                >= c.queued.load(Ordering::Relaxed)
+        };
+        let _ = tokio::time::timeout(limit, async {
+            while !done() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+    }
+}
+
+/// A session with the daemon, if one can be had (and the daemon is root's).
+async fn connect(socket: &PathBuf, complained: &mut bool) -> Option<UnixStream> {
+    let refused = match UnixStream::connect(socket).await {
+        Ok(s) => match s.peer_cred() {
+            Ok(c) if c.uid() == 0 => {
+                if *complained {
+                    eprintln!("warden proxy: reporting to {} again", socket.display());
+                }
+                *complained = false;
+                return Some(s);
+            }
+            Ok(c) => format!("it belongs to uid {}, not root", c.uid()),
+            Err(e) => e.to_string(),
+        },
+        Err(e) => e.to_string(),
+    };
+    if !*complained {
+        eprintln!(
+            "warden proxy: daemon report socket {}: {refused}; reports are counted as dropped until it is back",
+            socket.display()
+        );
+        *complained = true;
+    }
+    None
 }
 
 async fn write_loop(socket: PathBuf, mut rx: mpsc::Receiver<ProxyReport>, c: Arc<ReportCounters>) {
-    let mut conn: Option<UnixStream> = None;
     let mut complained = false;
-    while let Some(first) = rx.recv().await {
+    let mut conn = connect(&socket, &mut complained).await;
+    let mut retry_at = tokio::time::Instant::now() + RECONNECT;
+    loop {
+        // While the daemon is away, reconnect every second even without reports.
+        let first = if conn.is_none() {
+            match tokio::time::timeout_at(retry_at, rx.recv()).await {
+                Ok(Some(r)) => Some(r),
+                Ok(None) => return,
+                Err(_) => None,
+            }
+        } else {
+            match rx.recv().await {
+                Some(r) => Some(r),
+                None => return,
+            }
+        };
+        if conn.is_none() && tokio::time::Instant::now() >= retry_at {
+            conn = connect(&socket, &mut complained).await;
+            retry_at = tokio::time::Instant::now() + RECONNECT;
+        }
+        let Some(first) = first else { continue };
         let mut batch = vec![first];
         while batch.len() < BATCH
             && let Ok(r) = rx.try_recv()
         {
             batch.push(r);
         }
-        if conn.is_none() {
-            match UnixStream::connect(&socket).await {
-                Ok(s) => {
-                    if complained {
-                        eprintln!("warden proxy: reporting to {} again", socket.display());
-                    }
-                    conn = Some(s);
-                    complained = false;
-                }
-                Err(e) => {
-                    if !complained {
-                        eprintln!(
-                            "warden proxy: daemon report socket {}: {e}; reports are counted as dropped until it is back",
-                            socket.display()
-                        );
-                        complained = true;
-                    }
-                    c.dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    tokio::time::sleep(RECONNECT).await;
-                    // Reports queued meanwhile are too old for the join's window.
-                    while rx.try_recv().is_ok() {
-                        c.dropped.fetch_add(1, Ordering::Relaxed);
-                    }
-                    continue;
-                }
-            }
-        }
         let mut text = String::new();
         for r in &batch {
             text.push_str(&serde_json::to_string(r).expect("a report serialises"));
             text.push('\n');
         }
-        let s = conn.as_mut().expect("connected");
-        if s.write_all(text.as_bytes()).await.is_ok() {
-            c.sent.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        } else {
-            c.dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let mut written = false;
+        for attempt in 0..2 {
+            if attempt == 1 {
+                // The session broke (a daemon restart): one retry on a new one.
+                conn = connect(&socket, &mut complained).await;
+                retry_at = tokio::time::Instant::now() + RECONNECT;
+            }
+            let Some(s) = conn.as_mut() else { break };
+            if s.write_all(text.as_bytes()).await.is_ok() {
+                written = true;
+                break;
+            }
             conn = None;
+        }
+        let n = batch.len() as u64;
+        if written {
+            c.sent.fetch_add(n, Ordering::Relaxed);
+        } else {
+            c.dropped.fetch_add(n, Ordering::Relaxed);
         }
     }
 }

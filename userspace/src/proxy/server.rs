@@ -64,6 +64,9 @@ pub fn run(path: &Path) -> Result<()> {
         .build()
         .context("tokio runtime")?;
     let (shared, stats, drained) = rt.block_on(serve(path, cfg))?;
+    if let Some(r) = &shared.reporter {
+        rt.block_on(r.flush(Duration::from_secs(1)));
+    }
     // Requests still in flight are dropped with the runtime: their audit
     // records ("client went away") are written before the audit closes.
     rt.shutdown_timeout(Duration::from_secs(1));
@@ -83,10 +86,15 @@ pub fn run(path: &Path) -> Result<()> {
         stats.failed_handshakes.load(Ordering::Relaxed),
     );
     if let Some(r) = &shared.reporter {
+        let c = &r.counters;
+        let (queued, sent, dropped) = (
+            c.queued.load(Ordering::Relaxed),
+            c.sent.load(Ordering::Relaxed),
+            c.dropped.load(Ordering::Relaxed),
+        );
         eprintln!(
-            "warden proxy: daemon reports sent {} dropped {}",
-            r.counters.sent.load(Ordering::Relaxed),
-            r.counters.dropped.load(Ordering::Relaxed)
+            "warden proxy: daemon reports {queued}: sent {sent} dropped {dropped} unsent {}",
+            queued.saturating_sub(sent + dropped)
         );
     }
     Ok(())
