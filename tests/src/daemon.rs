@@ -35,9 +35,17 @@ impl Daemon {
             .arg(&lab.cgroup)
             .arg("--events")
             .arg(&events)
-            .arg("--rescan-secs")
-            .arg("0.2")
-            .args(["--loss-report-secs", "0.2"])
+            // Tests want changes noticed fast; benchmarks pass production values.
+            .args(if extra.contains(&"--rescan-secs") {
+                &[][..]
+            } else {
+                &["--rescan-secs", "0.2"][..]
+            })
+            .args(if extra.contains(&"--loss-report-secs") {
+                &[][..]
+            } else {
+                &["--loss-report-secs", "0.2"][..]
+            })
             // Tests count denies one by one unless they test aggregation.
             .args(if extra.contains(&"--aggregate-secs") {
                 &[][..]
@@ -118,7 +126,17 @@ impl Daemon {
 
     /// Waits until an event matches `pred`; panics with the events seen otherwise.
     pub fn wait_event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(5);
+        self.wait_event_for(what, Duration::from_secs(5), pred)
+    }
+
+    /// [`Daemon::wait_event`] with another time limit.
+    pub fn wait_event_for(
+        &self,
+        what: &str,
+        limit: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + limit;
         loop {
             if let Some(v) = self.events().into_iter().find(|v| pred(v)) {
                 return v;

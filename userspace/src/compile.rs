@@ -13,7 +13,7 @@ use warden_common::{
     CG_MAY_BIND, CG_MAY_CONNECT, EGRESS_RULES_PER_PREFIX, MAX_RULES, PROTO_TCP, PROTO_UDP,
     PortRule, RULE_DEFAULT_DENY,
 };
-use warden_policy::{CgroupPath, Policy, Proto};
+use warden_policy::{CgroupPath, Located, Policy, Proto};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum CompileError {
@@ -87,6 +87,9 @@ impl Compiled {
     }
 }
 
+/// Above this many ingress networks, they share one rule per file.
+pub const MAX_RULES_PER_NETWORK: usize = 16_384;
+
 pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
     let mut rules = vec![RuleInfo {
         id: RULE_DEFAULT_DENY,
@@ -105,13 +108,38 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
         id
     };
 
+    // One rule per network gives each deny its exact line; a long list (a
+    // threat-intel feed, a cloud's ranges) gets one rule per file instead, so
+    // the rule table stays bounded (the event still names the source address).
     let mut ingress = Vec::new();
+    let grouped = policy.ingress.allow.len()
+        + policy
+            .ingress
+            .per_port
+            .iter()
+            .map(|p| p.allow.len())
+            .sum::<usize>()
+        > MAX_RULES_PER_NETWORK;
+    let mut group_ids: BTreeMap<(String, Option<u16>), u32> = BTreeMap::new();
+    let mut rule_for = |net: &Located<IpNet>, port: Option<u16>, reach: String| -> u32 {
+        if !grouped {
+            return add(
+                "ingress",
+                format!("{} may reach {reach}", net.value),
+                net.origin.to_string(),
+            );
+        }
+        let file = net.origin.file.display().to_string();
+        *group_ids.entry((file.clone(), port)).or_insert_with(|| {
+            add(
+                "ingress",
+                format!("the ingress allow list of {file} may reach {reach}"),
+                net.origin.to_string(),
+            )
+        })
+    };
     for l in &policy.ingress.allow {
-        let id = add(
-            "ingress",
-            format!("{} may reach {:?}", l.value, policy.ports),
-            l.origin.to_string(),
-        );
+        let id = rule_for(l, None, format!("{:?}", policy.ports));
         ingress.extend(policy.ports.iter().map(|&port| IngressEntry {
             port,
             net: l.value,
@@ -120,11 +148,7 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
     }
     for p in &policy.ingress.per_port {
         for l in &p.allow {
-            let id = add(
-                "ingress",
-                format!("{} may reach {}", l.value, p.port),
-                l.origin.to_string(),
-            );
+            let id = rule_for(l, Some(p.port), p.port.to_string());
             ingress.push(IngressEntry {
                 port: p.port,
                 net: l.value,
@@ -332,6 +356,41 @@ mod tests {
 
     fn policy(text: &str) -> Policy {
         warden_policy::parse_str(Path::new("t.toml"), text).expect("valid test policy")
+    }
+
+    #[test]
+    fn a_long_ingress_list_shares_one_rule_per_file() {
+        let nets = |n: u32| {
+            (0..n)
+                .map(|i| format!("\"11.{}.{}.0/24\"", i >> 8, i & 255))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let text = |n| {
+            format!(
+                "version = 1\n[service]\nports = [11434]\nserver_cgroups = [\"s\"]\n[ingress]\nallow = [{}]\n",
+                nets(n)
+            )
+        };
+        let small = compile(&policy(&text(3))).unwrap();
+        assert_eq!(
+            small.rules.iter().filter(|r| r.kind == "ingress").count(),
+            3
+        );
+        assert_eq!(
+            small.rules[small.ingress[2].rule_id as usize].origin,
+            "t.toml:6:38"
+        );
+        let n = MAX_RULES_PER_NETWORK as u32 + 1;
+        let big = compile(&policy(&text(n))).unwrap();
+        assert_eq!(big.ingress.len(), n as usize);
+        let ids: std::collections::BTreeSet<u32> = big.ingress.iter().map(|e| e.rule_id).collect();
+        assert_eq!(ids.len(), 1, "one rule for the whole list");
+        let r = &big.rules[*ids.first().unwrap() as usize];
+        assert_eq!(
+            r.description,
+            "the ingress allow list of t.toml may reach [11434]"
+        );
     }
 
     #[test]

@@ -360,11 +360,13 @@ fn reload_and_report(
             "policy_unchanged",
             json!({ "trigger": trigger, "digest": current.digest, "generation": state.generation }),
         ),
-        Ok(Some((policy, compiled, applied))) => {
+        Ok(Some((policy, compiled, applied, timing))) => {
             *current = Arc::new(compiled);
             *resolved = applied.resolved_ids.clone();
             let mut fields = applied_event(current, &applied, &policy);
             fields["trigger"] = trigger.into();
+            fields["load_ms"] = timing.0.into();
+            fields["apply_ms"] = timing.1.into();
             events.lifecycle("policy_applied", fields);
             state.policy_applied(&policy, current, &applied);
             state.write(&opts.run_dir)?;
@@ -380,24 +382,32 @@ fn reload_and_report(
     Ok(())
 }
 
+/// Milliseconds spent reading and compiling a policy, and swapping it in.
+type Timing = (f64, f64);
+
 /// Re-reads the policy and swaps it in; `None` when it is the one in force.
 fn reload(
     opts: &Options,
     key: Option<&PolicyKey>,
     backend: &mut Backend,
     current: &Compiled,
-) -> Result<Option<(Policy, Compiled, Applied)>, DaemonError> {
+) -> Result<Option<(Policy, Compiled, Applied, Timing)>, DaemonError> {
+    let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1000.0;
+    let started = std::time::Instant::now();
     let (policy, compiled) = load_policy(&opts.policy, key)?;
     if compiled == *current {
         return Ok(None);
     }
+    let load_ms = ms(started);
+    let swap = std::time::Instant::now();
     let applied = backend.apply_next(&compiled)?;
+    let apply_ms = ms(swap);
     // The swap happened: from here on this policy is the one in force, whatever
     // the interface sync says (its problems are reported, not a rejection).
     if let Err(e) = backend.sync_interfaces(&compiled) {
         eprintln!("warden: WARNING: interfaces of the new policy: {e}");
     }
-    Ok(Some((policy, compiled, applied)))
+    Ok(Some((policy, compiled, applied, (load_ms, apply_ms))))
 }
 
 /// Events read from the ring buffer per wake-up of the event loop.

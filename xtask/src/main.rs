@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | build | run | test | demo`.
+//! Developer tasks: `cargo xtask setup | build | run | test | demo | bench`.
 //!
 //! Each task is a module; this file only parses arguments and hands over.
 
@@ -31,6 +31,11 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run the benchmarks (release build) and rewrite their sections of BENCHMARKS.md.
+    Bench {
+        /// Only these benchmarks (connect, apply, footprint); default: all.
+        names: Vec<String>,
+    },
     /// A one-minute tour in a throwaway lab: proxy, daemon, attackers, and what a SIEM sees.
     Demo,
     /// Setup, fmt check, clippy, unit tests and privileged integration tests.
@@ -49,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         Task::Build { release } => run::build(release),
         Task::Run { args } => run::daemon(&args),
         Task::Demo => run::demo(),
+        Task::Bench { names } => run::bench(&names),
         Task::Test { no_setup, filter } => test::run(!no_setup, filter.as_deref()),
     }
 }

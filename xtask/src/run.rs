@@ -31,6 +31,32 @@ pub fn demo() -> Result<()> {
     cmd::run(&mut c)
 }
 
+/// Builds release binaries, then runs the benchmarks as root; they rewrite
+/// their sections of BENCHMARKS.md.
+pub fn bench(names: &[String]) -> Result<()> {
+    crate::setup::run()?;
+    build(true)?;
+    cmd::run(cmd::cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "warden-tests",
+        "--bin",
+        "bench",
+    ]))?;
+    let root = cmd::workspace_root();
+    let mut c = if cmd::is_root() {
+        Command::new(root.join("target/release/bench"))
+    } else {
+        let mut s = Command::new("sudo");
+        s.arg(root.join("target/release/bench"));
+        s
+    };
+    c.args(names)
+        .env("WARDEN_BIN", root.join("target/release/warden"));
+    cmd::run(&mut c)
+}
+
 /// Builds, then runs `warden daemon` as root on its embedded default policy.
 pub fn daemon(args: &[String]) -> Result<()> {
     crate::setup::run()?;
