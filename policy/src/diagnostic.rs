@@ -67,14 +67,30 @@ pub(crate) struct LineIndex<'a> {
     text: &'a str,
     /// Byte offset where each line starts; `line_starts[0] == 0`.
     line_starts: Vec<usize>,
+    /// Whether each line is pure ASCII.
+    ascii_lines: Vec<bool>,
 }
 
 impl<'a> LineIndex<'a> {
     pub(crate) fn new(text: &'a str) -> Self {
-        let line_starts = std::iter::once(0)
+        let line_starts: Vec<usize> = std::iter::once(0)
             .chain(text.match_indices('\n').map(|(i, _)| i + 1))
             .collect();
-        Self { text, line_starts }
+        // Columns on an ASCII line are byte distances: no counting per lookup
+        // (a 100k-element array on one line would otherwise cost seconds).
+        let ascii_lines = line_starts
+            .iter()
+            .enumerate()
+            .map(|(i, &start)| {
+                let end = line_starts.get(i + 1).copied().unwrap_or(text.len());
+                text.as_bytes()[start..end].is_ascii()
+            })
+            .collect();
+        Self {
+            text,
+            line_starts,
+            ascii_lines,
+        }
     }
 
     /// `(line, col)` of a byte offset. An offset at or past the end points just after the
@@ -96,11 +112,13 @@ impl<'a> LineIndex<'a> {
             .max(1)
             - 1;
         let start = self.line_starts.get(line).copied().unwrap_or(0).min(offset);
-        let col = self
-            .text
-            .get(start..offset)
-            .map_or(0, |s| s.chars().count())
-            + 1;
+        let col = if self.ascii_lines.get(line).copied().unwrap_or(false) {
+            offset - start
+        } else {
+            self.text
+                .get(start..offset)
+                .map_or(0, |s| s.chars().count())
+        } + 1;
         (line + 1, col)
     }
 }

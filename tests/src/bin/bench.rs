@@ -187,7 +187,7 @@ fn big_policy(lab: &Lab, seed: u32) -> String {
     let mut allow = String::with_capacity(CIDRS as usize * 20);
     for i in 0..CIDRS {
         let v = i.wrapping_mul(2_654_435_761).wrapping_add(seed) | 0x0100_0000;
-        let v = (v & 0x00ff_ffff) | (((v >> 24) % 200 + 11) << 24); // public-looking /32s, never loopback
+        let v = (v & 0x00ff_ffff) | (((v >> 24) % 100 + 11) << 24); // 11.x to 110.x: never loopback
         let _ = write!(
             allow,
             "\"{}.{}.{}.{}/32\",",
