@@ -326,21 +326,7 @@ async fn judge_and_forward(
         _ => {}
     }
     if let Some(m) = params.first().filter(|_| route.model == ModelIn::Path) {
-        let name = ModelName::parse(m).ok_or_else(|| {
-            refuse(
-                StatusCode::BAD_REQUEST,
-                "not a model name",
-                "not a model name",
-            )
-        })?;
-        record.model = Some(name.to_string());
-        if !id.admin && !id.may_use(&name) {
-            return Err(refuse(
-                StatusCode::FORBIDDEN,
-                "model not allowed",
-                "model not allowed",
-            ));
-        }
+        allowed_model(&id, m, record)?;
     }
     let slot = shared.limiter.admit(&id).map_err(|r| match r {
         Refusal::Rate(wait) => Refuse {
@@ -416,21 +402,7 @@ async fn judge_and_forward(
                 )
             })?;
             if let Some(m) = &inspected.model {
-                let name = ModelName::parse(m).ok_or_else(|| {
-                    refuse(
-                        StatusCode::BAD_REQUEST,
-                        "not a model name",
-                        "not a model name",
-                    )
-                })?;
-                record.model = Some(name.to_string());
-                if !id.admin && !id.may_use(&name) {
-                    return Err(refuse(
-                        StatusCode::FORBIDDEN,
-                        "model not allowed",
-                        "model not allowed",
-                    ));
-                }
+                allowed_model(&id, m, record)?;
             }
             (full_req(inspected.body), None)
         } else {
@@ -515,6 +487,31 @@ async fn judge_and_forward(
         client.activity.clone(),
     );
     Ok(Response::from_parts(head, relay.boxed()))
+}
+
+/// Records the canonical name of the model a request names, and refuses it
+/// unless the identity may use it.
+fn allowed_model(
+    id: &super::config::Identity,
+    raw: &str,
+    record: &mut Record,
+) -> Result<(), Refuse> {
+    let name = ModelName::parse(raw).ok_or_else(|| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            "not a model name",
+            "not a model name",
+        )
+    })?;
+    record.model = Some(name.to_string());
+    if !id.admin && !id.may_use(&name) {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "model not allowed",
+            "model not allowed",
+        ));
+    }
+    Ok(())
 }
 
 fn body_refusal(why: &'static str) -> Refuse {
