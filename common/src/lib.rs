@@ -13,7 +13,7 @@
 pub const PIN_DIR: &str = "ollama-warden";
 /// Bumped whenever a map layout or map semantics change; a daemon refuses to
 /// adopt pinned state of another layout.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Policy slots: userspace fills the inactive one, then flips `STATE[ACTIVE_SLOT]`.
 pub const SLOTS: u32 = 2;
@@ -21,7 +21,20 @@ pub const SLOTS: u32 = 2;
 pub const STATE_ACTIVE_SLOT: u32 = 0;
 /// Index of the ABI version in the `STATE` array.
 pub const STATE_ABI: u32 = 1;
+/// Index of the event budget in the `STATE` array: records each CPU may emit per
+/// window of [`EVENT_WINDOW_SHIFT`] (0 = unlimited). Records beyond it are counted
+/// in `stat::EVENTS_SUPPRESSED`; the verdict and its rule counter are unaffected.
+pub const STATE_EVENT_BUDGET: u32 = 2;
 pub const STATE_LEN: u32 = 4;
+/// Budget windows are `coarse_ns >> EVENT_WINDOW_SHIFT` (about 1.05 ms).
+pub const EVENT_WINDOW_SHIFT: u32 = 20;
+
+/// `SlotMeta::flags` bits.
+pub mod slot_flags {
+    /// The slot's ingress allowlist has prefixes other than single hosts (those
+    /// live in the `INGRESS` trie; hosts in the `INGRESS_HOSTS` hash).
+    pub const INGRESS_PREFIXES: u32 = 1;
+}
 
 /// How deep a cgroup may be nested and still be matched by an ancestor rule.
 pub const MAX_CGROUP_DEPTH: u32 = 32;
@@ -113,6 +126,9 @@ pub mod stat {
     pub const MALFORMED: u32 = 1;
     /// Non-first IP fragments passed (the first fragment carries the ports).
     pub const FRAGMENTS_PASSED: u32 = 2;
+    /// Records not emitted because the CPU's event budget was spent (a flood):
+    /// counted, and the verdicts still counted per rule.
+    pub const EVENTS_SUPPRESSED: u32 = 3;
     pub const LEN: u32 = 8;
 }
 
@@ -137,7 +153,9 @@ pub struct CgroupRule {
 }
 
 /// Data part of an `INGRESS` LPM key: (slot, port) then the source address.
-/// Prefix length counts from the start of `slot_port`.
+/// Prefix length counts from the start of `slot_port`. Also the whole key of
+/// `INGRESS_HOSTS`, which holds the single-host entries (/32, /128): a hash
+/// lookup costs the same at any size, a trie walk grows with the list.
 #[repr(C, packed)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IngressKey {
@@ -193,6 +211,14 @@ pub struct EgressEntry {
     pub _pad: u32,
 }
 
+/// Per-CPU state of the event budget (`EVENT_BUDGET` map).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventBudget {
+    pub window: u64,
+    pub used: u64,
+}
+
 /// Per-slot metadata (`SLOT_META` array, indexed by slot).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -241,6 +267,7 @@ const _: () = {
     assert!(core::mem::size_of::<EgressKey>() == 20);
     assert!(core::mem::size_of::<EgressEntry>() == 8 + 12 * EGRESS_RULES_PER_PREFIX);
     assert!(core::mem::size_of::<PortRule>() == 12);
+    assert!(core::mem::size_of::<EventBudget>() == 16);
 };
 
 /// IPv4-mapped form of an IPv4 address in network byte order.
@@ -264,6 +291,7 @@ mod pod {
     unsafe impl aya::Pod for EgressPolicyRef {}
     unsafe impl aya::Pod for EgressEntry {}
     unsafe impl aya::Pod for SlotMeta {}
+    unsafe impl aya::Pod for EventBudget {}
     unsafe impl aya::Pod for PortBitmap {}
     unsafe impl aya::Pod for FlowEvent {}
 }

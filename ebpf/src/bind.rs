@@ -5,7 +5,7 @@ use crate::{
     cgroup,
     connect::caller_event,
     event,
-    maps::{active_slot, generation, port_protected},
+    maps::{active_slot, port_protected, slot_meta},
 };
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 use warden_common::*;
@@ -23,7 +23,7 @@ pub fn bind6(ctx: SockAddrContext) -> i32 {
 #[inline(always)]
 fn decide(ctx: &SockAddrContext, hook: u8) -> i32 {
     let slot = active_slot();
-    let generation = generation(slot);
+    let generation = slot_meta(slot).generation;
     let mut ev = caller_event(ctx, hook, generation);
     if !port_protected(slot, ev.dport) {
         return 1;

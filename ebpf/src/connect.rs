@@ -13,7 +13,7 @@
 use crate::{
     cgroup,
     event::{self, EMPTY},
-    maps::{EGRESS, RULE_HITS, active_slot, count, generation, port_protected},
+    maps::{EGRESS, RULE_HITS, active_slot, count, port_protected, slot_meta},
 };
 use aya_ebpf::{
     bindings::bpf_sock_addr,
@@ -94,7 +94,7 @@ pub fn caller_event(ctx: &SockAddrContext, hook: u8, generation: u32) -> FlowEve
 #[inline(always)]
 fn decide(ctx: &SockAddrContext, hook: u8) -> i32 {
     let slot = active_slot();
-    let generation = generation(slot);
+    let generation = slot_meta(slot).generation;
     let mut ev = caller_event(ctx, hook, generation);
     let is_connect = matches!(hook, hook::CONNECT4 | hook::CONNECT6);
 

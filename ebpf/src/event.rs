@@ -1,14 +1,18 @@
 //! Ring-buffer records. A failed reservation is counted in `STATS`, never silent.
 
-use crate::maps::{EVENTS, RULE_HITS, STATS, count};
-use aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns;
-use warden_common::{FlowEvent, stat};
+use crate::maps::{EVENT_BUDGET, EVENTS, RULE_HITS, STATS, count, event_budget};
+use aya_ebpf::helpers::generated::{bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns};
+use warden_common::{EVENT_WINDOW_SHIFT, FlowEvent, stat};
 
 /// Counts the verdict against its rule and, if `emit`, records it.
 #[inline(always)]
 pub fn record(ev: &FlowEvent, emit: bool) {
     count(&RULE_HITS, ev.rule_id);
     if !emit {
+        return;
+    }
+    if !within_budget() {
+        count(&STATS, stat::EVENTS_SUPPRESSED);
         return;
     }
     match EVENTS.reserve::<FlowEvent>(0) {
@@ -21,6 +25,32 @@ pub fn record(ev: &FlowEvent, emit: bool) {
         }
         None => count(&STATS, stat::EVENTS_LOST),
     }
+}
+
+/// Whether this CPU may emit one more record in the current window. A flood
+/// costs one per-CPU lookup per packet instead of a ring-buffer reservation.
+#[inline(always)]
+fn within_budget() -> bool {
+    let budget = event_budget() as u64;
+    if budget == 0 {
+        return true;
+    }
+    let Some(b) = EVENT_BUDGET.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: helper without preconditions.
+    let window = unsafe { bpf_ktime_get_coarse_ns() } >> EVENT_WINDOW_SHIFT;
+    // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+    let b = unsafe { &mut *b };
+    if b.window != window {
+        b.window = window;
+        b.used = 0;
+    }
+    if b.used >= budget {
+        return false;
+    }
+    b.used += 1;
+    true
 }
 
 pub const EMPTY: FlowEvent = FlowEvent {

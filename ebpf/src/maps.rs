@@ -18,8 +18,14 @@ pub static SLOT_META: Array<SlotMeta> = Array::pinned(SLOTS, 0);
 #[map(name = "PORTS")]
 pub static PORTS: Array<PortBitmap> = Array::pinned(SLOTS, 0);
 
+/// Ingress prefixes other than single hosts.
 #[map(name = "INGRESS")]
 pub static INGRESS: LpmTrie<IngressKey, IngressRule> = LpmTrie::pinned(MAX_INGRESS_PREFIXES, 0);
+
+/// Single-host ingress entries (/32, /128), looked up before the trie.
+#[map(name = "INGRESS_HOSTS")]
+pub static INGRESS_HOSTS: HashMap<IngressKey, IngressRule> =
+    HashMap::pinned(MAX_INGRESS_PREFIXES, 0);
 
 /// Cgroups that may connect to / bind the protected ports; flags already include
 /// those of every listed ancestor.
@@ -40,6 +46,9 @@ pub static RULE_HITS: PerCpuArray<u64> = PerCpuArray::pinned(MAX_RULES, 0);
 #[map(name = "STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::LEN, 0);
 
+#[map(name = "EVENT_BUDGET")]
+pub static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::pinned(1, 0);
+
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 
@@ -49,10 +58,16 @@ pub fn active_slot() -> u32 {
     STATE.get(STATE_ACTIVE_SLOT).copied().unwrap_or(0) & 1
 }
 
-/// The policy generation loaded in `slot` (for events).
+/// The metadata of `slot` (generation for events, flags).
 #[inline(always)]
-pub fn generation(slot: u32) -> u32 {
-    SLOT_META.get(slot).map(|m| m.generation).unwrap_or(0)
+pub fn slot_meta(slot: u32) -> SlotMeta {
+    SLOT_META.get(slot).copied().unwrap_or_default()
+}
+
+/// Records this CPU may still emit in the current window (0 in `STATE` = unlimited).
+#[inline(always)]
+pub fn event_budget() -> u32 {
+    STATE.get(STATE_EVENT_BUDGET).copied().unwrap_or(0)
 }
 
 #[inline(always)]

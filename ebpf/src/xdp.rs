@@ -9,7 +9,7 @@
 
 use crate::{
     event::{self, EMPTY},
-    maps::{INGRESS, STATS, active_slot, count, generation, port_protected},
+    maps::{INGRESS, INGRESS_HOSTS, STATS, active_slot, count, port_protected, slot_meta},
 };
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
@@ -68,20 +68,24 @@ pub fn xdp_ingress(ctx: XdpContext) -> u32 {
             if !port_protected(slot, dport) {
                 return XDP_PASS;
             }
-            let generation = generation(slot);
-            let key = Key::new(
-                INGRESS_KEY_FIXED_BITS + 128,
-                IngressKey {
-                    slot_port: (slot << 16 | dport as u32).to_be_bytes(),
-                    addr: saddr,
-                },
-            );
-            let rule = INGRESS.get(&key).map(|r| r.rule_id);
+            let meta = slot_meta(slot);
+            let key = IngressKey {
+                slot_port: (slot << 16 | dport as u32).to_be_bytes(),
+                addr: saddr,
+            };
+            // SAFETY: the value is copied out before the program returns.
+            let rule = match unsafe { INGRESS_HOSTS.get(&key) } {
+                Some(r) => Some(r.rule_id),
+                None if meta.flags & slot_flags::INGRESS_PREFIXES != 0 => INGRESS
+                    .get(&Key::new(INGRESS_KEY_FIXED_BITS + 128, key))
+                    .map(|r| r.rule_id),
+                None => None,
+            };
             let mut ev = EMPTY;
             ev.family = family;
             ev.proto = proto;
             ev.hook = hook::XDP;
-            ev.generation = generation;
+            ev.generation = meta.generation;
             ev.saddr = saddr;
             ev.daddr = daddr;
             ev.sport = sport;

@@ -95,6 +95,11 @@ enum Command {
         /// Also require reports to come from this uid.
         #[arg(long, value_name = "UID")]
         proxy_uid: Option<u32>,
+        /// Flow records each CPU may emit per second (eBPF backend); under a flood
+        /// the rest are counted as `kernel_suppressed`, verdicts and rule counters
+        /// unaffected. 0 = no cap.
+        #[arg(long, default_value_t = 100_000, value_name = "N")]
+        kernel_event_rate: u32,
     },
     /// Backend, attached programs, policy generation, counters.
     Status {
@@ -183,6 +188,7 @@ pub fn main() -> i32 {
             proxy_socket,
             proxy_cgroup,
             proxy_uid,
+            kernel_event_rate,
         } => {
             let correlate =
                 Duration::try_from_secs_f64(correlate_secs.max(0.0)).unwrap_or(Duration::ZERO);
@@ -211,6 +217,7 @@ pub fn main() -> i32 {
                     .unwrap_or(Duration::from_secs(1)),
                 proxy_reports,
                 correlate,
+                kernel_event_rate,
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -337,6 +344,7 @@ fn status(pin_dir: &Path, run_dir: &Path, nft_table: &str, as_json: bool) -> i32
         report["active_slot"] = json!(m.active_slot().unwrap_or(0));
         report["counters"] = json!({
             "events_lost": Maps::sum(&m.stats, stat::EVENTS_LOST),
+            "events_suppressed": Maps::sum(&m.stats, stat::EVENTS_SUPPRESSED),
             "malformed_dropped": Maps::sum(&m.stats, stat::MALFORMED),
             "fragments_passed": Maps::sum(&m.stats, stat::FRAGMENTS_PASSED),
         });
@@ -414,8 +422,12 @@ fn print_status(r: &serde_json::Value) {
         let e = &r["events"];
         if e.is_object() {
             println!(
-                "events:      {} read, {} lost in the kernel, {} dropped (queue full), {} folded into aggregates",
-                e["records"], e["kernel_lost"], e["queue_dropped"], e["aggregated"]
+                "events:      {} read, {} lost in the kernel, {} suppressed (flood), {} dropped (queue full), {} folded into aggregates",
+                e["records"],
+                e["kernel_lost"],
+                e["kernel_suppressed"],
+                e["queue_dropped"],
+                e["aggregated"]
             );
             for s in e["sinks"].as_array().into_iter().flatten() {
                 println!(

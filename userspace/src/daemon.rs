@@ -12,7 +12,7 @@ use crate::enforce::nflog::NflogSocket;
 use crate::enforce::nft::NftBackend;
 use crate::enforce::{Backend, EnforceError};
 use crate::events::EventFormat;
-use crate::events::pipeline::{Config as PipelineConfig, Pipeline};
+use crate::events::pipeline::{Config as PipelineConfig, KernelLosses, Pipeline};
 use crate::events::sink::SinkSpec;
 use crate::signature::PolicyKey;
 use crate::state::DaemonState;
@@ -85,6 +85,9 @@ pub struct Options {
     pub proxy_reports: Option<crate::events::reports::Options>,
     /// How long a local connection waits for the proxy's report.
     pub correlate: Duration,
+    /// Records each CPU's programs may emit per second (0 = no cap); the rest
+    /// are counted as suppressed.
+    pub kernel_event_rate: u32,
 }
 
 /// Reads and compiles the policy; with `key`, every file must carry its signature
@@ -122,6 +125,7 @@ fn start_backend(
 ) -> Result<(Backend, Applied, Vec<Attachment>), DaemonError> {
     let ebpf = || -> Result<_, EnforceError> {
         let mut b = Backend::Ebpf(Box::new(EbpfBackend::open(&opts.ebpf)?));
+        b.set_event_rate(opts.kernel_event_rate)?;
         let applied = b.apply_next(compiled)?;
         let attachments = b.attach(compiled)?;
         Ok((b, applied, attachments))
@@ -239,9 +243,14 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let mut loss_report = tokio::time::interval(opts.loss_report);
     let mut nflog_lost = 0;
     // Pinned counters outlive daemons: report what was lost since this one started.
-    let kernel_lost_at_start = backend.events_lost();
-    let kernel_lost =
-        |b: &Backend, nflog: u64| b.events_lost().saturating_sub(kernel_lost_at_start) + nflog;
+    let at_start = backend.kernel_losses();
+    let kernel_lost = |b: &Backend, nflog: u64| {
+        let now = b.kernel_losses();
+        KernelLosses {
+            lost: now.lost.saturating_sub(at_start.lost) + nflog,
+            suppressed: now.suppressed.saturating_sub(at_start.suppressed),
+        }
+    };
     notify_ready();
 
     loop {

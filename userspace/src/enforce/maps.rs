@@ -16,6 +16,7 @@ pub struct Maps {
     pub slot_meta: Array<MapData, SlotMeta>,
     pub ports: Array<MapData, PortBitmap>,
     pub ingress: LpmTrie<MapData, IngressKey, IngressRule>,
+    pub ingress_hosts: HashMap<MapData, IngressKey, IngressRule>,
     pub cgroups: HashMap<MapData, CgroupKey, CgroupRule>,
     pub egress_cgroups: HashMap<MapData, CgroupKey, EgressPolicyRef>,
     pub egress: LpmTrie<MapData, EgressKey, EgressEntry>,
@@ -53,6 +54,7 @@ impl Maps {
             slot_meta: typed(take("SLOT_META")?, "SLOT_META")?,
             ports: typed(take("PORTS")?, "PORTS")?,
             ingress: typed(take("INGRESS")?, "INGRESS")?,
+            ingress_hosts: typed(take("INGRESS_HOSTS")?, "INGRESS_HOSTS")?,
             cgroups: typed(take("CGROUPS")?, "CGROUPS")?,
             egress_cgroups: typed(take("EGRESS_CGROUPS")?, "EGRESS_CGROUPS")?,
             egress: typed(take("EGRESS")?, "EGRESS")?,
@@ -71,7 +73,7 @@ impl Maps {
             Ok(match name {
                 "STATE" | "SLOT_META" | "PORTS" => Map::Array(data),
                 "INGRESS" | "EGRESS" => Map::LpmTrie(data),
-                "CGROUPS" | "EGRESS_CGROUPS" => Map::HashMap(data),
+                "CGROUPS" | "EGRESS_CGROUPS" | "INGRESS_HOSTS" => Map::HashMap(data),
                 _ => Map::PerCpuArray(data),
             })
         })
@@ -133,19 +135,26 @@ impl Maps {
         for &p in &compiled.ports {
             ports.insert(p);
         }
+        let mut flags = 0;
         for e in &compiled.ingress {
             let (len, addr) = lpm_addr(e.net);
             let key = IngressKey {
                 slot_port: (slot << 16 | e.port as u32).to_be_bytes(),
                 addr,
             };
-            self.ingress
-                .insert(
-                    &Key::new(INGRESS_KEY_FIXED_BITS + len, key),
-                    IngressRule { rule_id: e.rule_id },
-                    0,
-                )
-                .map_err(err("INGRESS"))?;
+            let rule = IngressRule { rule_id: e.rule_id };
+            // A host entry is the longest match there can be: the program looks
+            // hosts up first and walks the trie only when the slot has prefixes.
+            if len == 128 {
+                self.ingress_hosts
+                    .insert(key, rule, 0)
+                    .map_err(err("INGRESS_HOSTS"))?;
+            } else {
+                flags |= slot_flags::INGRESS_PREFIXES;
+                self.ingress
+                    .insert(&Key::new(INGRESS_KEY_FIXED_BITS + len, key), rule, 0)
+                    .map_err(err("INGRESS"))?;
+            }
         }
         for g in grants {
             let key = CgroupKey {
@@ -199,14 +208,7 @@ impl Maps {
         }
         self.ports.set(slot, ports, 0).map_err(err("PORTS"))?;
         self.slot_meta
-            .set(
-                slot,
-                SlotMeta {
-                    generation,
-                    flags: 0,
-                },
-                0,
-            )
+            .set(slot, SlotMeta { generation, flags }, 0)
             .map_err(err("SLOT_META"))?;
         self.state
             .set(STATE_ABI, ABI_VERSION, 0)
@@ -226,6 +228,8 @@ impl Maps {
                 source: e,
             }
         };
+        let in_slot =
+            |k: &IngressKey| u16::from_be_bytes([k.slot_port[0], k.slot_port[1]]) as u32 == slot;
         let keys: Vec<_> = self
             .ingress
             .keys()
@@ -233,13 +237,24 @@ impl Maps {
             .collect::<Result<Vec<_>, _>>()
             .map_err(err("INGRESS"))?
             .into_iter()
-            .filter(|k: &Key<IngressKey>| {
-                let d = k.data();
-                u16::from_be_bytes([d.slot_port[0], d.slot_port[1]]) as u32 == slot
-            })
+            .filter(|k: &Key<IngressKey>| in_slot(&k.data()))
             .collect();
         for k in keys {
             self.ingress.remove(&k).map_err(err("INGRESS"))?;
+        }
+        let keys: Vec<_> = self
+            .ingress_hosts
+            .keys()
+            // A failed key walk must fail the apply, not leave stale entries behind.
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err("INGRESS_HOSTS"))?
+            .into_iter()
+            .filter(in_slot)
+            .collect();
+        for k in keys {
+            self.ingress_hosts
+                .remove(&k)
+                .map_err(err("INGRESS_HOSTS"))?;
         }
         let keys: Vec<_> = self
             .egress
@@ -283,6 +298,16 @@ impl Maps {
             .set(slot, PortBitmap::EMPTY, 0)
             .map_err(err("PORTS"))?;
         Ok(())
+    }
+
+    /// Sets how many records each CPU may emit per budget window (0 = no limit).
+    pub fn set_event_budget(&mut self, per_window: u32) -> Result<(), EnforceError> {
+        self.state
+            .set(STATE_EVENT_BUDGET, per_window, 0)
+            .map_err(|e| EnforceError::Map {
+                name: "STATE".into(),
+                source: e,
+            })
     }
 
     /// Sum over CPUs of a per-CPU counter.

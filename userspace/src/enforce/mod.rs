@@ -161,13 +161,32 @@ impl Backend {
         ResolvedCgroups::resolve(cgroup2, compiled).ids()
     }
 
-    /// Flow records the kernel could not queue (eBPF ring buffer full), since
-    /// the maps were first pinned. The nft backend's losses are NFLOG's: see
+    /// Flow records the kernel could not queue (eBPF ring buffer full) and
+    /// those it suppressed (event budget spent), since the maps were first
+    /// pinned. The nft backend's losses are NFLOG's: see
     /// [`nflog::NflogSocket::lost`].
-    pub fn events_lost(&self) -> u64 {
+    pub fn kernel_losses(&self) -> crate::events::pipeline::KernelLosses {
+        use warden_common::stat;
         match self {
-            Self::Ebpf(b) => maps::Maps::sum(&b.maps.stats, warden_common::stat::EVENTS_LOST),
-            Self::Nft(_) => 0,
+            Self::Ebpf(b) => crate::events::pipeline::KernelLosses {
+                lost: maps::Maps::sum(&b.maps.stats, stat::EVENTS_LOST),
+                suppressed: maps::Maps::sum(&b.maps.stats, stat::EVENTS_SUPPRESSED),
+            },
+            Self::Nft(_) => Default::default(),
+        }
+    }
+
+    /// Caps the records each CPU emits per second (0 = no cap); the eBPF
+    /// backend only (NFLOG has its own queue limits).
+    pub fn set_event_rate(&mut self, per_cpu_per_sec: u32) -> Result<(), EnforceError> {
+        match self {
+            Self::Ebpf(b) => {
+                // Budget windows are 2^EVENT_WINDOW_SHIFT ns long.
+                let window_ns = (1u64 << warden_common::EVENT_WINDOW_SHIFT) as f64;
+                let per_window = (per_cpu_per_sec as f64 * window_ns / 1e9).ceil() as u32;
+                b.maps.set_event_budget(per_window)
+            }
+            Self::Nft(_) => Ok(()),
         }
     }
 

@@ -72,8 +72,8 @@ enum Input {
     /// An upstream-connection report from the proxy (peer pid).
     Report(Box<ProxyReport>, u32),
     /// The last input: report what aggregation holds, then `stop` with these
-    /// fields and the final record counts (`kernel_lost` given).
-    Stop(Value, u64),
+    /// fields and the final record counts (the kernel's given).
+    Stop(Value, KernelLosses),
 }
 
 #[derive(Default)]
@@ -101,11 +101,23 @@ struct Counters {
     undetermined: AtomicU64,
 }
 
+/// What the kernel counted but did not deliver, since the daemon started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelLosses {
+    /// Ring buffer full (eBPF) or NFLOG overrun.
+    pub lost: u64,
+    /// Beyond the per-CPU event budget (a flood); verdicts still counted per rule.
+    pub suppressed: u64,
+}
+
 /// Loss and delivery counts since the daemon started.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Losses {
     /// Records the kernel could not queue (ring buffer full, NFLOG overrun).
     pub kernel_lost: u64,
+    /// Records the kernel did not emit because a CPU's event budget was spent.
+    #[serde(default)]
+    pub kernel_suppressed: u64,
     /// Records the daemon read from the kernel.
     pub records: u64,
     /// Records dropped because the encoder's queue was full.
@@ -148,6 +160,7 @@ impl Losses {
     /// Events lost anywhere (not counting aggregation, which loses nothing).
     pub fn total(&self) -> u64 {
         self.kernel_lost
+            + self.kernel_suppressed
             + self.queue_dropped
             + self.proxy_reports_dropped
             + self.sinks.iter().map(|s| s.dropped + s.failed).sum::<u64>()
@@ -266,25 +279,26 @@ impl Pipeline {
         let _ = self.tx.try_send(Input::Wake);
     }
 
-    pub fn losses(&self, kernel_lost: u64) -> Losses {
+    pub fn losses(&self, kernel: KernelLosses) -> Losses {
         losses(
             &self.counters,
             self.sinks
                 .iter()
                 .map(|s| (s.spec.text.as_str(), s.counters.as_ref())),
-            kernel_lost,
+            kernel,
         )
     }
 
     /// Emits a `loss` event when anything was lost since the last one; returns
     /// the current numbers.
-    pub fn report_losses(&mut self, kernel_lost: u64) -> Losses {
-        let now = self.losses(kernel_lost);
+    pub fn report_losses(&mut self, kernel: KernelLosses) -> Losses {
+        let now = self.losses(kernel);
         if now.total() != self.reported.total() {
             let prev = &self.reported;
             let sum = |l: &Losses, f: fn(&SinkLosses) -> u64| l.sinks.iter().map(f).sum::<u64>();
             let since = serde_json::json!({
                 "kernel_lost": now.kernel_lost.saturating_sub(prev.kernel_lost),
+                "kernel_suppressed": now.kernel_suppressed.saturating_sub(prev.kernel_suppressed),
                 "queue_dropped": now.queue_dropped - prev.queue_dropped,
                 "sink_dropped": sum(&now, |s| s.dropped) - sum(prev, |s| s.dropped),
                 "sink_failed": sum(&now, |s| s.failed) - sum(prev, |s| s.failed),
@@ -304,11 +318,11 @@ impl Pipeline {
     /// last; sinks get until [`SHUTDOWN_GRACE`] after the call to write it all.
     /// What a stuck sink still holds then is counted as dropped. Returns the
     /// final numbers.
-    pub fn shutdown(self, stop_fields: Value, kernel_lost: u64) -> Losses {
+    pub fn shutdown(self, stop_fields: Value, kernel: KernelLosses) -> Losses {
         let deadline = Instant::now() + SHUTDOWN_GRACE;
         self.stopping.store(true, Relaxed);
         // Blocking is fine now: the encoder drains the queue in front of it.
-        let _ = self.tx.send(Input::Stop(stop_fields, kernel_lost));
+        let _ = self.tx.send(Input::Stop(stop_fields, kernel));
         drop(self.tx);
         drop(self.ctl);
         let _ = self.encoder.join();
@@ -337,7 +351,7 @@ impl Pipeline {
             self.sinks
                 .iter()
                 .map(|s| (s.spec.text.as_str(), s.counters.as_ref())),
-            kernel_lost,
+            kernel,
         );
         for s in self.sinks {
             if s.thread.is_finished() {
@@ -351,10 +365,11 @@ impl Pipeline {
 fn losses<'a>(
     counters: &Counters,
     sinks: impl Iterator<Item = (&'a str, &'a SinkCounters)>,
-    kernel_lost: u64,
+    kernel: KernelLosses,
 ) -> Losses {
     Losses {
-        kernel_lost,
+        kernel_lost: kernel.lost,
+        kernel_suppressed: kernel.suppressed,
         records: counters.records.load(Relaxed),
         queue_dropped: counters.queue_dropped.load(Relaxed),
         aggregated: counters.aggregated.load(Relaxed),
@@ -485,7 +500,7 @@ impl Encoding {
                         }
                     }
                     Input::Wake => {}
-                    Input::Stop(mut fields, kernel_lost) => {
+                    Input::Stop(mut fields, kernel) => {
                         if let Some(j) = join.as_mut() {
                             // Their reports may still be on the way: published
                             // as plain flows, counted as undetermined.
@@ -503,7 +518,7 @@ impl Encoding {
                             self.publish_flow(v, &r.last);
                         }
                         fields["events"] =
-                            serde_json::to_value(self.losses(kernel_lost)).unwrap_or_default();
+                            serde_json::to_value(self.losses(kernel)).unwrap_or_default();
                         self.publish_lifecycle("stop", fields);
                         return;
                     }
@@ -528,13 +543,13 @@ impl Encoding {
         }
     }
 
-    fn losses(&self, kernel_lost: u64) -> Losses {
+    fn losses(&self, kernel: KernelLosses) -> Losses {
         losses(
             &self.counters,
             self.queues
                 .iter()
                 .map(|q| (q.name.as_str(), q.counters.as_ref())),
-            kernel_lost,
+            kernel,
         )
     }
 

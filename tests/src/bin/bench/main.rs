@@ -17,7 +17,11 @@ use std::time::{Duration, Instant};
 use warden_tests::proxy::{Placement, ProxyLab};
 use warden_tests::{Lab, enter, workspace};
 
-const ALL: &[&str] = &["connect", "apply", "footprint"];
+mod bpf;
+mod packet;
+mod xdp;
+
+const ALL: &[&str] = &["xdp", "connect", "apply", "footprint"];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -33,6 +37,7 @@ fn main() {
     for name in names {
         eprintln!("bench: {name} ...");
         let section = match name {
+            "xdp" => xdp::run(),
             "connect" => connect(),
             "apply" => apply(),
             "footprint" => footprint(),
@@ -47,14 +52,14 @@ fn main() {
 }
 
 /// Median and spread of repeated measurements.
-struct Stats {
+pub struct Stats {
     median: f64,
     min: f64,
     max: f64,
     n: usize,
 }
 
-fn stats(mut v: Vec<f64>) -> Stats {
+pub fn stats(mut v: Vec<f64>) -> Stats {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     Stats {
         median: v[v.len() / 2],
@@ -89,7 +94,14 @@ impl std::fmt::Display for Stats {
 const CONNECTS: usize = 5_000;
 const REPEATS: usize = 21;
 /// The daemon as it runs in production (the lab's defaults are for tests).
-const PRODUCTION: &[&str] = &["--rescan-secs", "1", "--loss-report-secs", "10"];
+pub const PRODUCTION: &[&str] = &[
+    "--rescan-secs",
+    "1",
+    "--loss-report-secs",
+    "10",
+    "--aggregate-secs",
+    "10",
+];
 
 /// The child: a listener and `n` connect/accept/close cycles; prints ns per cycle.
 fn connect_loop(n: usize, port: u16) {
@@ -183,23 +195,29 @@ fn connect() -> String {
 
 const CIDRS: u32 = 100_000;
 
+/// `n` distinct quoted IPv4 /32 prefixes, spread over 11.0.0.0 to 110.255.255.255
+/// (never loopback, never the labs' addresses); `seed` picks another set.
+pub fn allowlist(n: u32, seed: u32) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let v = i.wrapping_mul(2_654_435_761).wrapping_add(seed);
+            let v = (v & 0x00ff_ffff) | (((v >> 24) % 100 + 11) << 24);
+            format!(
+                "\"{}.{}.{}.{}/32\"",
+                v >> 24,
+                (v >> 16) & 255,
+                (v >> 8) & 255,
+                v & 255
+            )
+        })
+        .collect()
+}
+
 fn big_policy(lab: &Lab, seed: u32) -> String {
-    let mut allow = String::with_capacity(CIDRS as usize * 20);
-    for i in 0..CIDRS {
-        let v = i.wrapping_mul(2_654_435_761).wrapping_add(seed) | 0x0100_0000;
-        let v = (v & 0x00ff_ffff) | (((v >> 24) % 100 + 11) << 24); // 11.x to 110.x: never loopback
-        let _ = write!(
-            allow,
-            "\"{}.{}.{}.{}/32\",",
-            v >> 24,
-            (v >> 16) & 255,
-            (v >> 8) & 255,
-            v & 255
-        );
-    }
     format!(
-        "version = 1\n[service]\nports = [11434]\nserver_cgroups = [\"{}\"]\n[ingress]\ninterfaces = [\"*\"]\nallow = [{allow}]\n",
-        lab.cgroup_rel("server")
+        "version = 1\n[service]\nports = [11434]\nserver_cgroups = [\"{}\"]\n[ingress]\ninterfaces = [\"*\"]\nallow = [{}]\n",
+        lab.cgroup_rel("server"),
+        allowlist(CIDRS, seed).join(",")
     )
 }
 

@@ -1,0 +1,94 @@
+//! The few bpf(2) commands the benchmarks need, as raw syscalls: open a pinned
+//! link, find its program, load an empty XDP program, and BPF_PROG_TEST_RUN.
+
+use std::ffi::CString;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+const BPF_PROG_LOAD: i64 = 5;
+const BPF_OBJ_GET: i64 = 7;
+const BPF_PROG_TEST_RUN: i64 = 10;
+const BPF_PROG_GET_FD_BY_ID: i64 = 13;
+const BPF_OBJ_GET_INFO_BY_FD: i64 = 15;
+const BPF_PROG_TYPE_XDP: u32 = 6;
+
+/// `union bpf_attr`, zeroed, written field by field at its offsets.
+struct Attr([u8; 128]);
+
+impl Attr {
+    fn new() -> Self {
+        Self([0; 128])
+    }
+    fn u32(mut self, off: usize, v: u32) -> Self {
+        self.0[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+        self
+    }
+    fn u64(mut self, off: usize, v: u64) -> Self {
+        self.0[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+        self
+    }
+    fn get_u32(&self, off: usize) -> u32 {
+        u32::from_ne_bytes(self.0[off..off + 4].try_into().unwrap())
+    }
+    fn call(&mut self, cmd: i64) -> std::io::Result<i64> {
+        // SAFETY: a 128-byte attribute buffer, larger than every command reads.
+        let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, self.0.as_mut_ptr(), 128u32) };
+        if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
+    }
+}
+
+fn fd(rc: i64) -> OwnedFd {
+    // SAFETY: the kernel just returned this descriptor to us.
+    unsafe { OwnedFd::from_raw_fd(rc as RawFd) }
+}
+
+/// The program behind a pinned bpf link.
+pub fn pinned_link_program(pin: &Path) -> std::io::Result<OwnedFd> {
+    let path = CString::new(pin.as_os_str().as_encoded_bytes()).unwrap();
+    let link = fd(Attr::new().u64(0, path.as_ptr() as u64).call(BPF_OBJ_GET)?);
+    // struct bpf_link_info { type, id, prog_id, ... }
+    let mut info = [0u8; 64];
+    Attr::new()
+        .u32(0, std::os::fd::AsRawFd::as_raw_fd(&link) as u32)
+        .u32(4, info.len() as u32)
+        .u64(8, info.as_mut_ptr() as u64)
+        .call(BPF_OBJ_GET_INFO_BY_FD)?;
+    let prog_id = u32::from_ne_bytes(info[8..12].try_into().unwrap());
+    Ok(fd(Attr::new()
+        .u32(0, prog_id)
+        .call(BPF_PROG_GET_FD_BY_ID)?))
+}
+
+/// `r0 = XDP_PASS; exit`: the cheapest XDP program there is.
+pub fn empty_xdp() -> std::io::Result<OwnedFd> {
+    let insns: [u8; 16] = [
+        0xb7, 0, 0, 0, 2, 0, 0, 0, // mov64 r0, 2
+        0x95, 0, 0, 0, 0, 0, 0, 0, // exit
+    ];
+    let license = c"GPL";
+    Ok(fd(Attr::new()
+        .u32(0, BPF_PROG_TYPE_XDP)
+        .u32(4, 2)
+        .u64(8, insns.as_ptr() as u64)
+        .u64(16, license.as_ptr() as u64)
+        .call(BPF_PROG_LOAD)?))
+}
+
+/// Runs `prog` on `packet` `repeat` times in the kernel; returns the verdict and
+/// the kernel's mean nanoseconds per run.
+pub fn test_run(prog: &OwnedFd, packet: &[u8], repeat: u32) -> std::io::Result<(u32, u32)> {
+    let mut out = vec![0u8; packet.len() + 256];
+    let mut a = Attr::new()
+        .u32(0, std::os::fd::AsRawFd::as_raw_fd(prog) as u32)
+        .u32(8, packet.len() as u32)
+        .u32(12, out.len() as u32)
+        .u64(16, packet.as_ptr() as u64)
+        .u64(24, out.as_mut_ptr() as u64)
+        .u32(32, repeat);
+    a.call(BPF_PROG_TEST_RUN)?;
+    Ok((a.get_u32(4), a.get_u32(36)))
+}
