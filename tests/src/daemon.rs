@@ -18,7 +18,14 @@ impl Daemon {
         let n = std::fs::read_dir(&lab.run_dir)
             .map(|d| d.count())
             .unwrap_or(0);
-        let events = lab.run_dir.join(format!("events-{n}.jsonl"));
+        // The event file: the lab's, unless `extra` names a file sink itself.
+        let events = match extra.iter().position(|a| *a == "--events") {
+            Some(i) => {
+                let spec = extra[i + 1].trim_start_matches("file://");
+                PathBuf::from(spec.split('?').next().unwrap())
+            }
+            None => lab.run_dir.join(format!("events-{n}.jsonl")),
+        };
         let stderr = lab.run_dir.join(format!("daemon-{n}.err"));
         let _ = std::fs::remove_file(lab.run_dir.join("state.json"));
         let mut cmd = Command::new(warden_bin());
@@ -33,8 +40,6 @@ impl Daemon {
             .arg(policy)
             .arg("--attach-cgroup")
             .arg(&lab.cgroup)
-            .arg("--events")
-            .arg(&events)
             // Tests want changes noticed fast; benchmarks pass production values.
             .args(if extra.contains(&"--rescan-secs") {
                 &[][..]
@@ -67,6 +72,9 @@ impl Daemon {
             .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).unwrap());
+        if !extra.contains(&"--events") {
+            cmd.arg("--events").arg(&events);
+        }
         enter(&mut cmd, netns, None);
         let child = cmd.spawn().expect("start warden daemon");
         let mut d = Self {
@@ -152,20 +160,30 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// SIGTERM, then waits up to `grace` for the exit (SIGKILL after that);
+    /// true when it exited by itself.
+    pub fn stop(&mut self, grace: Duration) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return true;
+        };
+        // SAFETY: plain kill(2) of our child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if c.try_wait().ok().flatten().is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        false
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: plain kill(2) of our child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < deadline {
-                if c.try_wait().ok().flatten().is_some() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.stop(Duration::from_secs(3));
     }
 }

@@ -221,6 +221,16 @@ impl ProxyLab {
         self.url = url.to_owned();
     }
 
+    /// Restarts the proxy pointed at another upstream port (a faster stand-in,
+    /// for the benchmarks; a reload keeps the upstream), with `body` as the
+    /// rest of the config.
+    pub fn retarget(&mut self, port: u16, body: &str) {
+        self.stop();
+        self.upstream_port = port;
+        self.write_config(body);
+        self.start_proxy();
+    }
+
     pub fn proxy_pid(&self) -> u32 {
         self.proxy.as_ref().expect("running").id()
     }

@@ -33,7 +33,7 @@ enum Task {
     },
     /// Run the benchmarks (release build) and rewrite their sections of BENCHMARKS.md.
     Bench {
-        /// Only these benchmarks (xdp, connect, apply, footprint); default: all.
+        /// Only these benchmarks (xdp, flood, pipeline, connect, apply, proxy, footprint); default: all.
         names: Vec<String>,
     },
     /// A one-minute tour in a throwaway lab: proxy, daemon, attackers, and what a SIEM sees.

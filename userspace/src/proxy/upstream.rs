@@ -12,10 +12,8 @@ use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
-use tokio::net::TcpSocket;
 use tokio::task::JoinHandle;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -63,57 +61,58 @@ pub fn socket_cookie(fd: &impl AsRawFd) -> u64 {
     if rc == 0 { cookie } else { 0 }
 }
 
-/// Opens the upstream socket, calls `on_socket` with its cookie and local
-/// address *before* connecting (so the daemon has the report by the time the
-/// kernel reports the connect, however long the handshake takes), connects,
-/// sends the request and waits for the response head (at most `timeout` after
-/// the request is sent, when given).
+/// Opens the upstream socket, starts the connect, calls `on_socket` with its
+/// cookie and local address while the handshake is still under way (so the
+/// daemon has the report by the time the kernel's connect event needs it,
+/// however long the handshake takes), finishes the connect, sends the request
+/// and waits for the response head (at most `timeout` after the request is
+/// sent, when given).
 ///
-/// The socket is bound first so its port is known: to the loopback address for
-/// a loopback upstream (the address the kernel would pick), else to the
-/// unspecified address (the report then carries only the port).
+/// The kernel picks the local address and port in the connect call itself, the
+/// way a plain connect does: binding first to learn the port would search the
+/// port space on every request and, with thousands of TIME_WAIT sockets from
+/// earlier requests, slow each connect down to tens of milliseconds.
 pub async fn send(
     addr: SocketAddr,
     req: hyper::Request<ReqBody>,
     timeout: Option<Duration>,
     on_socket: impl FnOnce(&UpstreamConn),
 ) -> Result<Sent, UpstreamError> {
-    let (socket, bind_ip): (TcpSocket, IpAddr) = match addr.ip() {
-        IpAddr::V4(ip) => (
-            TcpSocket::new_v4().map_err(UpstreamError::Connect)?,
-            if ip.is_loopback() {
-                ip.into()
-            } else {
-                Ipv4Addr::UNSPECIFIED.into()
-            },
-        ),
-        IpAddr::V6(ip) => (
-            TcpSocket::new_v6().map_err(UpstreamError::Connect)?,
-            if ip.is_loopback() {
-                ip.into()
-            } else {
-                Ipv6Addr::UNSPECIFIED.into()
-            },
-        ),
+    use socket2::{Domain, Protocol, Socket, Type};
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
     };
-    socket
-        .bind(SocketAddr::new(bind_ip, 0))
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))
+        .and_then(|s| s.set_nonblocking(true).map(|()| s))
         .map_err(UpstreamError::Connect)?;
-    let _ = socket.set_nodelay(true);
+    let _ = socket.set_tcp_nodelay(true);
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(UpstreamError::Connect(e)),
+    }
+    let local = socket
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .ok_or_else(|| UpstreamError::Connect(std::io::Error::other("no local address")))?;
     let conn = UpstreamConn {
         addr,
-        local: socket.local_addr().map_err(UpstreamError::Connect)?,
+        local,
         cookie: socket_cookie(&socket),
     };
     on_socket(&conn);
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(addr))
+    let stream = tokio::net::TcpStream::from_std(std::net::TcpStream::from(socket))
+        .map_err(UpstreamError::Connect)?;
+    tokio::time::timeout(CONNECT_TIMEOUT, stream.writable())
         .await
         .map_err(|_| UpstreamError::Timeout)?
         .map_err(UpstreamError::Connect)?;
-    let conn = UpstreamConn {
-        local: stream.local_addr().unwrap_or(conn.local),
-        ..conn
-    };
+    if let Some(e) = stream.take_error().map_err(UpstreamError::Connect)? {
+        return Err(UpstreamError::Connect(e));
+    }
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(UpstreamError::Http)?;

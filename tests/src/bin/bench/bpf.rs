@@ -63,19 +63,74 @@ pub fn pinned_link_program(pin: &Path) -> std::io::Result<OwnedFd> {
         .call(BPF_PROG_GET_FD_BY_ID)?))
 }
 
-/// `r0 = XDP_PASS; exit`: the cheapest XDP program there is.
-pub fn empty_xdp() -> std::io::Result<OwnedFd> {
-    let insns: [u8; 16] = [
-        0xb7, 0, 0, 0, 2, 0, 0, 0, // mov64 r0, 2
-        0x95, 0, 0, 0, 0, 0, 0, 0, // exit
-    ];
+fn load_xdp(insns: &[u8]) -> std::io::Result<OwnedFd> {
     let license = c"GPL";
     Ok(fd(Attr::new()
         .u32(0, BPF_PROG_TYPE_XDP)
-        .u32(4, 2)
+        .u32(4, (insns.len() / 8) as u32)
         .u64(8, insns.as_ptr() as u64)
         .u64(16, license.as_ptr() as u64)
         .call(BPF_PROG_LOAD)?))
+}
+
+/// `r0 = XDP_PASS; exit`: the cheapest XDP program there is.
+pub fn empty_xdp() -> std::io::Result<OwnedFd> {
+    load_xdp(&[
+        0xb7, 0, 0, 0, 2, 0, 0, 0, // mov64 r0, XDP_PASS
+        0x95, 0, 0, 0, 0, 0, 0, 0, // exit
+    ])
+}
+
+/// `return bpf_redirect(ifindex, 0)`: sends every frame out of `ifindex`.
+pub fn redirect_xdp(ifindex: u32) -> std::io::Result<OwnedFd> {
+    let i = ifindex.to_le_bytes();
+    load_xdp(&[
+        0xb7, 0x01, 0, 0, i[0], i[1], i[2], i[3], // mov64 r1, ifindex
+        0xb7, 0x02, 0, 0, 0, 0, 0, 0, // mov64 r2, 0
+        0x85, 0, 0, 0, 23, 0, 0, 0, // call bpf_redirect
+        0x95, 0, 0, 0, 0, 0, 0, 0, // exit
+    ])
+}
+
+/// Attaches `prog` to `ifindex` (of the calling thread's namespace) in native
+/// mode; detached when the returned link is closed.
+pub fn attach_xdp(prog: &OwnedFd, ifindex: u32) -> std::io::Result<OwnedFd> {
+    const BPF_LINK_CREATE: i64 = 28;
+    const BPF_XDP: u32 = 37;
+    const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+    Ok(fd(Attr::new()
+        .u32(0, std::os::fd::AsRawFd::as_raw_fd(prog) as u32)
+        .u32(4, ifindex)
+        .u32(8, BPF_XDP)
+        .u32(12, XDP_FLAGS_DRV_MODE)
+        .call(BPF_LINK_CREATE)?))
+}
+
+/// Runs `prog` on `repeat` copies of `frame` as live frames arriving on
+/// `ifindex` (BPF_F_TEST_XDP_LIVE_FRAMES): XDP_TX and redirects really transmit,
+/// which makes a redirecting program a packet generator (as xdp-trafficgen does).
+pub fn transmit_live(
+    prog: &OwnedFd,
+    frame: &[u8],
+    repeat: u32,
+    ifindex: u32,
+) -> std::io::Result<()> {
+    const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
+    // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }
+    // (data_end must be the frame's length).
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    Attr::new()
+        .u32(0, std::os::fd::AsRawFd::as_raw_fd(prog) as u32)
+        .u32(8, frame.len() as u32)
+        .u64(16, frame.as_ptr() as u64)
+        .u32(32, repeat)
+        .u32(40, ctx.len() as u32)
+        .u64(48, ctx.as_ptr() as u64)
+        .u32(64, BPF_F_TEST_XDP_LIVE_FRAMES)
+        .call(BPF_PROG_TEST_RUN)?;
+    Ok(())
 }
 
 /// Runs `prog` on `packet` `repeat` times in the kernel; returns the verdict and
@@ -91,4 +146,36 @@ pub fn test_run(prog: &OwnedFd, packet: &[u8], repeat: u32) -> std::io::Result<(
         .u32(32, repeat);
     a.call(BPF_PROG_TEST_RUN)?;
     Ok((a.get_u32(4), a.get_u32(36)))
+}
+
+const BPF_MAP_LOOKUP_ELEM: i64 = 1;
+
+/// Sum over CPUs of `index` in a pinned per-CPU array of u64 counters.
+pub fn percpu_sum(pin: &Path, index: u32) -> std::io::Result<u64> {
+    let path = CString::new(pin.as_os_str().as_encoded_bytes()).unwrap();
+    let map = fd(Attr::new().u64(0, path.as_ptr() as u64).call(BPF_OBJ_GET)?);
+    let mut values = vec![0u64; possible_cpus()];
+    Attr::new()
+        .u32(0, std::os::fd::AsRawFd::as_raw_fd(&map) as u32)
+        .u64(8, (&raw const index) as u64)
+        .u64(16, values.as_mut_ptr() as u64)
+        .call(BPF_MAP_LOOKUP_ELEM)?;
+    Ok(values.iter().sum())
+}
+
+/// Per-CPU map values are laid out for every possible CPU.
+fn possible_cpus() -> usize {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/possible").unwrap_or_default();
+    text.trim()
+        .split(',')
+        .filter_map(|r| {
+            let mut it = r.split('-').map(|x| x.parse::<usize>().ok());
+            match (it.next().flatten(), it.next().flatten()) {
+                (Some(a), Some(b)) => Some(b - a + 1),
+                (Some(_), None) => Some(1),
+                _ => None,
+            }
+        })
+        .sum::<usize>()
+        .max(1)
 }

@@ -18,10 +18,13 @@ use warden_tests::proxy::{Placement, ProxyLab};
 use warden_tests::{Lab, enter, workspace};
 
 mod bpf;
+mod flood;
 mod packet;
+mod pipeline;
+mod proxy;
 mod xdp;
 
-const ALL: &[&str] = &["xdp", "connect", "apply", "footprint"];
+const ALL: &[&str] = &["xdp", "flood", "pipeline", "connect", "apply", "footprint"];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -38,6 +41,9 @@ fn main() {
         eprintln!("bench: {name} ...");
         let section = match name {
             "xdp" => xdp::run(),
+            "flood" => flood::run(),
+            "pipeline" => pipeline::run(),
+            "proxy" => proxy::run(),
             "connect" => connect(),
             "apply" => apply(),
             "footprint" => footprint(),

@@ -33,9 +33,21 @@ fn tcp_syn(sport: u16, dport: u16, pseudo: &[u8]) -> [u8; 20] {
 
 /// An Ethernet + IPv4 + TCP SYN frame.
 pub fn syn4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
+    syn4_to(SRC_MAC, DST_MAC, src, dst, sport, dport)
+}
+
+/// [`syn4`] between the given MAC addresses.
+pub fn syn4_to(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+) -> Vec<u8> {
     let mut f = Vec::with_capacity(54);
-    f.extend_from_slice(&DST_MAC);
-    f.extend_from_slice(&SRC_MAC);
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
     f.extend_from_slice(&0x0800u16.to_be_bytes());
     let mut ip = [0u8; 20];
     ip[0] = 0x45;
