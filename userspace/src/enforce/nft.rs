@@ -218,7 +218,47 @@ pub fn render(
         "  set ports {{ type inet_service; elements = {{ {ports} }} }}"
     );
 
-    // Ingress: one rule per (port, prefix), so every rule id keeps its counter.
+    // Ingress: consecutive entries of one (port, rule) share a named interval
+    // set per family, matched by one rule that keeps the rule's counter. Order
+    // is kept (the first matching rule names the connection), and a 100k-network
+    // list is two sets and a few rules, not 200k rules to load and walk.
+    let mut sets = String::new();
+    let mut rules = String::new();
+    let mut runs = 0usize;
+    let mut i = 0;
+    while i < c.ingress.len() {
+        let (port, rule) = (c.ingress[i].port, c.ingress[i].rule_id);
+        let end = c.ingress[i..]
+            .iter()
+            .position(|e| e.port != port || e.rule_id != rule)
+            .map_or(c.ingress.len(), |n| i + n);
+        for (fam, ty, v4) in [("ip", "ipv4_addr", true), ("ip6", "ipv6_addr", false)] {
+            let nets: Vec<String> = c.ingress[i..end]
+                .iter()
+                .filter(|e| matches!(e.net, IpNet::V4(_)) == v4)
+                .map(|e| e.net.to_string())
+                .collect();
+            if nets.is_empty() {
+                continue;
+            }
+            let name = format!("ingress_{runs}_{fam}");
+            let _ = writeln!(
+                sets,
+                "  set {name} {{ type {ty}; flags interval; auto-merge; elements = {{ {} }} }}",
+                nets.join(", ")
+            );
+            // New connections are logged (one event each), later packets just pass.
+            let _ = writeln!(
+                rules,
+                "    th dport {port} {fam} saddr @{name} ct state new counter log prefix \"{} {rule}\" group {LOG_GROUP} accept comment \"rule {rule}\"",
+                nflog::INGRESS_ALLOW,
+            );
+            let _ = writeln!(rules, "    th dport {port} {fam} saddr @{name} accept");
+        }
+        runs += 1;
+        i = end;
+    }
+    s.push_str(&sets);
     let _ = writeln!(
         s,
         "  chain ingress {{\n    type filter hook prerouting priority -150; policy accept;"
@@ -229,21 +269,7 @@ pub fn render(
         let _ = writeln!(s, "    iifname != {{ {} }} accept", names.join(", "));
     }
     s.push_str("    meta l4proto != { tcp, udp } accept\n    th dport != @ports accept\n");
-    for e in &c.ingress {
-        let (fam, net) = match e.net {
-            IpNet::V4(_) => ("ip", e.net.to_string()),
-            IpNet::V6(_) => ("ip6", e.net.to_string()),
-        };
-        // New connections are logged (one event each), later packets just pass.
-        let _ = writeln!(
-            s,
-            "    th dport {port} {fam} saddr {net} ct state new counter log prefix \"{} {rule}\" group {LOG_GROUP} accept comment \"rule {rule}\"",
-            nflog::INGRESS_ALLOW,
-            port = e.port,
-            rule = e.rule_id
-        );
-        let _ = writeln!(s, "    th dport {} {fam} saddr {net} accept", e.port);
-    }
+    s.push_str(&rules);
     let _ = writeln!(
         s,
         "    counter log prefix \"{} 0\" group {LOG_GROUP} drop comment \"rule 0\"\n  }}",
@@ -358,8 +384,14 @@ proto = "tcp"
         );
         assert!(s.starts_with("table inet ollama_warden {}\ndelete table inet ollama_warden\n"));
         assert!(s.contains("generation=7"));
-        assert!(s.contains("th dport 11434 ip saddr 10.0.0.0/8 ct state new counter log prefix \"warden ingress-allow 1\" group 11434 accept"));
-        assert!(s.contains("th dport 11434 ip6 saddr fd00::/8 accept"));
+        assert!(s.contains(
+            "set ingress_0_ip { type ipv4_addr; flags interval; auto-merge; elements = { 10.0.0.0/8 } }"
+        ));
+        assert!(s.contains(
+            "set ingress_1_ip6 { type ipv6_addr; flags interval; auto-merge; elements = { fd00::/8 } }"
+        ));
+        assert!(s.contains("th dport 11434 ip saddr @ingress_0_ip ct state new counter log prefix \"warden ingress-allow 1\" group 11434 accept comment \"rule 1\""));
+        assert!(s.contains("th dport 11434 ip6 saddr @ingress_1_ip6 accept"));
         assert!(s.contains(
             "socket cgroupv2 level 2 \"unified/system.slice/ollama.service\" counter log prefix \"warden local-allow 3\""
         ));

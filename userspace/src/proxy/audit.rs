@@ -225,8 +225,10 @@ fn write_loop(rx: Receiver<Record>, mut writers: Vec<SinkWriter>, c: &Counters) 
         {
             batch.push(r);
         }
-        let lines: Vec<(String, &Record)> =
-            batch.iter().map(|r| (ocsf(r).to_string(), r)).collect();
+        let lines: Vec<(String, &Record)> = batch
+            .iter()
+            .map(|r| (crate::events::pipeline::to_json(&ocsf(r)), r))
+            .collect();
         let first_seq = seq;
         seq += lines.len() as u64;
         for (w, framer) in &mut writers {

@@ -294,6 +294,8 @@ fn rss_mib(pid: u32) -> f64 {
     kb / 1024.0
 }
 
+const STREAMS: usize = 1000;
+
 fn footprint() -> String {
     let mut lab = Lab::new();
     let ns = lab.netns("fp");
@@ -304,8 +306,10 @@ fn footprint() -> String {
     );
     let d = lab.daemon_with(Some(&ns), &lab.policy("p.toml", &policy), PRODUCTION);
     let proxy = ProxyLab::start_in(
-        "[[identity]]\nname = \"a\"\ntokens = [\"@token:a@\"]\nmodels = [\"*\"]\n",
-        &[],
+        "[limits]\nmax_connections = 2048\nmax_connections_per_ip = 2048\n\
+         [[identity]]\nname = \"a\"\ntokens = [\"@token:a@\"]\nmodels = [\"*\"]\n",
+        // Slow tokens, so every stream is still open when memory is read.
+        &["--delay-ms", "100"],
         Placement {
             netns: Some(ns.clone()),
             proxy_cgroup: Some(lab.cgroup.join("proxy")),
@@ -320,13 +324,42 @@ fn footprint() -> String {
     }
     std::thread::sleep(Duration::from_secs(1));
     let (drss, prss) = (rss_mib(d.pid()), rss_mib(proxy.proxy_pid()));
+
+    let mut c = Command::new(warden_tests::proxy::python());
+    c.arg(warden_tests::proxy::helper("hold_streams.py"))
+        .arg(&proxy.url)
+        .arg(proxy.pki("server-ca.pem"))
+        .arg(proxy.token("a"))
+        .arg(STREAMS.to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    enter(&mut c, Some(&ns), None);
+    let mut holder = c.spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(
+        line.trim(),
+        format!("ready {STREAMS}"),
+        "{}",
+        proxy.proxy_log()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let streaming = rss_mib(proxy.proxy_pid());
+    drop(holder.stdin.take());
+    let _ = holder.wait();
     format!(
         "## Footprint\n\n\
-         Resident memory (VmRSS) after start and 20 requests.\n\n\
+         Resident memory (VmRSS) after start and 20 requests, and of the proxy while \
+         {STREAMS} streamed generations are open at once (each TLS client has its first \
+         NDJSON line and keeps reading).\n\n\
          | process | RSS MiB | goal |\n|---|---|---|\n\
          | `warden daemon` (eBPF backend, default sinks) | {drss:.1} | ≤ 64 {} |\n\
-         | `warden proxy` (idle, 1 identity) | {prss:.1} | |\n\n\
-         Not measured yet: the proxy with 1,000 concurrent streams.\n\n\
+         | `warden proxy` (idle, 1 identity) | {prss:.1} | |\n\
+         | `warden proxy` with {STREAMS} concurrent streams | {streaming:.1} | |\n\n\
          Reproduce: `cargo xtask bench footprint`\n",
         if drss <= 64.0 { "(met)" } else { "(missed)" }
     )
