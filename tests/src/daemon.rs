@@ -15,6 +15,18 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(lab: &Lab, netns: Option<&str>, policy: &Path, extra: &[&str]) -> Self {
+        Self::start_under(&[], lab, netns, policy, extra)
+    }
+
+    /// Like [`Daemon::start`], run through `prefix` (e.g. `setpriv` with a
+    /// capability bounding set).
+    pub fn start_under(
+        prefix: &[&str],
+        lab: &Lab,
+        netns: Option<&str>,
+        policy: &Path,
+        extra: &[&str],
+    ) -> Self {
         let n = std::fs::read_dir(&lab.run_dir)
             .map(|d| d.count())
             .unwrap_or(0);
@@ -28,7 +40,14 @@ impl Daemon {
         };
         let stderr = lab.run_dir.join(format!("daemon-{n}.err"));
         let _ = std::fs::remove_file(lab.run_dir.join("state.json"));
-        let mut cmd = Command::new(warden_bin());
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(warden_bin());
+                c
+            }
+            None => Command::new(warden_bin()),
+        };
         cmd.arg("--pin-dir")
             .arg(&lab.pin_dir)
             .arg("--run-dir")

@@ -26,6 +26,8 @@ const APT_PACKAGES: &[&str] = &[
     // compared with (run privately by the benchmark, never as a service).
     "wrk",
     "nginx",
+    // `systemd-analyze security` scores the shipped units (tests/tests/units.rs).
+    "systemd",
 ];
 
 /// While it exists, Debian maintainer scripts start no services: installing a

@@ -24,7 +24,15 @@ mod pipeline;
 mod proxy;
 mod xdp;
 
-const ALL: &[&str] = &["xdp", "flood", "pipeline", "connect", "apply", "footprint"];
+const ALL: &[&str] = &[
+    "xdp",
+    "flood",
+    "pipeline",
+    "connect",
+    "apply",
+    "proxy",
+    "footprint",
+];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
