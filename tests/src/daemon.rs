@@ -2,6 +2,7 @@
 
 use crate::{Lab, probe::enter, warden_bin};
 use serde_json::Value;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -30,14 +31,15 @@ impl Daemon {
         let n = std::fs::read_dir(&lab.run_dir)
             .map(|d| d.count())
             .unwrap_or(0);
-        // The event file: the lab's, unless `extra` names a file sink itself.
-        let events = match extra.iter().position(|a| *a == "--events") {
-            Some(i) => {
-                let spec = extra[i + 1].trim_start_matches("file://");
-                PathBuf::from(spec.split('?').next().unwrap())
-            }
-            None => lab.run_dir.join(format!("events-{n}.jsonl")),
-        };
+        // The event file: the lab's, unless `extra` names a `file://` sink
+        // (which then replaces it); other sinks come in addition.
+        let own_file = extra
+            .windows(2)
+            .find_map(|w| (w[0] == "--events").then(|| w[1].strip_prefix("file://"))?)
+            .map(|spec| PathBuf::from(spec.split('?').next().unwrap()));
+        let events = own_file
+            .clone()
+            .unwrap_or_else(|| lab.run_dir.join(format!("events-{n}.jsonl")));
         let stderr = lab.run_dir.join(format!("daemon-{n}.err"));
         let _ = std::fs::remove_file(lab.run_dir.join("state.json"));
         let mut cmd = match prefix.split_first() {
@@ -59,6 +61,14 @@ impl Daemon {
             .arg(policy)
             .arg("--attach-cgroup")
             .arg(&lab.cgroup)
+            // The lab's file is the first sink, before those `extra` adds.
+            .args(
+                own_file
+                    .is_none()
+                    .then(|| [OsString::from("--events"), events.clone().into()])
+                    .into_iter()
+                    .flatten(),
+            )
             // Tests want changes noticed fast; benchmarks pass production values.
             .args(if extra.contains(&"--rescan-secs") {
                 &[][..]
@@ -82,6 +92,12 @@ impl Daemon {
             } else {
                 &["--correlate-secs", "0"][..]
             })
+            // Tests count records one by one unless they test the event budget.
+            .args(if extra.contains(&"--kernel-event-rate") {
+                &[][..]
+            } else {
+                &["--kernel-event-rate", "0"][..]
+            })
             // Tests read the kernel record as it is; `events.rs` checks the encodings.
             .args(if extra.contains(&"--event-format") {
                 &[][..]
@@ -91,9 +107,6 @@ impl Daemon {
             .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).unwrap());
-        if !extra.contains(&"--events") {
-            cmd.arg("--events").arg(&events);
-        }
         enter(&mut cmd, netns, None);
         let child = cmd.spawn().expect("start warden daemon");
         let mut d = Self {
