@@ -3,9 +3,13 @@
 //! `BENCHMARKS.md` (median, spread, ratio to the baseline, the goal, and the
 //! command that reproduces it). Nothing here asserts a timing.
 //!
-//! Benchmarks: `connect` (connect() cost with warden's hooks and 1k egress
+//! Benchmarks: `xdp` (the XDP program's cost per frame vs an empty program,
+//! `xdp.rs`), `flood` (SYN flood drop rate, XDP vs an nftables rule,
+//! `flood.rs`), `connect` (connect() cost with warden's hooks and 1k egress
 //! rules vs none), `apply` (100k CIDRs compiled and swapped in, eBPF and nft),
-//! `footprint` (daemon and proxy RSS when idle).
+//! `proxy` (wrk: direct vs `warden proxy` vs nginx, `proxy.rs`), `pipeline`
+//! (kernel records to an OCSF file, `pipeline.rs`), `footprint` (daemon and
+//! proxy RSS, idle and with 1,000 open streams).
 //!
 //! Needs root; run through `cargo xtask bench`, which builds release binaries.
 
