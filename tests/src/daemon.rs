@@ -7,6 +7,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Daemon options the lab sets unless a test passes its own value.
+const LAB_DEFAULTS: &[(&str, &str)] = &[
+    // Changes noticed fast (benchmarks pass production values).
+    ("--rescan-secs", "0.2"),
+    ("--loss-report-secs", "0.2"),
+    // Denies counted one by one unless a test checks aggregation.
+    ("--aggregate-secs", "0"),
+    // Local connections reported at once unless a test joins them.
+    ("--correlate-secs", "0"),
+    // Records counted one by one unless a test checks the event budget.
+    ("--kernel-event-rate", "0"),
+    // The kernel record as it is; `events.rs` checks the encodings.
+    ("--event-format", "raw"),
+];
+
 pub struct Daemon {
     child: Option<Child>,
     pub events: PathBuf,
@@ -69,41 +84,12 @@ impl Daemon {
                     .into_iter()
                     .flatten(),
             )
-            // Tests want changes noticed fast; benchmarks pass production values.
-            .args(if extra.contains(&"--rescan-secs") {
-                &[][..]
-            } else {
-                &["--rescan-secs", "0.2"][..]
-            })
-            .args(if extra.contains(&"--loss-report-secs") {
-                &[][..]
-            } else {
-                &["--loss-report-secs", "0.2"][..]
-            })
-            // Tests count denies one by one unless they test aggregation.
-            .args(if extra.contains(&"--aggregate-secs") {
-                &[][..]
-            } else {
-                &["--aggregate-secs", "0"][..]
-            })
-            // Local connections are reported at once unless a test joins them.
-            .args(if extra.contains(&"--correlate-secs") {
-                &[][..]
-            } else {
-                &["--correlate-secs", "0"][..]
-            })
-            // Tests count records one by one unless they test the event budget.
-            .args(if extra.contains(&"--kernel-event-rate") {
-                &[][..]
-            } else {
-                &["--kernel-event-rate", "0"][..]
-            })
-            // Tests read the kernel record as it is; `events.rs` checks the encodings.
-            .args(if extra.contains(&"--event-format") {
-                &[][..]
-            } else {
-                &["--event-format", "raw"][..]
-            })
+            .args(
+                LAB_DEFAULTS
+                    .iter()
+                    .filter(|(flag, _)| !extra.contains(flag))
+                    .flat_map(|&(flag, value)| [flag, value]),
+            )
             .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).unwrap());

@@ -73,6 +73,17 @@ fn load_xdp(insns: &[u8]) -> std::io::Result<OwnedFd> {
         .call(BPF_PROG_LOAD)?))
 }
 
+/// The XDP program a lab's daemon attached (from its first pinned XDP link).
+pub fn lab_xdp_program(pin_dir: &Path) -> OwnedFd {
+    let pin = std::fs::read_dir(pin_dir.join("links"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .find(|e| e.file_name().to_string_lossy().starts_with("xdp-"))
+        .expect("warden's XDP link is pinned")
+        .path();
+    pinned_link_program(&pin).expect("warden's XDP program")
+}
+
 /// `r0 = XDP_PASS; exit`: the cheapest XDP program there is.
 pub fn empty_xdp() -> std::io::Result<OwnedFd> {
     load_xdp(&[

@@ -57,8 +57,8 @@ fn mac(ns: &str, ifc: &str) -> [u8; 6] {
     m
 }
 
-/// Busy and total jiffies over all CPUs.
-fn cpu_times() -> (u64, u64) {
+/// Busy jiffies over all CPUs.
+fn cpu_busy() -> u64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap();
     let f: Vec<u64> = stat
         .lines()
@@ -68,8 +68,8 @@ fn cpu_times() -> (u64, u64) {
         .skip(1)
         .map(|x| x.parse().unwrap())
         .collect();
-    let idle = f[3] + f[4];
-    (f.iter().sum::<u64>() - idle, f.iter().sum())
+    // Everything but idle and iowait.
+    f.iter().sum::<u64>() - f[3] - f[4]
 }
 
 struct Pair {
@@ -81,7 +81,7 @@ struct Pair {
 /// One flood through `pair`; returns (dropped per second, CPU ns per drop).
 fn run_once(pair: &Pair, dropped: &dyn Fn() -> u64) -> (f64, f64) {
     let before = dropped();
-    let (busy0, _) = cpu_times();
+    let busy0 = cpu_busy();
     let t = Instant::now();
     in_netns(&pair.attacker, || {
         let out = ifindex(&pair.ifc);
@@ -91,7 +91,7 @@ fn run_once(pair: &Pair, dropped: &dyn Fn() -> u64) -> (f64, f64) {
     // Let the receive side finish what is queued.
     std::thread::sleep(Duration::from_millis(100));
     let secs = t.elapsed().as_secs_f64() - 0.1;
-    let (busy1, _) = cpu_times();
+    let busy1 = cpu_busy();
     let n = dropped() - before;
     let hz = 100.0; // USER_HZ: /proc/stat counts in 1/100 s
     let cpu_ns = (busy1 - busy0) as f64 / hz * 1e9;

@@ -119,6 +119,8 @@ pub const PRODUCTION: &[&str] = &[
     "10",
     "--aggregate-secs",
     "10",
+    "--kernel-event-rate",
+    "100000",
 ];
 
 /// The child: a listener and `n` connect/accept/close cycles; prints ns per cycle.
@@ -296,14 +298,19 @@ fn apply() -> String {
 
 // ---------------------------------------------------------------- footprint
 
-fn rss_mib(pid: u32) -> f64 {
+/// A memory figure of `/proc/PID/status` (`VmRSS`, `VmHWM`) in MiB.
+pub fn status_mib(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kb: f64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap();
     kb / 1024.0
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmRSS")
 }
 
 const STREAMS: usize = 1000;

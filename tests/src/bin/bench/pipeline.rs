@@ -30,16 +30,6 @@ fn cpu_ticks(pid: u32) -> u64 {
     f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
 }
 
-fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap();
-    kb / 1024.0
-}
-
 /// Offers records for `SECS`: `per_ms` per millisecond, or as fast as possible.
 fn run_once(per_ms: Option<u32>) -> Outcome {
     let mut lab = Lab::new();
@@ -71,13 +61,7 @@ fn run_once(per_ms: Option<u32>) -> Outcome {
             "1",
         ],
     );
-    let pin = std::fs::read_dir(lab.pin_dir.join("links"))
-        .unwrap()
-        .filter_map(Result::ok)
-        .find(|e| e.file_name().to_string_lossy().starts_with("xdp-"))
-        .unwrap()
-        .path();
-    let prog = bpf::pinned_link_program(&pin).unwrap();
+    let prog = bpf::lab_xdp_program(&lab.pin_dir);
     let frame = packet::syn4(
         Ipv4Addr::new(203, 0, 113, 7),
         Ipv4Addr::new(10, 204, 0, 1),
@@ -119,7 +103,7 @@ fn run_once(per_ms: Option<u32>) -> Outcome {
     }
     let secs = start.elapsed().as_secs_f64() - 1.5;
     let cpu = (cpu_ticks(pid) - cpu0) as f64 / 100.0;
-    let peak = peak_rss_mib(pid);
+    let peak = crate::status_mib(pid, "VmHWM");
     assert!(d.stop(Duration::from_secs(10)), "the daemon stops in time");
     let e = stats();
     let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);

@@ -25,13 +25,7 @@ pub fn run() -> String {
     };
     let path = lab.policy("p.toml", &policy(SIZES[0]));
     let d = lab.daemon_with(Some(&a), &path, PRODUCTION);
-    let pin = std::fs::read_dir(lab.pin_dir.join("links"))
-        .unwrap()
-        .filter_map(Result::ok)
-        .find(|e| e.file_name().to_string_lossy().starts_with("xdp-"))
-        .expect("warden's XDP link is pinned")
-        .path();
-    let warden = bpf::pinned_link_program(&pin).expect("warden's XDP program");
+    let warden = bpf::lab_xdp_program(&lab.pin_dir);
     let empty = bpf::empty_xdp().expect("load an empty XDP program");
 
     let first: Ipv4Addr = allowlist(1, 0)[0]
