@@ -13,7 +13,7 @@
 pub const PIN_DIR: &str = "ollama-warden";
 /// Bumped whenever a map layout or map semantics change; a daemon refuses to
 /// adopt pinned state of another layout.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Policy slots: userspace fills the inactive one, then flips `STATE[ACTIVE_SLOT]`.
 pub const SLOTS: u32 = 2;
@@ -34,6 +34,17 @@ pub mod slot_flags {
     /// The slot's ingress allowlist has prefixes other than single hosts (those
     /// live in the `INGRESS` trie; hosts in the `INGRESS_HOSTS` hash).
     pub const INGRESS_PREFIXES: u32 = 1;
+    /// Ingress only audits: a source outside the allowlist passes, recorded as
+    /// `WOULD_DENY`.
+    pub const AUDIT_INGRESS: u32 = 2;
+    /// Local access and bind control only audit.
+    pub const AUDIT_LOCAL: u32 = 4;
+}
+
+/// `EgressPolicyRef::flags` bits.
+pub mod egress_flags {
+    /// The egress policy only audits.
+    pub const AUDIT: u32 = 1;
 }
 
 /// How deep a cgroup may be nested and still be matched by an ancestor rule.
@@ -98,6 +109,8 @@ pub mod hook {
 pub mod verdict {
     pub const ALLOW: u8 = 1;
     pub const DENY: u8 = 2;
+    /// Denied by a section in audit mode: let through, and reported.
+    pub const WOULD_DENY: u8 = 3;
 }
 
 /// Why a verdict was reached.
@@ -189,7 +202,8 @@ pub const EGRESS_KEY_FIXED_BITS: u32 = 32;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EgressPolicyRef {
     pub policy: u32,
-    pub _pad: u32,
+    /// [`egress_flags`] bits.
+    pub flags: u32,
 }
 
 /// One allowed (protocols, port range) for a destination prefix.

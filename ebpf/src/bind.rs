@@ -23,21 +23,26 @@ pub fn bind6(ctx: SockAddrContext) -> i32 {
 #[inline(always)]
 fn decide(ctx: &SockAddrContext, hook: u8) -> i32 {
     let slot = active_slot();
-    let generation = slot_meta(slot).generation;
-    let mut ev = caller_event(ctx, hook, generation);
+    let meta = slot_meta(slot);
+    let mut ev = caller_event(ctx, hook, meta.generation);
     if !port_protected(slot, ev.dport) {
         return 1;
     }
     let rule = cgroup::access_rule(slot);
     ev.rule_id = rule.map(|r| r.rule_id).unwrap_or(RULE_DEFAULT_DENY);
     let allowed = rule.is_some_and(|r| r.flags & CG_MAY_BIND != 0);
+    let audit = meta.flags & slot_flags::AUDIT_LOCAL != 0;
     if allowed {
         ev.verdict = verdict::ALLOW;
         ev.reason = reason::BIND_ALLOWED;
     } else {
-        ev.verdict = verdict::DENY;
+        ev.verdict = if audit {
+            verdict::WOULD_DENY
+        } else {
+            verdict::DENY
+        };
         ev.reason = reason::BIND_NOT_ALLOWED;
     }
     event::record(&ev, true);
-    allowed as i32
+    (allowed || audit) as i32
 }

@@ -8,7 +8,8 @@
 //! 2. Egress: every egress policy covering the task's cgroup (its own and its
 //!    ancestors') must allow the destination, protocol and port.
 //!
-//! Returning 0 makes the syscall fail with EPERM.
+//! Returning 0 makes the syscall fail with EPERM. A section in audit mode
+//! records `WOULD_DENY` instead and lets the call through.
 
 use crate::{
     cgroup,
@@ -94,8 +95,8 @@ pub fn caller_event(ctx: &SockAddrContext, hook: u8, generation: u32) -> FlowEve
 #[inline(always)]
 fn decide(ctx: &SockAddrContext, hook: u8) -> i32 {
     let slot = active_slot();
-    let generation = slot_meta(slot).generation;
-    let mut ev = caller_event(ctx, hook, generation);
+    let meta = slot_meta(slot);
+    let mut ev = caller_event(ctx, hook, meta.generation);
     let is_connect = matches!(hook, hook::CONNECT4 | hook::CONNECT6);
 
     if port_protected(slot, ev.dport) {
@@ -108,11 +109,16 @@ fn decide(ctx: &SockAddrContext, hook: u8) -> i32 {
                 event::record(&ev, is_connect);
             }
             rule => {
-                ev.verdict = verdict::DENY;
                 ev.reason = reason::LOCAL_NOT_ALLOWED;
                 ev.rule_id = rule.map(|r| r.rule_id).unwrap_or(RULE_DEFAULT_DENY);
+                if meta.flags & slot_flags::AUDIT_LOCAL == 0 {
+                    ev.verdict = verdict::DENY;
+                    event::record(&ev, true);
+                    return DENY;
+                }
+                // Audit: report, and go on to the egress check as if allowed.
+                ev.verdict = verdict::WOULD_DENY;
                 event::record(&ev, true);
-                return DENY;
             }
         }
     }
@@ -122,21 +128,34 @@ fn decide(ctx: &SockAddrContext, hook: u8) -> i32 {
         IPPROTO_UDP => PROTO_UDP,
         _ => 0,
     };
+    // An auditing policy that would deny does not stop the walk: an enforcing
+    // one further up may still deny for real.
+    let mut would_deny = false;
     let denied = cgroup::for_each_egress_policy(slot, |policy| {
         match egress_rule(slot, policy.policy, &ev.daddr, proto, ev.dport) {
             Some(rule_id) => {
                 count(&RULE_HITS, rule_id);
                 None
             }
+            None if policy.flags & egress_flags::AUDIT != 0 => {
+                would_deny = true;
+                None
+            }
             None => Some(()),
         }
     });
-    if denied.is_some() {
-        ev.verdict = verdict::DENY;
+    if denied.is_some() || would_deny {
+        ev.verdict = if denied.is_some() {
+            verdict::DENY
+        } else {
+            verdict::WOULD_DENY
+        };
         ev.reason = reason::EGRESS_NOT_ALLOWED;
         ev.rule_id = RULE_DEFAULT_DENY;
         event::record(&ev, true);
-        return DENY;
+        if denied.is_some() {
+            return DENY;
+        }
     }
     ALLOW
 }

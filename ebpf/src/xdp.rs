@@ -100,6 +100,14 @@ pub fn xdp_ingress(ctx: XdpContext) -> u32 {
                     event::record(&ev, syn);
                     XDP_PASS
                 }
+                None if meta.flags & slot_flags::AUDIT_INGRESS != 0 => {
+                    ev.verdict = verdict::WOULD_DENY;
+                    ev.reason = reason::INGRESS_NOT_ALLOWED;
+                    ev.rule_id = RULE_DEFAULT_DENY;
+                    // Audit passes the flow: one record per new connection or datagram.
+                    event::record(&ev, syn || proto == IPPROTO_UDP);
+                    XDP_PASS
+                }
                 None => {
                     ev.verdict = verdict::DENY;
                     ev.reason = reason::INGRESS_NOT_ALLOWED;

@@ -12,7 +12,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::cgroup::CgroupPath;
-use crate::model::{Located, Policy};
+use crate::model::{Located, Mode, Policy};
 use crate::ports::{PortRange, Proto, canonical_ranges};
 
 /// Bumped whenever the canonical form changes, so old and new digests never collide.
@@ -27,6 +27,10 @@ struct Canonical<'a> {
     interfaces: Vec<&'a str>,
     ingress: Vec<(u16, Vec<String>)>,
     egress: Vec<CanonicalEgress<'a>>,
+    /// Sections that only audit (`"ingress"`, `"local"`, `"egress:<cgroup>"`),
+    /// sorted; left out when empty, so enforcing policies keep their digest.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    audit: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -102,6 +106,19 @@ impl Policy {
             })
             .collect();
         egress.sort_by(|a, b| a.cgroup.cmp(b.cgroup));
+        let mut audit: Vec<String> = self
+            .egress
+            .iter()
+            .filter(|e| e.mode == Mode::Audit)
+            .map(|e| format!("egress:{}", e.cgroup))
+            .collect();
+        if self.ingress.mode == Mode::Audit {
+            audit.push("ingress".into());
+        }
+        if self.local_mode == Mode::Audit {
+            audit.push("local".into());
+        }
+        audit.sort();
         Canonical {
             format: CANONICAL_FORMAT,
             ports: &self.ports,
@@ -110,6 +127,7 @@ impl Policy {
             interfaces,
             ingress,
             egress,
+            audit,
         }
     }
 }

@@ -35,7 +35,7 @@ use std::sync::Arc;
 pub use cgroup::{CgroupPath, CgroupPathError};
 pub use diagnostic::{Diagnostic, Origin};
 pub use load::Verifier;
-pub use model::{EgressPolicy, EgressRule, Ingress, Located, Policy, PortIngress};
+pub use model::{EgressPolicy, EgressRule, Ingress, Located, Mode, Policy, PortIngress};
 pub use net::{NetError, parse_net};
 pub use parse::POLICY_VERSION;
 pub use ports::{PortError, PortRange, Proto, ProtoError};

@@ -19,7 +19,7 @@ use ipnet::IpNet;
 
 use crate::cgroup::CgroupPath;
 use crate::diagnostic::{Diagnostic, Origin};
-use crate::model::{EgressPolicy, Ingress, Located, Policy, PortIngress};
+use crate::model::{EgressPolicy, Ingress, Located, Mode, Policy, PortIngress};
 
 /// What one file says, checked on its own; the input of [`merge`].
 #[derive(Debug)]
@@ -29,6 +29,10 @@ pub(crate) struct Fragment {
     /// unsupported version): absent keys then prove nothing.
     pub(crate) complete: bool,
     pub(crate) ports: Option<ListDecl<u16>>,
+    /// The top-level `mode`: the default of every section.
+    pub(crate) mode: Option<ListDecl<Mode>>,
+    pub(crate) ingress_mode: Option<ListDecl<Mode>>,
+    pub(crate) local_mode: Option<ListDecl<Mode>>,
     /// `None` if the file does not mention `server_cgroups`.
     pub(crate) server_cgroups: Option<Vec<Located<CgroupPath>>>,
     pub(crate) interfaces: Option<ListDecl<String>>,
@@ -44,6 +48,9 @@ impl Fragment {
             file,
             complete: true,
             ports: None,
+            mode: None,
+            ingress_mode: None,
+            local_mode: None,
             server_cgroups: None,
             interfaces: None,
             ingress_allow: Vec::new(),
@@ -76,6 +83,8 @@ pub(crate) struct PerPortDecl {
 #[derive(Debug)]
 pub(crate) struct EgressDecl {
     pub(crate) cgroup_origin: Origin,
+    /// The block's own `mode`, if it sets one.
+    pub(crate) mode: Option<Mode>,
     pub(crate) policy: EgressPolicy,
 }
 
@@ -101,6 +110,16 @@ pub(crate) fn merge(
         "ingress.interfaces",
         &mut diagnostics,
     );
+
+    // A section's `mode` overrides the top-level one; each may be set in several
+    // files only if they agree, like `service.ports`.
+    let mut mode_of = |name: &str, pick: fn(&Fragment) -> Option<&ListDecl<Mode>>| {
+        agree(fragments.iter().filter_map(pick), name, &mut diagnostics)
+            .and_then(|a| a.values.first().copied())
+    };
+    let default_mode = mode_of("mode", |f| f.mode.as_ref()).unwrap_or_default();
+    let ingress_mode = mode_of("ingress.mode", |f| f.ingress_mode.as_ref()).unwrap_or(default_mode);
+    let local_mode = mode_of("local.mode", |f| f.local_mode.as_ref()).unwrap_or(default_mode);
 
     if ports.is_none() && all_complete {
         let origin = first_file
@@ -169,6 +188,8 @@ pub(crate) fn merge(
                 continue;
             }
             egress_seen.insert(decl.policy.cgroup.clone(), decl.cgroup_origin.clone());
+            let mut decl = decl;
+            decl.policy.mode = decl.mode.unwrap_or(default_mode);
             egress.push(decl);
         }
     }
@@ -190,8 +211,10 @@ pub(crate) fn merge(
             interfaces: interfaces.map_or_else(|| vec!["*".to_owned()], |i| i.values),
             allow: ingress_allow,
             per_port: per_port.into_values().collect(),
+            mode: ingress_mode,
         },
         local_allow,
+        local_mode,
         egress: egress.into_iter().map(|e| e.policy).collect(),
         sources,
     })
@@ -251,6 +274,12 @@ pub(crate) trait ListItem {
 impl ListItem for u16 {
     fn render(&self) -> String {
         self.to_string()
+    }
+}
+
+impl ListItem for Mode {
+    fn render(&self) -> String {
+        format!("{:?}", self.as_str())
     }
 }
 

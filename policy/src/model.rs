@@ -36,6 +36,8 @@ pub struct Policy {
     pub ingress: Ingress,
     /// Further local cgroups (and descendants) that may connect to the protected ports.
     pub local_allow: Vec<Located<CgroupPath>>,
+    /// Mode of the local checks: connects to and binds of the protected ports.
+    pub local_mode: Mode,
     /// Outbound allowlists, one per cgroup; cgroups without one are not restricted.
     pub egress: Vec<EgressPolicy>,
     /// Files merged into this policy, in merge order (`<embedded default>` for the default).
@@ -52,6 +54,34 @@ pub struct Ingress {
     pub allow: Vec<Located<IpNet>>,
     /// Extra sources for one protected port each, sorted by port, one entry per port.
     pub per_port: Vec<PortIngress>,
+    pub mode: Mode,
+}
+
+/// Whether a section's denials are enforced or only reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Denied traffic is blocked (and reported).
+    #[default]
+    Enforce,
+    /// Every decision is evaluated and reported; what would be denied passes,
+    /// reported as `would_deny`. For rolling a policy out safely.
+    Audit,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Extra sources allowed to reach one protected port, on top of [`Ingress::allow`].
@@ -69,6 +99,7 @@ pub struct EgressPolicy {
     pub cgroup: CgroupPath,
     /// Empty = deny all outbound traffic (written `allow = []`).
     pub allow: Vec<EgressRule>,
+    pub mode: Mode,
     /// The `[[egress]]` block.
     pub origin: Origin,
 }
@@ -100,6 +131,13 @@ impl Policy {
         nets.sort();
         nets.dedup();
         nets
+    }
+
+    /// True if any section only audits.
+    pub fn audits(&self) -> bool {
+        self.ingress.mode == Mode::Audit
+            || self.local_mode == Mode::Audit
+            || self.egress.iter().any(|e| e.mode == Mode::Audit)
     }
 
     /// The egress policy that names exactly `cgroup`, if any.

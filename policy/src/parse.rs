@@ -14,7 +14,7 @@ use toml_edit::{Array, ImDocument, TomlError, Value};
 use crate::cgroup::CgroupPath;
 use crate::diagnostic::{Diagnostic, Origin};
 use crate::merge::{EgressDecl, Fragment, ListDecl, PerPortDecl};
-use crate::model::{EgressPolicy, EgressRule, Located};
+use crate::model::{EgressPolicy, EgressRule, Located, Mode};
 use crate::net::{is_loopback, parse_net};
 use crate::ports::{PortRange, Proto, parse_port_range, port_from_int};
 use crate::walk::{Entry, FileCtx, TableRef, array_of_tables, type_name};
@@ -22,12 +22,12 @@ use crate::walk::{Entry, FileCtx, TableRef, array_of_tables, type_name};
 /// The only policy format this crate reads.
 pub const POLICY_VERSION: i64 = 1;
 
-const TOP_KEYS: &[&str] = &["version", "service", "ingress", "local", "egress"];
+const TOP_KEYS: &[&str] = &["version", "service", "ingress", "local", "egress", "mode"];
 const SERVICE_KEYS: &[&str] = &["ports", "server_cgroups"];
-const INGRESS_KEYS: &[&str] = &["interfaces", "allow", "port"];
+const INGRESS_KEYS: &[&str] = &["interfaces", "allow", "port", "mode"];
 const INGRESS_PORT_KEYS: &[&str] = &["port", "allow"];
-const LOCAL_KEYS: &[&str] = &["allow_cgroups"];
-const EGRESS_KEYS: &[&str] = &["cgroup", "allow"];
+const LOCAL_KEYS: &[&str] = &["allow_cgroups", "mode"];
+const EGRESS_KEYS: &[&str] = &["cgroup", "allow", "mode"];
 const EGRESS_RULE_KEYS: &[&str] = &["net", "ports", "proto"];
 
 /// Longest interface name Linux accepts (IFNAMSIZ - 1).
@@ -52,6 +52,9 @@ pub(crate) fn parse_file(file: Arc<Path>, text: &str) -> (Fragment, Vec<Diagnost
         return (frag, ctx.diagnostics);
     }
     root.check_keys(&mut ctx, TOP_KEYS, "at top level");
+    if let Some(entry) = root.get("mode") {
+        frag.mode = Some(mode(&mut ctx, entry, "mode"));
+    }
     if let Some(entry) = root.get("service") {
         service(&mut ctx, &mut frag, entry);
     }
@@ -147,6 +150,29 @@ fn string<'a>(ctx: &mut FileCtx<'_>, entry: Entry<'a>, what: &str) -> Option<&'a
     s
 }
 
+/// A `mode` key: `"enforce"` or `"audit"`, as a one-value [`ListDecl`] so that
+/// files can be checked to agree.
+fn mode(ctx: &mut FileCtx<'_>, entry: Entry<'_>, what: &str) -> ListDecl<Mode> {
+    let origin = ctx.origin(entry.span());
+    let value = match string(ctx, entry, what) {
+        Some("enforce") => Some(Mode::Enforce),
+        Some("audit") => Some(Mode::Audit),
+        Some(other) => {
+            ctx.error(
+                entry.span(),
+                format!("`{what}` must be \"enforce\" or \"audit\", found {other:?}"),
+            );
+            None
+        }
+        None => None,
+    };
+    ListDecl {
+        valid: value.is_some(),
+        values: value.into_iter().collect(),
+        origin,
+    }
+}
+
 fn service(ctx: &mut FileCtx<'_>, frag: &mut Fragment, entry: Entry<'_>) {
     let Some(t) = table(ctx, entry, "[service]") else {
         return;
@@ -239,6 +265,9 @@ fn ingress(ctx: &mut FileCtx<'_>, frag: &mut Fragment, entry: Entry<'_>) {
         return;
     };
     t.check_keys(ctx, INGRESS_KEYS, "in [ingress]");
+    if let Some(entry) = t.get("mode") {
+        frag.ingress_mode = Some(mode(ctx, entry, "ingress.mode"));
+    }
     if let Some(entry) = t.get("interfaces") {
         frag.interfaces = Some(interfaces(ctx, entry));
     }
@@ -423,6 +452,9 @@ fn local(ctx: &mut FileCtx<'_>, frag: &mut Fragment, entry: Entry<'_>) {
         return;
     };
     t.check_keys(ctx, LOCAL_KEYS, "in [local]");
+    if let Some(entry) = t.get("mode") {
+        frag.local_mode = Some(mode(ctx, entry, "local.mode"));
+    }
     if let Some(entry) = t.get("allow_cgroups") {
         frag.local_allow = cgroup_list(ctx, entry, "local.allow_cgroups");
     }
@@ -463,6 +495,11 @@ fn egress(ctx: &mut FileCtx<'_>, frag: &mut Fragment, entry: Entry<'_>) {
                 }
             }),
         };
+        let block_mode = t
+            .get("mode")
+            .map(|e| mode(ctx, e, "egress.mode"))
+            .filter(|d| d.valid)
+            .and_then(|d| d.values.first().copied());
         let mut rules = Vec::new();
         match t.get("allow") {
             None => ctx.error_at(
@@ -498,10 +535,13 @@ fn egress(ctx: &mut FileCtx<'_>, frag: &mut Fragment, entry: Entry<'_>) {
             let policy = EgressPolicy {
                 cgroup: cgroup.value.clone(),
                 allow: rules,
+                // Resolved against the top-level `mode` when merged.
+                mode: Mode::Enforce,
                 origin,
             };
             frag.egress.push(EgressDecl {
                 cgroup_origin: cgroup.origin,
+                mode: block_mode,
                 policy,
             });
         }

@@ -368,10 +368,10 @@ allow = [{ net = "10.0.0.0/8", port = [443], protocol = "tcp" }]
     );
     let want = [
         "t.toml:4:1: unknown key `server_cgroup` in [service]; expected one of: ports, server_cgroups (did you mean `server_cgroups`?)",
-        "t.toml:6:1: unknown key `alow` in [ingress]; expected one of: interfaces, allow, port (did you mean `allow`?)",
+        "t.toml:6:1: unknown key `alow` in [ingress]; expected one of: interfaces, allow, port, mode (did you mean `allow`?)",
         "t.toml:7:1: [[ingress.port]] is missing `allow`",
         "t.toml:9:1: unknown key `alow` in [[ingress.port]]; expected one of: port, allow (did you mean `allow`?)",
-        "t.toml:11:1: unknown key `allowcgroups` in [local]; expected one of: allow_cgroups (did you mean `allow_cgroups`?)",
+        "t.toml:11:1: unknown key `allowcgroups` in [local]; expected one of: allow_cgroups, mode (did you mean `allow_cgroups`?)",
         "t.toml:14:32: unknown key `port` in [[egress.allow]]; expected one of: net, ports, proto (did you mean `ports`?)",
         "t.toml:14:46: unknown key `protocol` in [[egress.allow]]; expected one of: net, ports, proto (did you mean `proto`?)",
     ];
@@ -547,4 +547,56 @@ fn hostile_inputs_do_not_panic() {
     for text in inputs {
         let _ = parse_str(Path::new("x.toml"), text);
     }
+}
+
+#[test]
+fn modes_default_to_enforce_and_sections_override_the_top_level() {
+    let p = parse(MINIMAL);
+    assert_eq!(
+        (p.ingress.mode, p.local_mode, p.audits()),
+        (Mode::Enforce, Mode::Enforce, false)
+    );
+    let p = parse(&format!(
+        "{MINIMAL}mode = \"audit\"\n[ingress]\nmode = \"enforce\"\n[[egress]]\ncgroup = \"a\"\nallow = []\n[[egress]]\ncgroup = \"b\"\nmode = \"enforce\"\nallow = []\n"
+    )
+    .replacen("mode = \"audit\"\n", "", 1)
+    .replacen("version = 1\n", "version = 1\nmode = \"audit\"\n", 1));
+    assert_eq!(p.ingress.mode, Mode::Enforce);
+    assert_eq!(p.local_mode, Mode::Audit);
+    let modes: Vec<(&str, Mode)> = p
+        .egress
+        .iter()
+        .map(|e| (e.cgroup.as_str(), e.mode))
+        .collect();
+    assert_eq!(modes, [("a", Mode::Audit), ("b", Mode::Enforce)]);
+    assert!(p.audits());
+}
+
+#[test]
+fn audit_changes_the_digest_and_enforce_keeps_it() {
+    let plain = parse(MINIMAL).digest();
+    let explicit =
+        parse(&MINIMAL.replacen("version = 1\n", "version = 1\nmode = \"enforce\"\n", 1));
+    assert_eq!(explicit.digest(), plain);
+    let audit = parse(&format!("{MINIMAL}[local]\nmode = \"audit\"\n"));
+    assert_ne!(audit.digest(), plain);
+}
+
+#[test]
+fn modes_are_checked_and_must_agree_across_files() {
+    let e = errors(&format!("{MINIMAL}[ingress]\nmode = \"permissive\"\n"));
+    assert_eq!(
+        e,
+        ["t.toml:7:8: `ingress.mode` must be \"enforce\" or \"audit\", found \"permissive\""]
+    );
+    let e = merged(&[
+        ("a.toml", &format!("{MINIMAL}[local]\nmode = \"audit\"\n")),
+        ("b.toml", "version = 1\n[local]\nmode = \"enforce\"\n"),
+    ])
+    .unwrap_err();
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("b.toml:3:8: local.mode conflicts with a.toml:7:8"),
+        "{e:?}"
+    );
 }

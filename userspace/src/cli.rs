@@ -100,6 +100,11 @@ enum Command {
         /// unaffected. 0 = no cap.
         #[arg(long, default_value_t = 100_000, value_name = "N")]
         kernel_event_rate: u32,
+        /// Audit every section whatever the policy says: evaluate and report
+        /// (`would_deny`), block nothing. For a first deployment; the policy's
+        /// `mode` keys do the same per section, switchable by a reload.
+        #[arg(long)]
+        audit: bool,
     },
     /// Backend, attached programs, policy generation, counters.
     Status {
@@ -189,6 +194,7 @@ pub fn main() -> i32 {
             proxy_cgroup,
             proxy_uid,
             kernel_event_rate,
+            audit,
         } => {
             let correlate =
                 Duration::try_from_secs_f64(correlate_secs.max(0.0)).unwrap_or(Duration::ZERO);
@@ -218,6 +224,7 @@ pub fn main() -> i32 {
                 proxy_reports,
                 correlate,
                 kernel_event_rate,
+                audit,
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -254,12 +261,16 @@ fn policy_check(paths: &[PathBuf], require_signature: Option<&str>) -> i32 {
     match daemon::load_policy(paths, key.as_ref()) {
         Ok((policy, c)) => {
             println!(
-                "ok: {} file(s); ports {:?}; {} ingress prefix(es); {} local cgroup(s); {} egress polic(ies); {}",
+                "ok: {} file(s); ports {:?}; {} ingress prefix(es); {} local cgroup(s); {} egress polic(ies); mode {}; {}",
                 policy.sources.len(),
                 c.ports,
                 c.ingress.len(),
                 c.cgroups.len(),
                 c.egress.len(),
+                match c.mode() {
+                    "enforce" => "enforce".to_owned(),
+                    m => format!("{m} (audit: {})", c.audit_sections().join(", ")),
+                },
                 c.digest
             );
             0
@@ -377,7 +388,8 @@ fn status(pin_dir: &Path, run_dir: &Path, nft_table: &str, as_json: bool) -> i32
         // Since the daemon started, as of its last update (the pinned kernel
         // counter since enforcement started is `counters.events_lost`).
         report["events"] = json!(s.events);
-        report["policy"] = json!({ "digest": s.digest, "sources": s.sources, "ports": s.ports,
+        report["policy"] = json!({ "digest": s.digest, "mode": s.mode, "audit": s.audit,
+                                   "sources": s.sources, "ports": s.ports,
                                    "unresolved_cgroups": s.unresolved_cgroups });
     }
     if as_json {
@@ -407,6 +419,18 @@ fn print_status(r: &serde_json::Value) {
             "generation:  {g} (digest {})",
             r["policy"]["digest"].as_str().unwrap_or("?")
         );
+        if let Some(mode) = r["policy"]["mode"].as_str().filter(|m| *m != "enforce") {
+            let audit: Vec<&str> = r["policy"]["audit"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x.as_str())
+                .collect();
+            println!(
+                "mode:        {mode}: audit only (not blocked): {}",
+                audit.join(", ")
+            );
+        }
         println!(
             "links:       {}",
             r["links"]

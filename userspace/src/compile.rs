@@ -13,7 +13,7 @@ use warden_common::{
     CG_MAY_BIND, CG_MAY_CONNECT, EGRESS_RULES_PER_PREFIX, MAX_RULES, PROTO_TCP, PROTO_UDP,
     PortRule, RULE_DEFAULT_DENY,
 };
-use warden_policy::{CgroupPath, Located, Policy, Proto};
+use warden_policy::{CgroupPath, Located, Mode, Policy, Proto};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum CompileError {
@@ -66,6 +66,8 @@ pub struct EgressPrefix {
 pub struct CompiledEgress {
     pub cgroup: CgroupPath,
     pub prefixes: Vec<EgressPrefix>,
+    /// Denials are reported as `would_deny` and let through.
+    pub audit: bool,
 }
 
 /// What the backends load; `Compiled::rules[i].id == i`.
@@ -78,12 +80,53 @@ pub struct Compiled {
     pub egress: Vec<CompiledEgress>,
     pub rules: Vec<RuleInfo>,
     pub digest: String,
+    /// Ingress denials are reported as `would_deny` and let through.
+    pub ingress_audit: bool,
+    /// Local connect and bind denials are reported as `would_deny` and let through.
+    pub local_audit: bool,
 }
 
 impl Compiled {
     /// Every interface except loopback when the policy says `*`.
     pub fn all_interfaces(&self) -> bool {
         self.interfaces.iter().any(|i| i == "*")
+    }
+
+    /// Every section audits (the daemon's `--audit`): nothing is blocked.
+    pub fn audit_everything(&mut self) {
+        self.ingress_audit = true;
+        self.local_audit = true;
+        for e in &mut self.egress {
+            e.audit = true;
+        }
+    }
+
+    /// The sections that only audit: `ingress`, `local`, `egress:<cgroup>`.
+    pub fn audit_sections(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.ingress_audit {
+            out.push("ingress".to_owned());
+        }
+        if self.local_audit {
+            out.push("local".to_owned());
+        }
+        out.extend(
+            self.egress
+                .iter()
+                .filter(|e| e.audit)
+                .map(|e| format!("egress:{}", e.cgroup)),
+        );
+        out
+    }
+
+    /// `"enforce"`, `"audit"` (every section) or `"mixed"`, for status and logs.
+    pub fn mode(&self) -> &'static str {
+        let audited = self.audit_sections().len();
+        match audited {
+            0 => "enforce",
+            n if n == 2 + self.egress.len() => "audit",
+            _ => "mixed",
+        }
     }
 }
 
@@ -230,7 +273,9 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
                 ));
             }
         }
-        egress.push(fold_egress(&e.cgroup, &port_rules)?);
+        let mut folded = fold_egress(&e.cgroup, &port_rules)?;
+        folded.audit = e.mode == Mode::Audit;
+        egress.push(folded);
     }
 
     if rules.len() >= MAX_RULES as usize {
@@ -244,6 +289,8 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
         egress,
         rules,
         digest: policy.digest(),
+        ingress_audit: policy.ingress.mode == Mode::Audit,
+        local_audit: policy.local_mode == Mode::Audit,
     })
 }
 
@@ -284,6 +331,7 @@ fn fold_egress(
     Ok(CompiledEgress {
         cgroup: cgroup.clone(),
         prefixes,
+        audit: false,
     })
 }
 

@@ -88,6 +88,8 @@ pub struct Options {
     /// Records each CPU's programs may emit per second (0 = no cap); the rest
     /// are counted as suppressed.
     pub kernel_event_rate: u32,
+    /// Every section audits whatever the policy says (`--audit`).
+    pub audit: bool,
 }
 
 /// Reads and compiles the policy; with `key`, every file must carry its signature
@@ -162,7 +164,10 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         .map(PolicyKey::load)
         .transpose()
         .map_err(DaemonError::Policy)?;
-    let (policy, compiled) = load_policy(&opts.policy, key.as_ref())?;
+    let (policy, mut compiled) = load_policy(&opts.policy, key.as_ref())?;
+    if opts.audit {
+        compiled.audit_everything();
+    }
     let mut pipeline = Pipeline::start(PipelineConfig {
         sinks: opts.events.clone(),
         format: opts.event_format,
@@ -403,7 +408,10 @@ fn reload(
 ) -> Result<Option<(Policy, Compiled, Applied, Timing)>, DaemonError> {
     let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1000.0;
     let started = std::time::Instant::now();
-    let (policy, compiled) = load_policy(&opts.policy, key)?;
+    let (policy, mut compiled) = load_policy(&opts.policy, key)?;
+    if opts.audit {
+        compiled.audit_everything();
+    }
     if compiled == *current {
         return Ok(None);
     }
@@ -448,6 +456,8 @@ fn applied_event(compiled: &Compiled, applied: &Applied, policy: &Policy) -> Val
     json!({
         "generation": applied.generation,
         "digest": compiled.digest,
+        "mode": compiled.mode(),
+        "audit": compiled.audit_sections(),
         "sources": policy.sources.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "unresolved_cgroups": applied.unresolved,
     })
@@ -472,6 +482,13 @@ fn print_summary(
         sources.join(", ")
     );
     eprintln!("  protected ports: {:?}", c.ports);
+    match c.mode() {
+        "enforce" => {}
+        mode => eprintln!(
+            "  mode: {mode}: AUDIT ONLY (reported as would_deny, not blocked): {}",
+            c.audit_sections().join(", ")
+        ),
+    }
     let remote: Vec<String> = c
         .ingress
         .iter()

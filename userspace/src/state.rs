@@ -16,6 +16,11 @@ pub struct DaemonState {
     pub pin_dir: PathBuf,
     pub generation: u32,
     pub digest: String,
+    /// `enforce`, `audit` or `mixed`; the auditing sections.
+    #[serde(default)]
+    pub mode: String,
+    #[serde(default)]
+    pub audit: Vec<String>,
     pub sources: Vec<String>,
     pub ports: Vec<u16>,
     pub rules: Vec<StateRule>,
@@ -61,6 +66,8 @@ impl DaemonState {
             pin_dir: opts.ebpf.pin_dir.clone(),
             generation: 0,
             digest: String::new(),
+            mode: String::new(),
+            audit: Vec::new(),
             sources: Vec::new(),
             ports: Vec::new(),
             rules: Vec::new(),
@@ -78,6 +85,8 @@ impl DaemonState {
     pub fn policy_applied(&mut self, policy: &Policy, c: &Compiled, applied: &Applied) {
         self.generation = applied.generation;
         self.digest = c.digest.clone();
+        self.mode = c.mode().into();
+        self.audit = c.audit_sections();
         self.sources = policy
             .sources
             .iter()

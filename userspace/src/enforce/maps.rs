@@ -136,6 +136,12 @@ impl Maps {
             ports.insert(p);
         }
         let mut flags = 0;
+        if compiled.ingress_audit {
+            flags |= slot_flags::AUDIT_INGRESS;
+        }
+        if compiled.local_audit {
+            flags |= slot_flags::AUDIT_LOCAL;
+        }
         for e in &compiled.ingress {
             let (len, addr) = lpm_addr(e.net);
             let key = IngressKey {
@@ -180,7 +186,7 @@ impl Maps {
                     key,
                     EgressPolicyRef {
                         policy: index as u32,
-                        _pad: 0,
+                        flags: if c.audit { egress_flags::AUDIT } else { 0 },
                     },
                     0,
                 )

@@ -33,6 +33,10 @@ pub const INGRESS_DENY: &str = "warden ingress-deny";
 pub const LOCAL_ALLOW: &str = "warden local-allow";
 pub const LOCAL_DENY: &str = "warden local-deny";
 pub const EGRESS_DENY: &str = "warden egress-deny";
+/// Audit mode: what the deny rule would have dropped, let through.
+pub const INGRESS_WOULD_DENY: &str = "warden ingress-would-deny";
+pub const LOCAL_WOULD_DENY: &str = "warden local-would-deny";
+pub const EGRESS_WOULD_DENY: &str = "warden egress-would-deny";
 
 pub struct NflogSocket {
     fd: OwnedFd,
@@ -67,6 +71,24 @@ impl NflogSocket {
             ) != 0
             {
                 return Err(std::io::Error::last_os_error());
+            }
+        }
+        // Room for a burst (a flow log per new connection): 4 MiB, beyond
+        // rmem_max where CAP_NET_ADMIN allows it.
+        let size: libc::c_int = 4 << 20;
+        for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+            // SAFETY: an int option on our socket.
+            let rc = unsafe {
+                libc::setsockopt(
+                    raw,
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&size as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as u32,
+                )
+            };
+            if rc == 0 {
+                break;
             }
         }
         let s = Self {
@@ -215,6 +237,21 @@ fn parse_packet(mut attrs: &[u8]) -> Option<FlowEvent> {
         LOCAL_ALLOW => (hook::NFT_OUTPUT, verdict::ALLOW, reason::LOCAL_ALLOWED),
         LOCAL_DENY => (hook::NFT_OUTPUT, verdict::DENY, reason::LOCAL_NOT_ALLOWED),
         EGRESS_DENY => (hook::NFT_OUTPUT, verdict::DENY, reason::EGRESS_NOT_ALLOWED),
+        INGRESS_WOULD_DENY => (
+            hook::NFT_INPUT,
+            verdict::WOULD_DENY,
+            reason::INGRESS_NOT_ALLOWED,
+        ),
+        LOCAL_WOULD_DENY => (
+            hook::NFT_OUTPUT,
+            verdict::WOULD_DENY,
+            reason::LOCAL_NOT_ALLOWED,
+        ),
+        EGRESS_WOULD_DENY => (
+            hook::NFT_OUTPUT,
+            verdict::WOULD_DENY,
+            reason::EGRESS_NOT_ALLOWED,
+        ),
         _ => return None,
     };
     let mut ev: FlowEvent = FlowEvent {

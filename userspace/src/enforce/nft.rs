@@ -40,7 +40,15 @@ pub const LOG_GROUP: u16 = 11434;
 /// until the caller times out, so TCP is answered with a reset (connect() fails at
 /// once with ECONNREFUSED); other protocols are dropped, which makes sendmsg()
 /// fail with EPERM as the cgroup hooks do.
-fn local_deny(prefix: &str) -> String {
+///
+/// In audit mode the flow is logged under `audit_prefix` and returns to the
+/// `output` chain, which goes on to the next check, as the cgroup hooks do.
+fn local_deny(prefix: &str, audit_prefix: &str, audit: bool) -> String {
+    if audit {
+        return format!(
+            "    counter log prefix \"{audit_prefix} 0\" group {LOG_GROUP} return comment \"rule 0\"\n  }}\n"
+        );
+    }
     let log = format!("log prefix \"{prefix} 0\" group {LOG_GROUP}");
     format!(
         "    meta l4proto tcp counter {log} reject with tcp reset comment \"rule 0\"\n    counter {log} drop comment \"rule 0\"\n  }}\n"
@@ -270,11 +278,20 @@ pub fn render(
     }
     s.push_str("    meta l4proto != { tcp, udp } accept\n    th dport != @ports accept\n");
     s.push_str(&rules);
-    let _ = writeln!(
-        s,
-        "    counter log prefix \"{} 0\" group {LOG_GROUP} drop comment \"rule 0\"\n  }}",
-        nflog::INGRESS_DENY
-    );
+    if c.ingress_audit {
+        // Audit: log each new flow that would be dropped, count every packet.
+        let _ = writeln!(
+            s,
+            "    ct state new counter log prefix \"{} 0\" group {LOG_GROUP} accept comment \"rule 0\"\n    counter accept comment \"rule 0\"\n  }}",
+            nflog::INGRESS_WOULD_DENY
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "    counter log prefix \"{} 0\" group {LOG_GROUP} drop comment \"rule 0\"\n  }}",
+            nflog::INGRESS_DENY
+        );
+    }
 
     // Output: new flows only, as the cgroup hooks see connect()/sendmsg().
     let _ = writeln!(
@@ -306,7 +323,11 @@ pub fn render(
             );
         }
     }
-    s.push_str(&local_deny(nflog::LOCAL_DENY));
+    s.push_str(&local_deny(
+        nflog::LOCAL_DENY,
+        nflog::LOCAL_WOULD_DENY,
+        c.local_audit,
+    ));
 
     for (i, e) in c.egress.iter().enumerate() {
         let _ = writeln!(s, "  chain egress_{i} {{");
@@ -343,7 +364,11 @@ pub fn render(
                 );
             }
         }
-        s.push_str(&local_deny(nflog::EGRESS_DENY));
+        s.push_str(&local_deny(
+            nflog::EGRESS_DENY,
+            nflog::EGRESS_WOULD_DENY,
+            e.audit,
+        ));
     }
     s.push_str("}\n");
     s
@@ -406,5 +431,36 @@ proto = "tcp"
             3,
             "only warden's own table is named"
         );
+        assert!(!s.contains("would-deny"));
+    }
+
+    #[test]
+    fn audit_sections_log_and_let_through() {
+        let policy = warden_policy::parse_str(
+            Path::new("t.toml"),
+            r#"version = 1
+mode = "audit"
+[service]
+ports = [11434]
+server_cgroups = ["s"]
+[local]
+mode = "enforce"
+[[egress]]
+cgroup = "s"
+allow = []
+"#,
+        )
+        .unwrap();
+        let c = compile(&policy).unwrap();
+        let s = render("t", Path::new(""), &c, &[true], &[true], 1);
+        assert!(s.contains("ct state new counter log prefix \"warden ingress-would-deny 0\" group 11434 accept comment \"rule 0\"\n    counter accept comment \"rule 0\""));
+        assert!(!s.contains("ingress-deny"));
+        // Local access enforces: a reset and a drop.
+        assert!(s.contains("log prefix \"warden local-deny 0\" group 11434 reject with tcp reset"));
+        // Egress audits: logged, and back to the output chain.
+        assert!(s.contains("counter log prefix \"warden egress-would-deny 0\" group 11434 return comment \"rule 0\""));
+        assert!(!s.contains("egress-deny"));
+        assert_eq!(c.mode(), "mixed");
+        assert_eq!(c.audit_sections(), ["ingress", "egress:s"]);
     }
 }

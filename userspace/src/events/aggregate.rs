@@ -19,6 +19,7 @@ pub const MAX_KEYS: usize = 16_384;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Key {
     hook: u8,
+    verdict: u8,
     reason: u8,
     proto: u8,
     rule_id: u32,
@@ -36,6 +37,7 @@ impl Key {
         let packet = matches!(ev.hook, hook::XDP | hook::NFT_INPUT | hook::NFT_OUTPUT);
         Self {
             hook: ev.hook,
+            verdict: ev.verdict,
             reason: ev.reason,
             proto: ev.proto,
             rule_id: ev.rule_id,

@@ -223,11 +223,17 @@ impl<T: Joinable> Correlator<T> {
     }
 }
 
-/// Whether a flow is one the join waits for: an allowed connect to a protected
-/// port (the kernel's view of somebody reaching Ollama).
+/// Whether a flow is one the join waits for: a connect to a protected port that
+/// went through (the kernel's view of somebody reaching Ollama), allowed or let
+/// through by audit mode.
 pub fn is_local_access(ev: &FlowEvent) -> bool {
-    use warden_common::{hook, verdict};
-    ev.verdict == verdict::ALLOW && matches!(ev.hook, hook::CONNECT4 | hook::CONNECT6)
+    use warden_common::{hook, reason, verdict};
+    matches!(ev.hook, hook::CONNECT4 | hook::CONNECT6)
+        && match ev.verdict {
+            verdict::ALLOW => ev.reason == reason::LOCAL_ALLOWED,
+            verdict::WOULD_DENY => ev.reason == reason::LOCAL_NOT_ALLOWED,
+            _ => false,
+        }
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@ pub const ECS_VERSION: &str = "8.11.0";
 
 pub fn network_event(f: &Flow, event_uid: &str) -> Value {
     let ev = f.ev;
-    let allowed = ev.verdict == verdict::ALLOW;
+    let would_block = ev.verdict == verdict::WOULD_DENY;
+    let allowed = ev.verdict == verdict::ALLOW || would_block;
     let inbound = matches!(
         ev.hook,
         hook::XDP | hook::NFT_INPUT | hook::BIND4 | hook::BIND6
@@ -45,6 +46,9 @@ pub fn network_event(f: &Flow, event_uid: &str) -> Value {
     });
     if let Some(rule) = f.rule {
         o["rule"]["name"] = rule.into();
+    }
+    if would_block {
+        o["ollama_warden"]["would_block"] = true.into();
     }
     if matches!(ev.hook, hook::XDP | hook::NFT_INPUT | hook::NFT_OUTPUT) {
         let src = addr(ev.saddr, ev.family);

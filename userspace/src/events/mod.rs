@@ -274,6 +274,15 @@ fn event_uid(seq: u64) -> String {
     format!("{start}-{seq}")
 }
 
+/// `allow`, `deny`, or `would_deny` (denied by a section in audit mode, let through).
+pub fn verdict_name(v: u8) -> &'static str {
+    match v {
+        verdict::ALLOW => "allow",
+        verdict::WOULD_DENY => "would_deny",
+        _ => "deny",
+    }
+}
+
 /// The JSON record of one kernel flow event.
 pub fn flow_json(ev: &FlowEvent, rule: Option<&str>) -> Value {
     let is_bind = matches!(ev.hook, hook::BIND4 | hook::BIND6);
@@ -281,7 +290,7 @@ pub fn flow_json(ev: &FlowEvent, rule: Option<&str>) -> Value {
         "type": "flow",
         "time_ms": boot_ns_to_unix_ms(ev.ts_ns),
         "hook": hook_name(ev.hook),
-        "verdict": if ev.verdict == verdict::ALLOW { "allow" } else { "deny" },
+        "verdict": verdict_name(ev.verdict),
         "reason": reason_name(ev.reason),
         "rule_id": ev.rule_id,
         "generation": ev.generation,
@@ -378,5 +387,45 @@ mod tests {
         assert_eq!(j["verdict"], "deny");
         assert_eq!(j["comm"], "nc");
         assert!(j.get("dst_port").is_none());
+    }
+
+    #[test]
+    fn audit_verdicts_are_allowed_and_marked_would_block_in_every_format() {
+        let mut ev: FlowEvent = unsafe { std::mem::zeroed() };
+        ev.hook = hook::XDP;
+        ev.family = 2;
+        ev.proto = 6;
+        ev.verdict = verdict::WOULD_DENY;
+        ev.reason = reason::INGRESS_NOT_ALLOWED;
+        ev.saddr = mapped_v4([10, 0, 0, 9]);
+        ev.daddr = mapped_v4([10, 0, 0, 1]);
+        ev.sport = 40000;
+        ev.dport = 11434;
+        let f = Flow {
+            ev: &ev,
+            rule: None,
+            process: None,
+            user: None,
+            cgroup: None,
+        };
+        assert_eq!(flow_json(&ev, None)["verdict"], "would_deny");
+        let o = ocsf::network_activity(&f, "u");
+        assert_eq!(
+            (&o["action_id"], &o["disposition_id"], &o["activity_id"]),
+            (&json!(1), &json!(15), &json!(1))
+        );
+        assert_eq!(o["unmapped"]["warden"]["would_block"], true);
+        let e = ecs::network_event(&f, "u");
+        assert_eq!(e["event"]["type"], json!(["connection", "allowed"]));
+        assert_eq!(e["ollama_warden"]["would_block"], true);
+        let mut denied = ev;
+        denied.verdict = verdict::DENY;
+        let f = Flow { ev: &denied, ..f };
+        let o = ocsf::network_activity(&f, "u");
+        assert_eq!(
+            (&o["action_id"], &o["disposition_id"]),
+            (&json!(2), &json!(2))
+        );
+        assert!(o["unmapped"]["warden"].get("would_block").is_none());
     }
 }

@@ -13,10 +13,15 @@ pub const OCSF_VERSION: &str = "1.8.0";
 const OPEN: u8 = 1;
 const REFUSE: u8 = 5;
 const LISTEN: u8 = 7;
+/// `disposition_id` 15: Detected (audit mode: seen, not blocked).
+const DETECTED: u8 = 15;
 
 pub fn network_activity(f: &Flow, event_uid: &str) -> Value {
     let ev = f.ev;
-    let allowed = ev.verdict == verdict::ALLOW;
+    // Audit mode: the flow went through (Allowed) and would have been blocked
+    // (disposition Detected, `unmapped.warden.would_block`).
+    let would_block = ev.verdict == verdict::WOULD_DENY;
+    let allowed = ev.verdict == verdict::ALLOW || would_block;
     let is_bind = matches!(ev.hook, hook::BIND4 | hook::BIND6);
     let inbound = matches!(ev.hook, hook::XDP | hook::NFT_INPUT) || is_bind;
     let activity = match (allowed, is_bind) {
@@ -44,11 +49,11 @@ pub fn network_activity(f: &Flow, event_uid: &str) -> Value {
         "activity_id": activity,
         "type_uid": 400100 + activity as u32,
         "time": boot_ns_to_unix_ms(ev.ts_ns),
-        "severity_id": if allowed { 1 } else { 3 },
+        "severity_id": if allowed && !would_block { 1 } else { 3 },
         "status_id": if allowed { 1 } else { 2 },
         "action_id": if allowed { 1 } else { 2 },
-        "disposition_id": if allowed { 1 } else { 2 },
-        "message": format!("{} {} ({})", hook_name(ev.hook), if allowed { "allowed" } else { "blocked" }, reason_name(ev.reason)),
+        "disposition_id": match (allowed, would_block) { (_, true) => DETECTED, (true, _) => 1, _ => 2 },
+        "message": format!("{} {} ({})", hook_name(ev.hook), if would_block { "would be blocked (audit)" } else if allowed { "allowed" } else { "blocked" }, reason_name(ev.reason)),
         "metadata": {
             "uid": event_uid,
             "version": OCSF_VERSION,
@@ -68,6 +73,9 @@ pub fn network_activity(f: &Flow, event_uid: &str) -> Value {
     if let Some(rule) = f.rule {
         warden["rule"] = rule.into();
     }
+    if would_block {
+        warden["would_block"] = true.into();
+    }
     // Packets carry a source; system calls carry a process.
     if matches!(ev.hook, hook::XDP | hook::NFT_INPUT | hook::NFT_OUTPUT) {
         let src = addr(ev.saddr, ev.family);
@@ -80,7 +88,10 @@ pub fn network_activity(f: &Flow, event_uid: &str) -> Value {
             warden["ifindex"] = ev.ifindex.into();
         }
     }
-    if !matches!(ev.hook, hook::XDP | hook::NFT_INPUT) {
+    if ev.hook == hook::NFT_OUTPUT {
+        // nftables sees a local packet's owner, not its process.
+        o["actor"] = json!({ "user": user(f) });
+    } else if ev.hook != hook::XDP && ev.hook != hook::NFT_INPUT {
         o["actor"] = json!({ "process": process(f) });
     }
     if ev.cookie != 0 {
@@ -107,6 +118,14 @@ pub fn network_activity(f: &Flow, event_uid: &str) -> Value {
     o
 }
 
+fn user(f: &Flow) -> Value {
+    let mut user = json!({ "uid": f.ev.uid.to_string() });
+    if let Some(name) = &f.user {
+        user["name"] = name.clone().into();
+    }
+    user
+}
+
 fn process(f: &Flow) -> Value {
     let ev = f.ev;
     let comm = super::comm(&ev.comm);
@@ -115,11 +134,7 @@ fn process(f: &Flow) -> Value {
         p["pid"] = ev.tgid.into();
         p["tid"] = ev.pid.into();
     }
-    let mut user = json!({ "uid": ev.uid.to_string() });
-    if let Some(name) = &f.user {
-        user["name"] = name.clone().into();
-    }
-    p["user"] = user;
+    p["user"] = user(f);
     if let Some(info) = &f.process {
         if let Some(exe) = &info.exe {
             let name = exe.rsplit('/').next().unwrap_or(exe);
