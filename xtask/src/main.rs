@@ -36,6 +36,8 @@ enum Task {
         /// Only these benchmarks (xdp, flood, pipeline, connect, apply, proxy, footprint); default: all.
         names: Vec<String>,
     },
+    /// Build the Debian package (release binary, units, config, docs) into target/deb/.
+    Deb,
     /// A one-minute tour in a throwaway lab: proxy, daemon, attackers, and what a SIEM sees.
     Demo,
     /// Setup, fmt check, clippy, unit tests and privileged integration tests.
@@ -54,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         Task::Build { release } => run::build(release),
         Task::Run { args } => run::daemon(&args),
         Task::Demo => run::demo(),
+        Task::Deb => run::deb(),
         Task::Bench { names } => run::bench(&names),
         Task::Test { no_setup, filter } => test::run(!no_setup, filter.as_deref()),
     }

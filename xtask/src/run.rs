@@ -57,6 +57,19 @@ pub fn bench(names: &[String]) -> Result<()> {
     cmd::run(&mut c)
 }
 
+/// Builds the release binary and packs it into `target/deb/` as a .deb
+/// (packaging/deb/build.sh, plain dpkg-deb).
+pub fn deb() -> Result<()> {
+    build(true)?;
+    let root = cmd::workspace_root();
+    cmd::run(
+        Command::new(root.join("packaging/deb/build.sh"))
+            .arg(root.join("target/release/warden"))
+            .arg(env!("CARGO_PKG_VERSION"))
+            .arg(root.join("target/deb")),
+    )
+}
+
 /// Builds, then runs `warden daemon` as root on its embedded default policy.
 pub fn daemon(args: &[String]) -> Result<()> {
     crate::setup::run()?;
