@@ -3,6 +3,7 @@
 
 Reads one command per line on stdin and answers one word per line on stdout:
   connect HOST PORT [TIMEOUT]  TCP connect  -> connected | refused | denied | timeout | error:ERRNO
+  hold HOST PORT               TCP connect, kept open -> connected | ...
   connectn HOST PORT N         N TCP connects -> JSON {"verdicts": {word: count}, "p50_us", "p99_us"}
   udpsend HOST PORT            unconnected UDP sendto -> ok | denied | error:ERRNO
   udpconnect HOST PORT         UDP connect() -> ok | denied | error:ERRNO
@@ -19,6 +20,7 @@ import sys
 import threading
 
 listeners = []
+held = []
 received = {}
 
 
@@ -97,6 +99,13 @@ def handle(words):
         lat.sort()
         pct = lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1e6, 1)
         return json.dumps({"verdicts": verdicts, "p50_us": pct(0.5), "p99_us": pct(0.99)})
+    if cmd == "hold":
+        # Connects and keeps the connection open (for socket-table readers).
+        s = socket.socket(family(host), socket.SOCK_STREAM)
+        s.settimeout(1.0)
+        s.connect((host, port))
+        held.append(s)
+        return "connected"
     if cmd == "connect":
         s = socket.socket(family(host), socket.SOCK_STREAM)
         s.settimeout(float(words[3]) if len(words) > 3 else 1.0)

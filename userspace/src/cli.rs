@@ -122,6 +122,27 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Inspect this host (what listens on the port, its process, cgroup, unit and
+    /// environment, current clients) and print a starting policy, in audit mode.
+    Discover {
+        #[arg(long, default_value_t = 11434)]
+        port: u16,
+    },
+    /// Check this host against the Ollama hardening guides; exit 1 if a check fails.
+    Doctor {
+        #[arg(long, default_value_t = 11434)]
+        port: u16,
+        #[arg(long, default_value = "/etc/ollama-warden/proxy.toml")]
+        proxy_config: PathBuf,
+        /// Where to look for unit files; repeatable (default: systemd's system unit path).
+        #[arg(long, value_name = "DIR")]
+        unit_dir: Vec<PathBuf>,
+        /// Ollama's systemd unit (default: the unit of the process listening on the port).
+        #[arg(long, value_name = "UNIT")]
+        ollama_unit: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Credentials for proxy identities.
     Token {
         #[command(subcommand)]
@@ -244,6 +265,48 @@ pub fn main() -> i32 {
         Command::Down => down(&cli.pin_dir, &cli.run_dir, &cli.nft_table),
         Command::Proxy { config, check } => proxy(&config, check),
         Command::Token { command } => token(command),
+        Command::Discover { port } => {
+            print!(
+                "{}",
+                crate::discover::render(&crate::discover::inspect(port))
+            );
+            0
+        }
+        Command::Doctor {
+            port,
+            proxy_config,
+            unit_dir,
+            ollama_unit,
+            json,
+        } => {
+            let opts = crate::doctor::Options {
+                port,
+                proxy_config,
+                unit_dirs: if unit_dir.is_empty() {
+                    crate::host::UNIT_DIRS.iter().map(PathBuf::from).collect()
+                } else {
+                    unit_dir
+                },
+                ollama_unit,
+                pin_dir: cli.pin_dir,
+                run_dir: cli.run_dir,
+                nft_table: cli.nft_table,
+            };
+            let checks = crate::doctor::run(&opts);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&checks).unwrap_or_default()
+                );
+            } else {
+                crate::doctor::print(&checks);
+            }
+            i32::from(
+                checks
+                    .iter()
+                    .any(|c| c.status == crate::doctor::Status::Fail),
+            )
+        }
     }
 }
 
@@ -325,6 +388,21 @@ fn policy_show(paths: &[PathBuf], compiled: bool) -> i32 {
 }
 
 fn status(pin_dir: &Path, run_dir: &Path, nft_table: &str, as_json: bool) -> i32 {
+    let report = status_report(pin_dir, run_dir, nft_table);
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        print_status(&report);
+    }
+    0
+}
+
+/// What `warden status --json` prints: backend, links, generation, counters,
+/// the running daemon's policy and event delivery.
+pub fn status_report(pin_dir: &Path, run_dir: &Path, nft_table: &str) -> serde_json::Value {
     let state = DaemonState::read(run_dir);
     let daemon_running = state.as_ref().is_some_and(|s| process_is_warden(s.pid));
     let maps = Maps::open_pinned(pin_dir).ok();
@@ -392,15 +470,7 @@ fn status(pin_dir: &Path, run_dir: &Path, nft_table: &str, as_json: bool) -> i32
                                    "sources": s.sources, "ports": s.ports,
                                    "unresolved_cgroups": s.unresolved_cgroups });
     }
-    if as_json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).unwrap_or_default()
-        );
-    } else {
-        print_status(&report);
-    }
-    0
+    report
 }
 
 fn print_status(r: &serde_json::Value) {

@@ -9,6 +9,8 @@
 //! - [`proxy`]: the auth proxy's request judgement (canonical targets, routes,
 //!   bodies).
 //! - [`cgroupfs`]: finding cgroup2 and cgroup ids.
+//! - [`host`]: sockets, processes and unit files of this host, read from /proc;
+//!   [`discover`] turns them into a starting policy, [`doctor`] into checks.
 //! - [`signature`]: minisign-signed policy files.
 //! - [`state`]: the daemon's state file for `status` and `down`.
 //! - [`watch`]: inotify on the policy files, for reload on change.
@@ -18,8 +20,11 @@ pub mod cgroupfs;
 pub mod cli;
 pub mod compile;
 pub mod daemon;
+pub mod discover;
+pub mod doctor;
 pub mod enforce;
 pub mod events;
+pub mod host;
 pub mod proxy;
 pub mod signature;
 pub mod state;
