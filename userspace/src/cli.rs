@@ -100,6 +100,10 @@ enum Command {
         /// unaffected. 0 = no cap.
         #[arg(long, default_value_t = 100_000, value_name = "N")]
         kernel_event_rate: u32,
+        /// Serve Prometheus metrics at http://ADDR/metrics (per-rule counters,
+        /// drops, losses, policy generation, backend); without ADDR, 127.0.0.1:9464.
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9464")]
+        metrics: Option<std::net::SocketAddr>,
         /// Audit every section whatever the policy says: evaluate and report
         /// (`would_deny`), block nothing. For a first deployment; the policy's
         /// `mode` keys do the same per section, switchable by a reload.
@@ -216,6 +220,7 @@ pub fn main() -> i32 {
             proxy_uid,
             kernel_event_rate,
             audit,
+            metrics,
         } => {
             let correlate =
                 Duration::try_from_secs_f64(correlate_secs.max(0.0)).unwrap_or(Duration::ZERO);
@@ -246,6 +251,7 @@ pub fn main() -> i32 {
                 correlate,
                 kernel_event_rate,
                 audit,
+                metrics,
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -90,6 +90,8 @@ pub struct Options {
     pub kernel_event_rate: u32,
     /// Every section audits whatever the policy says (`--audit`).
     pub audit: bool,
+    /// Where to serve Prometheus metrics.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Reads and compiles the policy; with `key`, every file must carry its signature
@@ -256,6 +258,21 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
             suppressed: now.suppressed.saturating_sub(at_start.suppressed),
         }
     };
+    if let Some(addr) = opts.metrics {
+        let (pin_dir, run_dir, table) = (
+            opts.ebpf.pin_dir.clone(),
+            opts.run_dir.clone(),
+            opts.nft_table.clone(),
+        );
+        let render = move || {
+            crate::metrics::render_daemon(&crate::cli::status_report(&pin_dir, &run_dir, &table))
+        };
+        // Metrics are worth less than enforcement: a taken port is a warning.
+        match crate::metrics::serve(addr, render) {
+            Ok(a) => eprintln!("warden: metrics on http://{a}/metrics"),
+            Err(e) => eprintln!("warden: WARNING: metrics on {addr}: {e}; running without"),
+        }
+    }
     notify_ready();
 
     loop {

@@ -11,6 +11,7 @@
 //! - [`cgroupfs`]: finding cgroup2 and cgroup ids.
 //! - [`host`]: sockets, processes and unit files of this host, read from /proc;
 //!   [`discover`] turns them into a starting policy, [`doctor`] into checks.
+//! - [`metrics`]: Prometheus text endpoints for the daemon and the proxy.
 //! - [`signature`]: minisign-signed policy files.
 //! - [`state`]: the daemon's state file for `status` and `down`.
 //! - [`watch`]: inotify on the policy files, for reload on change.
@@ -25,6 +26,7 @@ pub mod doctor;
 pub mod enforce;
 pub mod events;
 pub mod host;
+pub mod metrics;
 pub mod proxy;
 pub mod signature;
 pub mod state;

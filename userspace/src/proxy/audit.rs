@@ -169,6 +169,8 @@ pub struct Counters {
 pub struct Audit {
     tx: Mutex<Option<SyncSender<Record>>>,
     pub counters: Arc<Counters>,
+    /// Request metrics, counted as records are emitted.
+    pub metrics: crate::metrics::ProxyMetrics,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -187,11 +189,16 @@ impl Audit {
         Ok(Self {
             tx: Mutex::new(Some(tx)),
             counters,
+            metrics: Default::default(),
             thread: Mutex::new(Some(thread)),
         })
     }
 
     pub fn emit(&self, r: Record) {
+        let group =
+            super::routes::find(&r.method, &r.path).map_or("none", |(route, _)| route.group.name());
+        self.metrics
+            .request(r.identity.as_deref(), group, r.status, r.duration, r.ttfb);
         let tx = self.tx.lock().expect("not poisoned");
         let sent = match &*tx {
             Some(tx) => tx.try_send(r),

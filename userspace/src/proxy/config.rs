@@ -23,6 +23,7 @@ const TOP_KEYS: &[&str] = &[
     "audit_body_sha256",
     "pass_cors",
     "report",
+    "metrics",
     "tls",
     "limits",
     "identity",
@@ -69,6 +70,8 @@ pub struct Config {
     pub pass_cors: bool,
     /// The daemon's socket for upstream-connection reports (correlation).
     pub report: Option<PathBuf>,
+    /// Where to serve Prometheus metrics (`GET /metrics`); off when unset.
+    pub metrics: Option<SocketAddr>,
     pub limits: Limits,
     pub identities: Vec<Arc<Identity>>,
 }
@@ -246,6 +249,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<Diagnostic>> {
         .and_then(|e| r.bool(e))
         .unwrap_or(false);
     let report = root.get("report").and_then(|e| r.path(e));
+    let metrics = root.get("metrics").and_then(|e| {
+        let s = r.string(e)?;
+        s.parse::<SocketAddr>()
+            .map_err(|_| r.err(e, format!("`metrics` must be IP:PORT, found `{s}`")))
+            .ok()
+    });
     let pass_cors = root
         .get("pass_cors")
         .and_then(|e| r.bool(e))
@@ -268,6 +277,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<Diagnostic>> {
         audit_body_sha256,
         pass_cors,
         report,
+        metrics,
         limits,
         identities,
     })

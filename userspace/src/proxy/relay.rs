@@ -190,6 +190,7 @@ pub struct Finish {
 
 impl Finish {
     pub fn new(record: Record, started: Instant, audit: Arc<Audit>, active: ActiveGuard) -> Self {
+        audit.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
         Self {
             record: Some(record),
             started,
@@ -225,6 +226,7 @@ impl Finish {
         if let Some(n) = bytes_out {
             r.bytes_out = n;
         }
+        self.audit.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
         r.incomplete = incomplete;
         r.duration = self.started.elapsed();
         if let Some(n) = &self.uploaded {

@@ -21,6 +21,20 @@ pub enum Group {
     Account,
 }
 
+impl Group {
+    /// The group's name in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Group::Health => "health",
+            Group::List => "list",
+            Group::Read => "read",
+            Group::Inference => "inference",
+            Group::ModelAdmin => "model_admin",
+            Group::Account => "account",
+        }
+    }
+}
+
 /// Where the model a request is about is named.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModelIn {

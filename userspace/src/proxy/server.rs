@@ -120,8 +120,46 @@ async fn serve(path: &Path, cfg: Config) -> Result<(Arc<Shared>, Arc<Stats>, boo
         cfg.identities.len()
     );
     let reporter = cfg.report.clone().map(super::report::Reporter::start);
+    let metrics_addr = cfg.metrics;
     let shared = Arc::new(Shared::new(runtime(cfg), audit, reporter));
     let stats = Arc::new(Stats::default());
+    if let Some(addr) = metrics_addr {
+        let (shared, stats) = (shared.clone(), stats.clone());
+        let render = move || {
+            let c = &shared.audit.counters;
+            shared.audit.metrics.render(&[
+                (
+                    "warden_proxy_audit_written_total",
+                    "Audit records written",
+                    c.written.load(Ordering::Relaxed),
+                ),
+                (
+                    "warden_proxy_audit_dropped_total",
+                    "Audit records dropped (queue full)",
+                    c.dropped.load(Ordering::Relaxed),
+                ),
+                (
+                    "warden_proxy_audit_failed_total",
+                    "Audit records lost to write errors",
+                    c.failed.load(Ordering::Relaxed),
+                ),
+                (
+                    "warden_proxy_connections_refused_total",
+                    "Connections refused by the connection limits",
+                    stats.refused_connections.load(Ordering::Relaxed),
+                ),
+                (
+                    "warden_proxy_handshakes_failed_total",
+                    "TLS handshakes that failed",
+                    stats.failed_handshakes.load(Ordering::Relaxed),
+                ),
+            ])
+        };
+        match crate::metrics::serve(addr, render) {
+            Ok(a) => eprintln!("warden proxy: metrics on http://{a}/metrics"),
+            Err(e) => eprintln!("warden proxy: WARNING: metrics on {addr}: {e}; serving without"),
+        }
+    }
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -215,9 +253,10 @@ fn reload(
         || new.upstream != old.cfg.upstream
         || new.audit != old.cfg.audit
         || new.report != old.cfg.report
+        || new.metrics != old.cfg.metrics
     {
         eprintln!(
-            "warden proxy: reload ({why}): listen, upstream, audit and report changes apply at restart"
+            "warden proxy: reload ({why}): listen, upstream, audit, report and metrics changes apply at restart"
         );
     }
     if let Ok(w) = PolicyWatch::new(&watched(path, &new)) {
@@ -228,6 +267,7 @@ fn reload(
     keep.upstream = old.cfg.upstream.clone();
     keep.audit = old.cfg.audit.clone();
     keep.report = old.cfg.report.clone();
+    keep.metrics = old.cfg.metrics;
     let n = keep.identities.len();
     *shared.runtime.write().expect("not poisoned") = Arc::new(runtime(keep));
     *tls_config.write().expect("not poisoned") = tls_new;
