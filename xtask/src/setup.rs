@@ -216,8 +216,6 @@ const PYTHON_PACKAGES: &[&str] = &[
     "httpx==0.28.1",
     // The metrics endpoints' output, read by the reference parser.
     "prometheus-client==0.21.1",
-    // The Kubernetes manifests, checked against the API's published schemas.
-    "kubernetes-validate==1.37.0",
 ];
 
 pub fn python_venv_dir() -> PathBuf {
