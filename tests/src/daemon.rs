@@ -65,12 +65,7 @@ impl Daemon {
             }
             None => Command::new(warden_bin()),
         };
-        cmd.arg("--pin-dir")
-            .arg(&lab.pin_dir)
-            .arg("--run-dir")
-            .arg(&lab.run_dir)
-            .arg("--nft-table")
-            .arg(&lab.nft_table)
+        cmd.args(lab.dir_args())
             .arg("daemon")
             .arg("--policy")
             .arg(policy)

@@ -180,14 +180,21 @@ impl Lab {
     }
 
     /// Runs warden with the lab's directories; returns stdout.
+    /// `warden`'s global options naming the lab's pin dir, run dir and nft table.
+    pub fn dir_args(&self) -> Vec<&std::ffi::OsStr> {
+        vec![
+            "--pin-dir".as_ref(),
+            self.pin_dir.as_os_str(),
+            "--run-dir".as_ref(),
+            self.run_dir.as_os_str(),
+            "--nft-table".as_ref(),
+            self.nft_table.as_ref(),
+        ]
+    }
+
     pub fn warden(&self, args: &[&str]) -> String {
         let out = Command::new(warden_bin())
-            .arg("--pin-dir")
-            .arg(&self.pin_dir)
-            .arg("--run-dir")
-            .arg(&self.run_dir)
-            .arg("--nft-table")
-            .arg(&self.nft_table)
+            .args(self.dir_args())
             .args(args)
             .output()
             .unwrap();

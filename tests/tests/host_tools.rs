@@ -61,13 +61,7 @@ impl Drop for Ollama {
 /// Runs `warden ARGS` in `ns` with the lab's directories; (exit code, stdout).
 fn warden_in(lab: &Lab, ns: &str, args: &[&str]) -> (i32, String) {
     let mut cmd = Command::new(warden_bin());
-    cmd.arg("--pin-dir")
-        .arg(&lab.pin_dir)
-        .arg("--run-dir")
-        .arg(&lab.run_dir)
-        .arg("--nft-table")
-        .arg(&lab.nft_table)
-        .args(args);
+    cmd.args(lab.dir_args()).args(args);
     enter(&mut cmd, Some(ns), None);
     let out = cmd.output().unwrap();
     (

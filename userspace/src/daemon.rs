@@ -121,6 +121,15 @@ pub fn load_policy(
     Ok((policy, compiled))
 }
 
+/// [`load_policy`] as this daemon enforces it (everything audits with `--audit`).
+fn load_for(opts: &Options, key: Option<&PolicyKey>) -> Result<(Policy, Compiled), DaemonError> {
+    let (policy, mut compiled) = load_policy(&opts.policy, key)?;
+    if opts.audit {
+        compiled.audit_everything();
+    }
+    Ok((policy, compiled))
+}
+
 /// Starts the chosen backend: policy swapped in first, then attached.
 fn start_backend(
     opts: &Options,
@@ -166,10 +175,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         .map(PolicyKey::load)
         .transpose()
         .map_err(DaemonError::Policy)?;
-    let (policy, mut compiled) = load_policy(&opts.policy, key.as_ref())?;
-    if opts.audit {
-        compiled.audit_everything();
-    }
+    let (policy, compiled) = load_for(&opts, key.as_ref())?;
     let mut pipeline = Pipeline::start(PipelineConfig {
         sinks: opts.events.clone(),
         format: opts.event_format,
@@ -425,10 +431,7 @@ fn reload(
 ) -> Result<Option<(Policy, Compiled, Applied, Timing)>, DaemonError> {
     let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1000.0;
     let started = std::time::Instant::now();
-    let (policy, mut compiled) = load_policy(&opts.policy, key)?;
-    if opts.audit {
-        compiled.audit_everything();
-    }
+    let (policy, compiled) = load_for(opts, key)?;
     if compiled == *current {
         return Ok(None);
     }
