@@ -288,6 +288,7 @@ impl EbpfBackend {
         // Unpin links of interfaces that went away or are no longer wanted.
         for (path, ifindex, name) in pinned_xdp_links(&links) {
             if !wanted.iter().any(|(i, n)| *i == ifindex && *n == name) {
+                detach_pinned_link(&path);
                 let _ = std::fs::remove_file(&path);
                 out.push(Attachment {
                     program: XDP_PROGRAM.into(),
@@ -422,7 +423,9 @@ pub fn is_bpffs(path: &Path) -> bool {
 }
 
 /// Detaches and unpins everything warden pinned in `pin_dir` (`warden down`).
-/// Removing a link's pin detaches it once no process holds it open.
+/// Each link is detached explicitly before its pin goes: dropping the last
+/// reference alone detaches from a kernel work queue, a moment later, and
+/// `warden down` promises enforcement has stopped when it returns.
 pub fn down(pin_dir: &Path) -> Result<Vec<String>, EnforceError> {
     let mut removed = Vec::new();
     if !pin_dir.exists() {
@@ -436,6 +439,7 @@ pub fn down(pin_dir: &Path) -> Result<Vec<String>, EnforceError> {
     if links.exists() {
         for e in std::fs::read_dir(&links).map_err(io(&links))? {
             let p = e.map_err(io(&links))?.path();
+            detach_pinned_link(&p);
             std::fs::remove_file(&p).map_err(io(&p))?;
             removed.push(format!(
                 "link {}",
@@ -454,4 +458,42 @@ pub fn down(pin_dir: &Path) -> Result<Vec<String>, EnforceError> {
     }
     std::fs::remove_dir(pin_dir).map_err(io(pin_dir))?;
     Ok(removed)
+}
+
+/// `BPF_LINK_DETACH` on a pinned link: synchronous, whoever else holds it.
+/// Best effort: a link type without detach support is released by the unpin.
+fn detach_pinned_link(pin: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    let Ok(path) = std::ffi::CString::new(pin.as_os_str().as_bytes()) else {
+        return;
+    };
+    // bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd (u32), file_flags (u32).
+    let mut attr = [0u64; 2];
+    attr[0] = path.as_ptr() as u64;
+    // SAFETY: bpf(2) reads `attr` (16 bytes) and the C string it points to.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            attr.as_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        return;
+    }
+    // bpf_attr for BPF_LINK_DETACH: link_fd (u32).
+    let attr = [fd as u32, 0];
+    // SAFETY: bpf(2) reads `attr` (8 bytes); `fd` is ours and closed right after.
+    unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            attr.as_ptr(),
+            std::mem::size_of_val(&attr),
+        );
+        libc::close(fd as i32);
+    }
 }
