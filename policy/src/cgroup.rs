@@ -54,7 +54,14 @@ pub enum CgroupPathError {
         "invalid cgroup path `{path}`: looks like a filesystem path; cgroup paths are relative to the cgroup2 mount: write `{fixed}`"
     )]
     MountPrefix { path: String, fixed: String },
+    #[error(
+        "unknown cgroup reference `{0}`: the only one is `@pod` (the Kubernetes pod warden runs in)"
+    )]
+    UnknownReference(String),
 }
+
+/// The reference to the cgroup of the Kubernetes pod the daemon runs in.
+pub const OWN_POD: &str = "@pod";
 
 impl CgroupPath {
     /// Normalises and validates `raw` (see the module docs for the rules).
@@ -65,6 +72,12 @@ impl CgroupPath {
         }
         if raw.chars().any(char::is_control) {
             return Err(CgroupPathError::Control(owned()));
+        }
+        if raw == OWN_POD {
+            return Ok(Self(raw.to_owned()));
+        }
+        if raw.starts_with('@') {
+            return Err(CgroupPathError::UnknownReference(owned()));
         }
         let rest = raw.strip_prefix('/').unwrap_or(raw);
         if rest.is_empty() {
@@ -120,6 +133,13 @@ impl CgroupPath {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// True for `@pod`: a pod's cgroup path changes with every re-creation
+    /// (`…-pod<UID>.slice`), so a policy names it by reference and the daemon
+    /// resolves it where it runs (see `warden::cgroupfs::own_pod`).
+    pub fn is_own_pod(&self) -> bool {
+        self.0 == OWN_POD
     }
 
     /// Path segments from the top, e.g. `["system.slice", "ollama.service"]`.
@@ -218,6 +238,19 @@ mod tests {
         );
         // A cgroup that merely starts with the same letters is fine.
         assert_eq!(ok("sys/fs/cgroupx"), "sys/fs/cgroupx");
+    }
+
+    #[test]
+    fn the_pod_reference_is_the_only_one() {
+        assert!(CgroupPath::new("@pod").unwrap().is_own_pod());
+        assert!(!CgroupPath::new("pod").unwrap().is_own_pod());
+        assert!(err("@pods").contains("unknown cgroup reference `@pods`"));
+        assert!(err("@pod/x").contains("unknown cgroup reference"));
+        // `@` inside a path is an ordinary character (systemd template instances).
+        assert_eq!(
+            ok("system.slice/getty@tty1.service"),
+            "system.slice/getty@tty1.service"
+        );
     }
 
     #[test]

@@ -85,7 +85,8 @@ enum Command {
         /// (default: RUN_DIR/proxy.sock).
         #[arg(long, value_name = "PATH")]
         proxy_socket: Option<PathBuf>,
-        /// The proxy's cgroup (relative to the cgroup2 root): only processes in it may report.
+        /// The proxy's cgroup (relative to the cgroup2 root): only processes in it may report;
+        /// `@pod` = the Kubernetes pod warden runs in (the proxy as a second container).
         #[arg(
             long,
             default_value = "system.slice/ollama-warden-proxy.service",
@@ -226,7 +227,10 @@ pub fn main() -> i32 {
                 Duration::try_from_secs_f64(correlate_secs.max(0.0)).unwrap_or(Duration::ZERO);
             let proxy_reports = (!correlate.is_zero()).then(|| crate::events::reports::Options {
                 socket: proxy_socket.unwrap_or_else(|| cli.run_dir.join("proxy.sock")),
-                cgroup: proxy_cgroup.trim_matches('/').to_owned(),
+                cgroup: match (proxy_cgroup.as_str(), crate::cgroupfs::own_pod()) {
+                    (warden_policy::OWN_POD, Ok(pod)) => pod.to_string(),
+                    (c, _) => c.trim_matches('/').to_owned(),
+                },
                 uid: proxy_uid,
             });
             let opts = daemon::Options {

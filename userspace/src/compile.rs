@@ -29,6 +29,10 @@ pub enum CompileError {
     },
     #[error("the policy has {0} rules; at most {max} are supported", max = MAX_RULES - 1)]
     TooManyRules(usize),
+    #[error(
+        "{origin}: [[egress]] for `@pod` is, on this host, the cgroup {cgroup} that another [[egress]] block names; write one block"
+    )]
+    SameEgressCgroup { origin: String, cgroup: String },
 }
 
 /// One policy rule: what a rule id in an event or counter refers to.
@@ -133,7 +137,14 @@ impl Compiled {
 /// Above this many ingress networks, they share one rule per file.
 pub const MAX_RULES_PER_NETWORK: usize = 16_384;
 
-pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
+/// Compiles `policy` for the host it runs on: `pod` is what `@pod` stands for
+/// there ([`crate::cgroupfs::own_pod`]); without one, `@pod` stays as written and
+/// matches no cgroup. The digest is the policy's, the same on every host.
+pub fn compile(policy: &Policy, pod: Option<&CgroupPath>) -> Result<Compiled, CompileError> {
+    let here = |c: &CgroupPath| match pod {
+        Some(pod) if c.is_own_pod() => pod.clone(),
+        _ => c.clone(),
+    };
     let mut rules = vec![RuleInfo {
         id: RULE_DEFAULT_DENY,
         kind: "default-deny",
@@ -208,7 +219,7 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
             format!("{} may bind and connect", l.value),
             l.origin.to_string(),
         );
-        let g = grants.entry(l.value.clone()).or_insert((0, id));
+        let g = grants.entry(here(&l.value)).or_insert((0, id));
         g.0 |= CG_MAY_BIND | CG_MAY_CONNECT;
     }
     for l in &policy.local_allow {
@@ -217,7 +228,7 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
             format!("{} may connect", l.value),
             l.origin.to_string(),
         );
-        grants.entry(l.value.clone()).or_insert((0, id)).0 |= CG_MAY_CONNECT;
+        grants.entry(here(&l.value)).or_insert((0, id)).0 |= CG_MAY_CONNECT;
     }
     // The kernel matches the deepest listed cgroup, so fold ancestors' flags in.
     let cgroups = grants
@@ -235,8 +246,15 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
         })
         .collect();
 
-    let mut egress = Vec::new();
+    let mut egress: Vec<CompiledEgress> = Vec::new();
     for e in &policy.egress {
+        let cgroup = here(&e.cgroup);
+        if let Some(twin) = egress.iter().find(|c| c.cgroup == cgroup) {
+            return Err(CompileError::SameEgressCgroup {
+                origin: e.origin.to_string(),
+                cgroup: twin.cgroup.to_string(),
+            });
+        }
         let mut port_rules: Vec<(IpNet, PortRule, String)> = Vec::new();
         for r in &e.allow {
             let id = add(
@@ -273,7 +291,7 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
                 ));
             }
         }
-        let mut folded = fold_egress(&e.cgroup, &port_rules)?;
+        let mut folded = fold_egress(&cgroup, &port_rules)?;
         folded.audit = e.mode == Mode::Audit;
         egress.push(folded);
     }
@@ -420,7 +438,7 @@ mod tests {
                 nets(n)
             )
         };
-        let small = compile(&policy(&text(3))).unwrap();
+        let small = compile(&policy(&text(3)), None).unwrap();
         assert_eq!(
             small.rules.iter().filter(|r| r.kind == "ingress").count(),
             3
@@ -430,7 +448,7 @@ mod tests {
             "t.toml:6:38"
         );
         let n = MAX_RULES_PER_NETWORK as u32 + 1;
-        let big = compile(&policy(&text(n))).unwrap();
+        let big = compile(&policy(&text(n)), None).unwrap();
         assert_eq!(big.ingress.len(), n as usize);
         let ids: std::collections::BTreeSet<u32> = big.ingress.iter().map(|e| e.rule_id).collect();
         assert_eq!(ids.len(), 1, "one rule for the whole list");
@@ -442,16 +460,69 @@ mod tests {
     }
 
     #[test]
-    fn ancestors_flags_fold_into_descendants() {
-        let c = compile(&policy(
+    fn pod_reference_is_the_pod_of_this_host() {
+        let p = policy(
             r#"version = 1
+[service]
+ports = [11434]
+server_cgroups = ["kubepods.slice"]
+[local]
+allow_cgroups = ["@pod"]
+[[egress]]
+cgroup = "@pod"
+allow = []
+"#,
+        );
+        let pod = CgroupPath::new("kubepods.slice/kubepods-pod0.slice").unwrap();
+        let c = compile(&p, Some(&pod)).unwrap();
+        let grant = c.cgroups.iter().find(|g| g.cgroup == pod).unwrap();
+        assert_eq!(
+            grant.flags,
+            CG_MAY_BIND | CG_MAY_CONNECT,
+            "folds in its ancestor"
+        );
+        assert_eq!(c.egress[0].cgroup, pod);
+        assert!(c.rules.iter().any(|r| r.description == "@pod may connect"));
+        assert_eq!(
+            c.digest,
+            compile(&p, None).unwrap().digest,
+            "one digest everywhere"
+        );
+        let elsewhere = compile(&p, None).unwrap();
+        assert!(elsewhere.cgroups.iter().any(|g| g.cgroup.is_own_pod()));
+
+        let twin = policy(
+            r#"version = 1
+[service]
+ports = [11434]
+server_cgroups = []
+[[egress]]
+cgroup = "@pod"
+allow = []
+[[egress]]
+cgroup = "kubepods.slice/kubepods-pod0.slice"
+allow = []
+"#,
+        );
+        let err = compile(&twin, Some(&pod)).unwrap_err().to_string();
+        assert!(err.contains("another [[egress]] block names"), "{err}");
+        assert!(compile(&twin, None).is_ok());
+    }
+
+    #[test]
+    fn ancestors_flags_fold_into_descendants() {
+        let c = compile(
+            &policy(
+                r#"version = 1
 [service]
 ports = [11434]
 server_cgroups = ["a"]
 [local]
 allow_cgroups = ["a/b", "c"]
 "#,
-        ))
+            ),
+            None,
+        )
         .unwrap();
         let flags = |p: &str| {
             c.cgroups
@@ -467,8 +538,9 @@ allow_cgroups = ["a/b", "c"]
 
     #[test]
     fn egress_prefixes_carry_covering_rules_and_ipv4_is_mapped() {
-        let c = compile(&policy(
-            r#"version = 1
+        let c = compile(
+            &policy(
+                r#"version = 1
 [service]
 ports = [11434]
 server_cgroups = ["s"]
@@ -483,7 +555,9 @@ net = "10.1.0.0/16"
 ports = [443, "8000-8100"]
 proto = "tcp"
 "#,
-        ))
+            ),
+            None,
+        )
         .unwrap();
         let e = &c.egress[0];
         assert_eq!(e.prefixes.len(), 2);
@@ -501,8 +575,9 @@ proto = "tcp"
 
     #[test]
     fn ingress_entries_per_port_and_rule_ids_index_rules() {
-        let c = compile(&policy(
-            r#"version = 1
+        let c = compile(
+            &policy(
+                r#"version = 1
 [service]
 ports = [11434, 11435]
 server_cgroups = ["s"]
@@ -512,7 +587,9 @@ allow = ["192.0.2.0/24", "2001:db8::/32"]
 port = 11435
 allow = ["198.51.100.7"]
 "#,
-        ))
+            ),
+            None,
+        )
         .unwrap();
         assert_eq!(c.ingress.len(), 5);
         for (i, r) in c.rules.iter().enumerate() {
@@ -536,7 +613,7 @@ allow = ["198.51.100.7"]
                 100 + p
             );
         }
-        let err = compile(&policy(&text)).unwrap_err();
+        let err = compile(&policy(&text), None).unwrap_err();
         assert!(
             matches!(err, CompileError::TooManyEgressRules { count: 9, .. }),
             "{err}"

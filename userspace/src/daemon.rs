@@ -117,7 +117,8 @@ pub fn load_policy(
             )
         })?
     };
-    let compiled = compile(&policy).map_err(|e| DaemonError::Policy(e.to_string()))?;
+    let compiled = compile(&policy, crate::cgroupfs::own_pod().as_ref().ok())
+        .map_err(|e| DaemonError::Policy(e.to_string()))?;
     Ok((policy, compiled))
 }
 

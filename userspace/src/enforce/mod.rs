@@ -86,7 +86,10 @@ impl ResolvedCgroups {
         grants
             .chain(egress)
             .filter(|(_, id)| id.is_none())
-            .map(|(p, _)| p.to_string())
+            .map(|(p, _)| match crate::cgroupfs::own_pod() {
+                Err(why) if p.is_own_pod() => format!("{p} ({why})"),
+                _ => p.to_string(),
+            })
             .collect()
     }
 }

@@ -398,7 +398,7 @@ proto = "tcp"
 "#,
         )
         .unwrap();
-        let c = compile(&policy).unwrap();
+        let c = compile(&policy, None).unwrap();
         let s = render(
             "ollama_warden",
             Path::new("unified"),
@@ -451,7 +451,7 @@ allow = []
 "#,
         )
         .unwrap();
-        let c = compile(&policy).unwrap();
+        let c = compile(&policy, None).unwrap();
         let s = render("t", Path::new(""), &c, &[true], &[true], 1);
         assert!(s.contains("ct state new counter log prefix \"warden ingress-would-deny 0\" group 11434 accept comment \"rule 0\"\n    counter accept comment \"rule 0\""));
         assert!(!s.contains("ingress-deny"));

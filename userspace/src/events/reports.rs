@@ -227,10 +227,11 @@ fn pidfd_pid(fd: &OwnedFd) -> Option<u32> {
 }
 
 /// A process's cgroup2 path, relative to the cgroup2 root (no leading `/`).
+/// The process's cgroup relative to the cgroup2 root, also when this daemon
+/// runs in a cgroup namespace of its own (then `/proc/PID/cgroup` is relative to it).
 fn process_cgroup(pid: u32) -> Option<String> {
     let text =
         std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("cgroup")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .map(|p| p.trim_start_matches('/').to_owned())
+    let seen = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    crate::cgroupfs::from_namespace(seen)
 }
