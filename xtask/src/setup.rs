@@ -216,6 +216,8 @@ const PYTHON_PACKAGES: &[&str] = &[
     "httpx==0.28.1",
     // The metrics endpoints' output, read by the reference parser.
     "prometheus-client==0.21.1",
+    // packaging/kubernetes/ checked against the Kubernetes API schemas.
+    "kubernetes-validate==1.37.0",
 ];
 
 pub fn python_venv_dir() -> PathBuf {
