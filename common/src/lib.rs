@@ -13,7 +13,7 @@
 pub const PIN_DIR: &str = "ollama-warden";
 /// Bumped whenever a map layout or map semantics change; a daemon refuses to
 /// adopt pinned state of another layout.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Policy slots: userspace fills the inactive one, then flips `STATE[ACTIVE_SLOT]`.
 pub const SLOTS: u32 = 2;
@@ -39,6 +39,9 @@ pub mod slot_flags {
     pub const AUDIT_INGRESS: u32 = 2;
     /// Local access and bind control only audit.
     pub const AUDIT_LOCAL: u32 = 4;
+    /// At least one egress policy resolved to a cgroup: the packet hooks judge
+    /// restricted sockets' packets (without it they only guard the service ports).
+    pub const EGRESS: u32 = 8;
 }
 
 /// `EgressPolicyRef::flags` bits.
@@ -104,6 +107,10 @@ pub mod hook {
     pub const NFT_INPUT: u8 = 8;
     /// nftables backend: the local access and egress (output) chains.
     pub const NFT_OUTPUT: u8 = 9;
+    /// cgroup_skb egress: a packet leaving a socket, judged by the socket's cgroup.
+    pub const SKB_EGRESS: u8 = 10;
+    /// cgroup_skb ingress: a packet delivered to a socket, judged by its cgroup.
+    pub const SKB_INGRESS: u8 = 11;
 }
 
 pub mod verdict {
@@ -129,6 +136,16 @@ pub mod reason {
     pub const BIND_NOT_ALLOWED: u8 = 7;
     pub const EGRESS_ALLOWED: u8 = 8;
     pub const EGRESS_NOT_ALLOWED: u8 = 9;
+    /// An egress-restricted socket's packet carries its own route (an IPv6
+    /// routing header, IPv4 options such as source routing): its destination
+    /// is not the one the policy judged.
+    pub const SOURCE_ROUTED: u8 = 10;
+    /// A packet for a protected port reached a socket outside the server
+    /// cgroups (a port taken without bind(), e.g. by autobind).
+    pub const NOT_SERVER_SOCKET: u8 = 11;
+    /// A packet from a peer the restricted socket's egress policy does not
+    /// allow (inbound connections and datagrams are judged like outbound ones).
+    pub const INBOUND_NOT_ALLOWED: u8 = 12;
 }
 
 /// Indices of the per-CPU `STATS` counters.
@@ -259,7 +276,7 @@ pub struct FlowEvent {
     pub generation: u32,
     /// AF_INET or AF_INET6 (the socket's family; for XDP the packet's).
     pub family: u16,
-    /// IPPROTO_TCP or IPPROTO_UDP.
+    /// The IP protocol number (TCP, UDP; ICMP and others from the packet hooks).
     pub proto: u8,
     pub hook: u8,
     pub verdict: u8,

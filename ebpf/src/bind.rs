@@ -28,7 +28,7 @@ fn decide(ctx: &SockAddrContext, hook: u8) -> i32 {
     if !port_protected(slot, ev.dport) {
         return 1;
     }
-    let rule = cgroup::access_rule(slot);
+    let rule = cgroup::access_rule(slot, &cgroup::Task);
     ev.rule_id = rule.map(|r| r.rule_id).unwrap_or(RULE_DEFAULT_DENY);
     let allowed = rule.is_some_and(|r| r.flags & CG_MAY_BIND != 0);
     let audit = meta.flags & slot_flags::AUDIT_LOCAL != 0;

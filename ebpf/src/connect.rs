@@ -6,15 +6,18 @@
 //!    cgroup allowed to connect, whatever the destination address (loopback, any
 //!    local address, the wildcard, IPv4-mapped IPv6 — all are the same port).
 //! 2. Egress: every egress policy covering the task's cgroup (its own and its
-//!    ancestors') must allow the destination, protocol and port.
+//!    ancestors') must allow the destination, protocol and port. These give the
+//!    caller EPERM and an event with its process; [`crate::packet`] judges the
+//!    packets that really leave, whoever sends them.
 //!
 //! Returning 0 makes the syscall fail with EPERM. A section in audit mode
 //! records `WOULD_DENY` instead and lets the call through.
 
 use crate::{
-    cgroup,
+    cgroup::{self, Cgroup, Task},
+    egress::{self, Verdict},
     event::{self, EMPTY},
-    maps::{EGRESS, RULE_HITS, active_slot, count, port_protected, slot_meta},
+    maps::{RULE_HITS, active_slot, count, port_protected, slot_meta},
 };
 use aya_ebpf::{
     bindings::bpf_sock_addr,
@@ -23,7 +26,6 @@ use aya_ebpf::{
         generated::bpf_get_socket_cookie,
     },
     macros::cgroup_sock_addr,
-    maps::lpm_trie::Key,
     programs::SockAddrContext,
 };
 use warden_common::*;
@@ -32,8 +34,6 @@ const ALLOW: i32 = 1;
 const DENY: i32 = 0;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
-const IPPROTO_TCP: u32 = 6;
-const IPPROTO_UDP: u32 = 17;
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
@@ -86,7 +86,7 @@ pub fn caller_event(ctx: &SockAddrContext, hook: u8, generation: u32) -> FlowEve
     ev.uid = uid_gid as u32;
     ev.gid = (uid_gid >> 32) as u32;
     ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    ev.cgroup_id = cgroup::current_id();
+    ev.cgroup_id = Task.id();
     // SAFETY: valid context of a cgroup/sock_addr program.
     ev.cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     ev
@@ -100,7 +100,7 @@ fn decide(ctx: &SockAddrContext, hook: u8) -> i32 {
     let is_connect = matches!(hook, hook::CONNECT4 | hook::CONNECT6);
 
     if port_protected(slot, ev.dport) {
-        match cgroup::access_rule(slot) {
+        match cgroup::access_rule(slot, &Task) {
             Some(rule) if rule.flags & CG_MAY_CONNECT != 0 => {
                 ev.verdict = verdict::ALLOW;
                 ev.reason = reason::LOCAL_ALLOWED;
@@ -123,65 +123,29 @@ fn decide(ctx: &SockAddrContext, hook: u8) -> i32 {
         }
     }
 
-    let proto = match ev.proto as u32 {
-        IPPROTO_TCP => PROTO_TCP,
-        IPPROTO_UDP => PROTO_UDP,
-        _ => 0,
-    };
-    // An auditing policy that would deny does not stop the walk: an enforcing
-    // one further up may still deny for real.
-    let mut would_deny = false;
-    let denied = cgroup::for_each_egress_policy(slot, |policy| {
-        match egress_rule(slot, policy.policy, &ev.daddr, proto, ev.dport) {
+    if meta.flags & slot_flags::EGRESS == 0 {
+        return ALLOW;
+    }
+    let proto = egress::proto_bit(ev.proto);
+    let v = egress::verdict(slot, &Task, |policy| {
+        match egress::rule(slot, policy, &ev.daddr, proto, ev.dport) {
             Some(rule_id) => {
                 count(&RULE_HITS, rule_id);
-                None
+                true
             }
-            None if policy.flags & egress_flags::AUDIT != 0 => {
-                would_deny = true;
-                None
-            }
-            None => Some(()),
+            None => false,
         }
     });
-    if denied.is_some() || would_deny {
-        ev.verdict = if denied.is_some() {
-            verdict::DENY
-        } else {
-            verdict::WOULD_DENY
-        };
-        ev.reason = reason::EGRESS_NOT_ALLOWED;
-        ev.rule_id = RULE_DEFAULT_DENY;
-        event::record(&ev, true);
-        if denied.is_some() {
-            return DENY;
-        }
+    if v == Verdict::Allowed {
+        return ALLOW;
     }
-    ALLOW
-}
-
-/// The id of the rule of egress policy `policy` that allows this destination.
-#[inline(always)]
-fn egress_rule(slot: u32, policy: u32, daddr: &Addr, proto: u32, port: u16) -> Option<u32> {
-    let tag = (slot << 24 | (policy & 0x00ff_ffff)).to_be_bytes();
-    let key = Key::new(
-        EGRESS_KEY_FIXED_BITS + 128,
-        EgressKey {
-            slot_policy: tag,
-            addr: *daddr,
-        },
-    );
-    let entry = EGRESS.get(&key)?;
-    let mut i = 0;
-    while i < EGRESS_RULES_PER_PREFIX {
-        if i as u32 >= entry.len {
-            break;
-        }
-        let r = &entry.rules[i];
-        if r.protos & proto != 0 && r.port_lo <= port && port <= r.port_hi {
-            return Some(r.rule_id);
-        }
-        i += 1;
-    }
-    None
+    ev.verdict = if v == Verdict::Denied {
+        verdict::DENY
+    } else {
+        verdict::WOULD_DENY
+    };
+    ev.reason = reason::EGRESS_NOT_ALLOWED;
+    ev.rule_id = RULE_DEFAULT_DENY;
+    event::record(&ev, true);
+    if v == Verdict::Denied { DENY } else { ALLOW }
 }

@@ -4,6 +4,8 @@
 //! - [`connect`]: cgroup `connect4/6` and `sendmsg4/6` — local access to the
 //!   protected ports and per-cgroup egress allowlists (Linux 4.17 / 4.18).
 //! - [`bind`]: cgroup `bind4/6` — only server cgroups may bind a protected port (4.17).
+//! - [`packet`]: cgroup_skb `egress/ingress` — the packets of restricted sockets,
+//!   judged by the socket's cgroup, and packets for protected ports (4.10).
 //!
 //! All policy lives in [`maps`], double-buffered in two slots: userspace fills the
 //! inactive slot and flips `STATE[STATE_ACTIVE_SLOT]`. A program reads the active
@@ -14,8 +16,10 @@
 mod bind;
 mod cgroup;
 mod connect;
+mod egress;
 mod event;
 mod maps;
+mod packet;
 mod xdp;
 
 #[cfg(not(test))]

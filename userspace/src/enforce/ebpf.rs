@@ -9,7 +9,9 @@ use crate::cgroupfs;
 use crate::compile::Compiled;
 use aya::maps::{MapData, RingBuf};
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, Xdp, XdpMode};
+use aya::programs::{
+    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, Xdp, XdpMode,
+};
 use aya::{Ebpf, EbpfLoader};
 use std::path::{Path, PathBuf};
 use warden_common::CgroupRule;
@@ -18,9 +20,17 @@ use warden_common::CgroupRule;
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/warden-ebpf"));
 
-/// cgroup programs, attached at the attach cgroup (the cgroup2 root by default).
-pub const CGROUP_PROGRAMS: [&str; 6] = [
-    "connect4", "connect6", "sendmsg4", "sendmsg6", "bind4", "bind6",
+/// cgroup programs, attached at the attach cgroup (the cgroup2 root by default):
+/// the system-call hooks, then the packet hooks.
+pub const CGROUP_PROGRAMS: [&str; 8] = [
+    "connect4",
+    "connect6",
+    "sendmsg4",
+    "sendmsg6",
+    "bind4",
+    "bind6",
+    "skb_egress",
+    "skb_ingress",
 ];
 const XDP_PROGRAM: &str = "xdp_ingress";
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
@@ -181,24 +191,33 @@ impl EbpfBackend {
                 name: name.into(),
                 source: e,
             };
-            let prog: &mut CgroupSockAddr = self
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| EnforceError::Bpffs(format!("object has no program {name}")))?
-                .try_into()
-                .map_err(perr)?;
-            prog.load().map_err(perr)?;
             let cgroup =
                 std::fs::File::open(&self.attach_cgroup).map_err(|e| EnforceError::Io {
                     path: self.attach_cgroup.clone(),
                     source: e,
                 })?;
+            let program = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| EnforceError::Bpffs(format!("object has no program {name}")))?;
             // Through a bpf link (5.7+) the attachment always coexists with other
             // programs (multi-attach); link_create rejects attach flags, so pass none.
-            let id = prog
-                .attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(perr)?;
-            let link = FdLink::try_from(prog.take_link(id).map_err(perr)?).map_err(|e| {
+            let link = if let Some(direction) = skb_direction(name) {
+                let prog: &mut CgroupSkb = program.try_into().map_err(perr)?;
+                prog.load().map_err(perr)?;
+                let id = prog
+                    .attach(&cgroup, direction, CgroupAttachMode::Single)
+                    .map_err(perr)?;
+                prog.take_link(id).map_err(perr)?.try_into()
+            } else {
+                let prog: &mut CgroupSockAddr = program.try_into().map_err(perr)?;
+                prog.load().map_err(perr)?;
+                let id = prog
+                    .attach(&cgroup, CgroupAttachMode::Single)
+                    .map_err(perr)?;
+                prog.take_link(id).map_err(perr)?.try_into()
+            };
+            let link: FdLink = link.map_err(|e| {
                 EnforceError::Bpffs(format!(
                     "{name}: the kernel has no bpf links for cgroups: {e}"
                 ))
@@ -327,6 +346,15 @@ impl EbpfBackend {
             });
         }
         Ok(out)
+    }
+}
+
+/// The direction of a packet hook; `None` for the system-call hooks.
+fn skb_direction(program: &str) -> Option<CgroupSkbAttachType> {
+    match program {
+        "skb_egress" => Some(CgroupSkbAttachType::Egress),
+        "skb_ingress" => Some(CgroupSkbAttachType::Ingress),
+        _ => None,
     }
 }
 

@@ -176,6 +176,7 @@ impl Maps {
             let Some(cgroup_id) = r.cgroup_id else {
                 continue;
             };
+            flags |= slot_flags::EGRESS;
             let key = CgroupKey {
                 slot,
                 _pad: 0,

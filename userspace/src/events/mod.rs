@@ -30,6 +30,8 @@ pub fn hook_name(h: u8) -> &'static str {
         hook::BIND6 => "bind6",
         hook::NFT_INPUT => "nft-input",
         hook::NFT_OUTPUT => "nft-output",
+        hook::SKB_EGRESS => "skb-egress",
+        hook::SKB_INGRESS => "skb-ingress",
         _ => "unknown",
     }
 }
@@ -45,6 +47,9 @@ pub fn reason_name(r: u8) -> &'static str {
         reason::BIND_NOT_ALLOWED => "bind_not_allowed",
         reason::EGRESS_ALLOWED => "egress_allowed",
         reason::EGRESS_NOT_ALLOWED => "egress_not_allowed",
+        reason::SOURCE_ROUTED => "source_routed",
+        reason::NOT_SERVER_SOCKET => "not_server_socket",
+        reason::INBOUND_NOT_ALLOWED => "inbound_not_allowed",
         _ => "unknown",
     }
 }
