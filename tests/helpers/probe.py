@@ -13,6 +13,15 @@ Reads one command per line on stdin and answers one word per line on stdout:
   received PORT                datagrams received on a udplisten port -> N
   close                        close every listener -> ok
   pid                          -> the prober's pid
+  connectfrom SRC HOST PORT    TCP connect from source address SRC -> connected | ...
+  autolisten                   TCP listen() without bind() (the kernel picks the port) -> PORT
+  rthdr HOST PORT SEG tcp|udp  IPv6 socket with a type-4 routing header via SEG (IPV6_RTHDR),
+                               then TCP connect or UDP sendto to HOST -> connected | ok | timeout | denied
+  ping HOST                    ICMP echo socket (SOCK_DGRAM) sendto -> reply | timeout | denied | unavailable
+  mptcp HOST PORT SECS         MPTCP connect, then send for SECS seconds -> connected | ...
+  mptcplisten HOST PORT        MPTCP listen, accept and read in the background -> ok | ...
+  sniff IFACE                  count the IP packets arriving on IFACE, by destination -> ok
+  seen ADDR                    packets seen to ADDR since sniff -> N
 """
 import errno
 import socket
@@ -22,6 +31,8 @@ import threading
 listeners = []
 held = []
 received = {}
+seen = {}
+IPPROTO_MPTCP = 262
 
 
 def family(host):
@@ -61,8 +72,71 @@ def udp_loop(s, port):
             return
 
 
+def drain_loop(s):
+    """Accepts and reads until closed (MPTCP listener)."""
+    while True:
+        try:
+            c, _ = s.accept()
+        except OSError:
+            return
+        threading.Thread(target=lambda c=c: [None for _ in iter(lambda: c.recv(65536), b"")], daemon=True).start()
+
+
+def sniff_loop(s):
+    while True:
+        try:
+            frame, addr = s.recvfrom(65535)
+        except OSError:
+            return
+        if addr[2] == socket.PACKET_OUTGOING:
+            continue
+        kind = frame[12:14]
+        if kind == b"\x86\xdd" and len(frame) >= 54:
+            dst = socket.inet_ntop(socket.AF_INET6, frame[38:54])
+        elif kind == b"\x08\x00" and len(frame) >= 34:
+            dst = socket.inet_ntop(socket.AF_INET, frame[30:34])
+        else:
+            continue
+        seen[dst] = seen.get(dst, 0) + 1
+
+
+def srh_via(segment):
+    """A type-4 (segment) routing header with one hop: the kernel puts the
+    destination in segment 0 and sends the packet to SEGMENT first."""
+    head = bytes([0, 4, 4, 1, 1, 0, 0, 0])  # hdrlen 4 (2 segments), type 4, left 1, last 1
+    return head + bytes(16) + socket.inet_pton(socket.AF_INET6, segment)
+
+
 def handle(words):
     cmd = words[0]
+    if cmd == "sniff":
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+        s.bind((words[1], 0))
+        listeners.append(s)
+        threading.Thread(target=sniff_loop, args=(s,), daemon=True).start()
+        return "ok"
+    if cmd == "seen":
+        return str(seen.get(socket.inet_ntop(family(words[1]), socket.inet_pton(family(words[1]), words[1])), 0))
+    if cmd == "autolisten":
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.listen(16)
+        listeners.append(s)
+        threading.Thread(target=accept_loop, args=(s,), daemon=True).start()
+        return str(s.getsockname()[1])
+    if cmd == "ping":
+        v6 = ":" in words[1]
+        try:
+            s = socket.socket(family(words[1]), socket.SOCK_DGRAM,
+                              socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP)
+        except OSError:
+            return "unavailable"
+        s.settimeout(0.5)
+        try:
+            s.sendto(bytes([128 if v6 else 8, 0, 0, 0, 0, 0, 0, 1]) + b"exfiltrated", (words[1], 0))
+            s.recv(2048)
+            return "reply"
+        finally:
+            s.close()
     if cmd == "pid":
         import os
         return str(os.getpid())
@@ -79,6 +153,16 @@ def handle(words):
         return "ok"
     if cmd == "received":
         return str(received.get(int(words[1]), 0))
+    if cmd == "connectfrom":
+        src, host, port = words[1], words[2], int(words[3])
+        s = socket.socket(family(host), socket.SOCK_STREAM)
+        s.settimeout(0.5)
+        try:
+            s.bind((src, 0))
+            s.connect((host, port))
+            return "connected"
+        finally:
+            s.close()
     host, port = words[1], int(words[2])
     if cmd == "connectn":
         import json
@@ -106,6 +190,40 @@ def handle(words):
         s.connect((host, port))
         held.append(s)
         return "connected"
+    if cmd == "rthdr":
+        kind = socket.SOCK_STREAM if words[4] == "tcp" else socket.SOCK_DGRAM
+        s = socket.socket(socket.AF_INET6, kind)
+        s.settimeout(0.5)
+        try:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RTHDR, srh_via(words[3]))
+            if kind == socket.SOCK_STREAM:
+                s.connect((host, port))
+                return "connected"
+            s.sendto(b"exfiltrated", (host, port))
+            return "ok"
+        finally:
+            s.close()
+    if cmd == "mptcp":
+        import time
+        s = socket.socket(family(host), socket.SOCK_STREAM, IPPROTO_MPTCP)
+        s.settimeout(1.0)
+        try:
+            s.connect((host, port))
+            end = time.time() + float(words[3])
+            while time.time() < end:
+                s.send(b"x" * 1000)
+                time.sleep(0.05)
+            return "connected"
+        finally:
+            s.close()
+    if cmd == "mptcplisten":
+        s = socket.socket(family(host), socket.SOCK_STREAM, IPPROTO_MPTCP)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, port))
+        s.listen(16)
+        listeners.append(s)
+        threading.Thread(target=drain_loop, args=(s,), daemon=True).start()
+        return "ok"
     if cmd == "connect":
         s = socket.socket(family(host), socket.SOCK_STREAM)
         s.settimeout(float(words[3]) if len(words) > 3 else 1.0)

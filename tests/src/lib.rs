@@ -58,6 +58,12 @@ pub fn cgroup2_root() -> PathBuf {
         .expect("cgroup2 is mounted")
 }
 
+/// The cgroup id of a cgroup2 directory (its inode number), as events carry it.
+pub fn cgroup_id(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).expect("cgroup exists").ino()
+}
+
 pub fn sh(cmd: &str) -> String {
     let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
     assert!(
@@ -154,6 +160,13 @@ impl Lab {
             self.cgroup.join(c)
         });
         Prober::spawn(netns, cg.as_deref())
+    }
+
+    /// Like [`Lab::prober`], as `nobody` with no capabilities: the attacker the
+    /// kernel programs must hold without help from permissions.
+    pub fn attacker(&self, netns: Option<&str>, cgroup: &str) -> Prober {
+        std::fs::create_dir_all(self.cgroup.join(cgroup)).unwrap();
+        Prober::spawn_unprivileged(netns, Some(&self.cgroup.join(cgroup)))
     }
 
     /// Writes a policy file into the run directory.

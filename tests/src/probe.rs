@@ -48,7 +48,26 @@ pub fn enter(cmd: &mut Command, netns: Option<&str>, cgroup: Option<&Path>) {
 
 impl Prober {
     pub fn spawn(netns: Option<&str>, cgroup: Option<&Path>) -> Self {
-        let mut cmd = Command::new("python3");
+        Self::spawn_cmd(Command::new("python3"), netns, cgroup)
+    }
+
+    /// Like [`Prober::spawn`], running as `nobody` without capabilities
+    /// (`setpriv`; the namespace and cgroup are joined before privileges go).
+    pub fn spawn_unprivileged(netns: Option<&str>, cgroup: Option<&Path>) -> Self {
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            // The system's interpreter: a per-user one (pyenv) is root's only.
+            "/usr/bin/python3",
+        ]);
+        Self::spawn_cmd(cmd, netns, cgroup)
+    }
+
+    fn spawn_cmd(mut cmd: Command, netns: Option<&str>, cgroup: Option<&Path>) -> Self {
         cmd.arg("-u")
             .arg(crate::workspace().join("tests/helpers/probe.py"))
             .stdin(Stdio::piped())

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use warden_common::{FlowEvent, hook, verdict};
+use warden_common::{FlowEvent, verdict};
 
 /// Kinds of deny tracked at once.
 pub const MAX_KEYS: usize = 16_384;
@@ -34,7 +34,7 @@ struct Key {
 
 impl Key {
     fn of(ev: &FlowEvent) -> Self {
-        let packet = matches!(ev.hook, hook::XDP | hook::NFT_INPUT | hook::NFT_OUTPUT);
+        let packet = super::is_packet_hook(ev.hook);
         Self {
             hook: ev.hook,
             verdict: ev.verdict,
@@ -177,6 +177,7 @@ impl<T: Clone> Aggregator<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use warden_common::hook;
     use warden_common::{mapped_v4, reason};
 
     fn deny(src: [u8; 4], ts_ns: u64) -> FlowEvent {

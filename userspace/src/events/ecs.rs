@@ -3,7 +3,7 @@
 use super::community_id::community_id;
 use super::{Flow, addr, boot_ns_to_unix_ms, hook_name, reason_name};
 use serde_json::{Value, json};
-use warden_common::{hook, verdict};
+use warden_common::verdict;
 
 pub const ECS_VERSION: &str = "8.11.0";
 
@@ -11,15 +11,8 @@ pub fn network_event(f: &Flow, event_uid: &str) -> Value {
     let ev = f.ev;
     let would_block = ev.verdict == verdict::WOULD_DENY;
     let allowed = ev.verdict == verdict::ALLOW || would_block;
-    let inbound = matches!(
-        ev.hook,
-        hook::XDP | hook::NFT_INPUT | hook::BIND4 | hook::BIND6
-    );
-    let transport = match ev.proto {
-        6 => "tcp",
-        17 => "udp",
-        _ => "other",
-    };
+    let inbound = super::is_inbound(ev.hook);
+    let transport = super::proto_name(ev.proto);
     let dst = addr(ev.daddr, ev.family);
     let mut o = json!({
         "@timestamp": rfc3339_ms(boot_ns_to_unix_ms(ev.ts_ns)),
@@ -50,7 +43,7 @@ pub fn network_event(f: &Flow, event_uid: &str) -> Value {
     if would_block {
         o["ollama_warden"]["would_block"] = true.into();
     }
-    if matches!(ev.hook, hook::XDP | hook::NFT_INPUT | hook::NFT_OUTPUT) {
+    if super::is_packet_hook(ev.hook) {
         let src = addr(ev.saddr, ev.family);
         o["source"] = json!({ "ip": src.to_string(), "port": ev.sport });
         if ev.sport != 0 && matches!(ev.proto, 6 | 17) {

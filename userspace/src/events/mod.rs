@@ -36,6 +36,38 @@ pub fn hook_name(h: u8) -> &'static str {
     }
 }
 
+/// Hooks that judge packets (both ends' addresses and ports), not system calls.
+pub fn is_packet_hook(h: u8) -> bool {
+    matches!(
+        h,
+        hook::XDP | hook::NFT_INPUT | hook::NFT_OUTPUT | hook::SKB_EGRESS | hook::SKB_INGRESS
+    )
+}
+
+/// Packet hooks that know the local socket's owner (uid), not its process.
+pub fn has_socket_owner(h: u8) -> bool {
+    matches!(h, hook::NFT_OUTPUT | hook::SKB_EGRESS | hook::SKB_INGRESS)
+}
+
+/// Whether the judged flow comes in (its destination is this host).
+pub fn is_inbound(h: u8) -> bool {
+    matches!(
+        h,
+        hook::XDP | hook::NFT_INPUT | hook::SKB_INGRESS | hook::BIND4 | hook::BIND6
+    )
+}
+
+/// The IANA keyword of an IP protocol number, for the protocols warden meets.
+pub fn proto_name(p: u8) -> &'static str {
+    match p {
+        1 => "icmp",
+        6 => "tcp",
+        17 => "udp",
+        58 => "ipv6-icmp",
+        _ => "other",
+    }
+}
+
 pub fn reason_name(r: u8) -> &'static str {
     match r {
         reason::INGRESS_ALLOWED => "ingress_allowed",
@@ -102,7 +134,9 @@ impl<'a> Flow<'a> {
             ev,
             rule,
             process: from_process.then(|| e.process(ev.tgid, ev.pid, &comm(&ev.comm))),
-            user: from_process.then(|| e.user_name(ev.uid)).flatten(),
+            user: (from_process || has_socket_owner(ev.hook))
+                .then(|| e.user_name(ev.uid))
+                .flatten(),
             cgroup: (ev.cgroup_id != 0).then(|| e.cgroup(ev.cgroup_id, ev.tgid)),
         }
     }
@@ -300,7 +334,7 @@ pub fn flow_json(ev: &FlowEvent, rule: Option<&str>) -> Value {
         "rule_id": ev.rule_id,
         "generation": ev.generation,
         "family": if ev.family == 10 { "ipv6" } else { "ipv4" },
-        "proto": match ev.proto { 6 => "tcp", 17 => "udp", _ => "other" },
+        "proto": proto_name(ev.proto),
         "dst_addr": addr(ev.daddr, ev.family).to_string(),
         "dst_port": ev.dport,
     });
@@ -308,7 +342,7 @@ pub fn flow_json(ev: &FlowEvent, rule: Option<&str>) -> Value {
     if let Some(rule) = rule {
         o.insert("rule".into(), rule.into());
     }
-    if matches!(ev.hook, hook::NFT_INPUT | hook::NFT_OUTPUT) {
+    if is_packet_hook(ev.hook) && ev.hook != hook::XDP {
         // Packets, not system calls: addresses, ports and (locally) uid/gid only.
         o.insert(
             "src_addr".into(),
@@ -317,9 +351,15 @@ pub fn flow_json(ev: &FlowEvent, rule: Option<&str>) -> Value {
         o.insert("src_port".into(), ev.sport.into());
         if ev.hook == hook::NFT_INPUT {
             o.insert("ifindex".into(), ev.ifindex.into());
-        } else {
+        } else if ev.hook == hook::NFT_OUTPUT {
             o.insert("uid".into(), ev.uid.into());
             o.insert("gid".into(), ev.gid.into());
+        } else {
+            // The socket's cgroup and owner: packets leave from softirq and
+            // kernel workers too, so there is no process to name.
+            o.insert("uid".into(), ev.uid.into());
+            o.insert("cgroup_id".into(), ev.cgroup_id.into());
+            o.insert("socket_cookie".into(), ev.cookie.into());
         }
     } else if ev.hook == hook::XDP {
         o.insert(

@@ -23,17 +23,13 @@ pub fn network_activity(f: &Flow, event_uid: &str) -> Value {
     let would_block = ev.verdict == verdict::WOULD_DENY;
     let allowed = ev.verdict == verdict::ALLOW || would_block;
     let is_bind = matches!(ev.hook, hook::BIND4 | hook::BIND6);
-    let inbound = matches!(ev.hook, hook::XDP | hook::NFT_INPUT) || is_bind;
+    let inbound = super::is_inbound(ev.hook);
     let activity = match (allowed, is_bind) {
         (false, _) => REFUSE,
         (true, true) => LISTEN,
         (true, false) => OPEN,
     };
-    let proto_name = match ev.proto {
-        6 => "tcp",
-        17 => "udp",
-        _ => "other",
-    };
+    let proto_name = super::proto_name(ev.proto);
     let dst = addr(ev.daddr, ev.family);
     let mut connection = json!({
         "protocol_name": proto_name,
@@ -77,7 +73,7 @@ pub fn network_activity(f: &Flow, event_uid: &str) -> Value {
         warden["would_block"] = true.into();
     }
     // Packets carry a source; system calls carry a process.
-    if matches!(ev.hook, hook::XDP | hook::NFT_INPUT | hook::NFT_OUTPUT) {
+    if super::is_packet_hook(ev.hook) {
         let src = addr(ev.saddr, ev.family);
         o["src_endpoint"] = json!({ "ip": src.to_string(), "port": ev.sport });
         if ev.sport != 0 && matches!(ev.proto, 6 | 17) {
@@ -88,10 +84,10 @@ pub fn network_activity(f: &Flow, event_uid: &str) -> Value {
             warden["ifindex"] = ev.ifindex.into();
         }
     }
-    if ev.hook == hook::NFT_OUTPUT {
-        // nftables sees a local packet's owner, not its process.
+    if super::has_socket_owner(ev.hook) {
+        // nftables and the packet hooks see a local packet's owner, not its process.
         o["actor"] = json!({ "user": user(f) });
-    } else if ev.hook != hook::XDP && ev.hook != hook::NFT_INPUT {
+    } else if !super::is_packet_hook(ev.hook) {
         o["actor"] = json!({ "process": process(f) });
     }
     if ev.cookie != 0 {
