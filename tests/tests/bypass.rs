@@ -281,3 +281,60 @@ fn autobind_cannot_take_a_protected_port() {
     assert_eq!(server.ask("listen 0.0.0.0 11434"), "ok");
     assert_eq!(client.connect("127.0.0.1", 11434), "connected");
 }
+
+#[test]
+fn ipv6_rules_do_not_open_ipv4() {
+    let n = net();
+    let policy = format!(
+        r#"version = 1
+[service]
+ports = [11434]
+server_cgroups = ["{server}"]
+[ingress]
+allow = ["::/0"]
+[[egress]]
+cgroup = "{model}"
+[[egress.allow]]
+net = "::/0"
+ports = [443]
+proto = "tcp"
+"#,
+        server = n.lab.cgroup("server"),
+        model = n.lab.cgroup("model"),
+    );
+    let path = n.lab.policy("v6.toml", &policy);
+    let check = std::process::Command::new(warden_tests::warden_bin())
+        .args(["policy", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(check.status.success());
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    assert!(
+        stderr.contains("v6.toml:6:10: warning: `::/0` contains the IPv4-mapped range"),
+        "{stderr}"
+    );
+    let _d = n.lab.daemon(Some(&n.host), &path);
+    let mut peer = n.lab.prober(Some(&n.peer), None);
+    assert_eq!(peer.ask("listen :: 443"), "ok");
+    let mut model = n.attacker("model");
+    assert_eq!(model.connect("fd00:66::2", 443), "connected");
+    assert_eq!(
+        model.connect("10.66.0.2", 443),
+        "denied",
+        "::/0 is not IPv4"
+    );
+    assert_eq!(model.connect("::ffff:10.66.0.2", 443), "denied");
+
+    let mut server = n.lab.prober(Some(&n.host), Some("server"));
+    assert_eq!(server.ask("listen :: 11434"), "ok");
+    assert_eq!(
+        peer.ask("connectfrom fd00:66::2 fd00:66::1 11434"),
+        "connected"
+    );
+    assert_eq!(
+        peer.ask("connectfrom 10.66.0.2 10.66.0.1 11434"),
+        "timeout",
+        "an IPv6 ingress source list admits no IPv4 source"
+    );
+}

@@ -333,6 +333,9 @@ fn policy_check(paths: &[PathBuf], require_signature: Option<&str>) -> i32 {
     };
     match daemon::load_policy(paths, key.as_ref()) {
         Ok((policy, c)) => {
+            for w in &c.warnings {
+                eprintln!("{w}");
+            }
             println!(
                 "ok: {} file(s); ports {:?}; {} ingress prefix(es); {} local cgroup(s); {} egress polic(ies); mode {}; {}",
                 policy.sources.len(),

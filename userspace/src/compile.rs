@@ -5,9 +5,10 @@
 //! prefixes that each carry every rule covering them. Each entry keeps a rule id
 //! that indexes the per-rule counters and names the policy line it came from.
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv6Net};
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::net::Ipv6Addr;
 use thiserror::Error;
 use warden_common::{
     CG_MAY_BIND, CG_MAY_CONNECT, EGRESS_RULES_PER_PREFIX, MAX_RULES, PROTO_TCP, PROTO_UDP,
@@ -88,6 +89,9 @@ pub struct Compiled {
     pub ingress_audit: bool,
     /// Local connect and bind denials are reported as `would_deny` and let through.
     pub local_audit: bool,
+    /// Rules that mean something other than they may seem to, as
+    /// `file:line:col: warning: …` (printed by `policy check`).
+    pub warnings: Vec<String>,
 }
 
 impl Compiled {
@@ -174,6 +178,31 @@ pub fn compile(policy: &Policy, pod: Option<&CgroupPath>) -> Result<Compiled, Co
             .map(|p| p.allow.len())
             .sum::<usize>()
         > MAX_RULES_PER_NETWORK;
+    let mut warnings = Vec::new();
+    let mut warn_mapped = |net: &Located<IpNet>| {
+        if covers_mapped(net.value) {
+            warnings.push(format!(
+                "{}: warning: `{}` contains the IPv4-mapped range ::ffff:0:0/96 but matches IPv6 only; IPv4 needs its own rule (e.g. 0.0.0.0/0)",
+                net.origin, net.value
+            ));
+        }
+    };
+    for l in policy
+        .ingress
+        .allow
+        .iter()
+        .chain(policy.ingress.per_port.iter().flat_map(|p| &p.allow))
+    {
+        warn_mapped(l);
+    }
+    for e in &policy.egress {
+        for r in &e.allow {
+            warn_mapped(&Located {
+                value: r.net,
+                origin: r.origin.clone(),
+            });
+        }
+    }
     let mut group_ids: BTreeMap<(String, Option<u16>), u32> = BTreeMap::new();
     let mut rule_for = |net: &Located<IpNet>, port: Option<u16>, reach: String| -> u32 {
         if !grouped {
@@ -194,20 +223,22 @@ pub fn compile(policy: &Policy, pod: Option<&CgroupPath>) -> Result<Compiled, Co
     };
     for l in &policy.ingress.allow {
         let id = rule_for(l, None, format!("{:?}", policy.ports));
-        ingress.extend(policy.ports.iter().map(|&port| IngressEntry {
-            port,
-            net: l.value,
-            rule_id: id,
-        }));
+        for &port in &policy.ports {
+            ingress.extend(ipv6_only(l.value).map(|net| IngressEntry {
+                port,
+                net,
+                rule_id: id,
+            }));
+        }
     }
     for p in &policy.ingress.per_port {
         for l in &p.allow {
             let id = rule_for(l, Some(p.port), p.port.to_string());
-            ingress.push(IngressEntry {
+            ingress.extend(ipv6_only(l.value).map(|net| IngressEntry {
                 port: p.port,
-                net: l.value,
+                net,
                 rule_id: id,
-            });
+            }));
         }
     }
 
@@ -278,9 +309,11 @@ pub fn compile(policy: &Policy, pod: Option<&CgroupPath>) -> Result<Compiled, Co
             } else {
                 r.ports.iter().map(|p| (p.lo, p.hi)).collect()
             };
-            for (lo, hi) in ranges {
+            for (net, (lo, hi)) in
+                ipv6_only(r.net).flat_map(|n| ranges.iter().map(move |&r| (n, r)))
+            {
                 port_rules.push((
-                    r.net,
+                    net,
                     PortRule {
                         rule_id: id,
                         port_lo: lo,
@@ -309,7 +342,42 @@ pub fn compile(policy: &Policy, pod: Option<&CgroupPath>) -> Result<Compiled, Co
         digest: policy.digest(),
         ingress_audit: policy.ingress.mode == Mode::Audit,
         local_audit: policy.local_mode == Mode::Audit,
+        warnings,
     })
+}
+
+/// `::ffff:0:0/96`: where the kernel maps keep IPv4 addresses.
+const MAPPED: Ipv6Net = match Ipv6Net::new(Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96) {
+    Ok(n) => n,
+    Err(_) => panic!("a valid prefix"),
+};
+
+/// Whether an IPv6 network contains the IPv4-mapped range (`::/0`, `::/64`).
+fn covers_mapped(net: IpNet) -> bool {
+    matches!(net, IpNet::V6(v6) if v6.contains(&MAPPED))
+}
+
+/// `net` as the kernel maps must hold it for the rule to mean what it says: an
+/// IPv6 network that contains the IPv4-mapped range is that network minus the
+/// range (one sibling prefix per bit between its length and /96), so an IPv6
+/// rule never matches IPv4. Other networks are themselves.
+fn ipv6_only(net: IpNet) -> impl Iterator<Item = IpNet> {
+    let pieces: Vec<IpNet> = match net {
+        IpNet::V6(v6) if v6.contains(&MAPPED) => {
+            let bits = u128::from(MAPPED.addr());
+            (v6.prefix_len()..MAPPED.prefix_len())
+                .map(|len| {
+                    // The first `len` bits of the mapped range, bit `len` flipped.
+                    let keep = if len == 0 { 0 } else { !0u128 << (128 - len) };
+                    let bit = 1u128 << (127 - len);
+                    let sibling = (bits & keep) | (!bits & bit);
+                    IpNet::V6(Ipv6Net::new(Ipv6Addr::from(sibling), len + 1).expect("len < 128"))
+                })
+                .collect()
+        }
+        other => vec![other],
+    };
+    pieces.into_iter()
 }
 
 /// Each distinct prefix carries the rules of every prefix that contains it, so the
@@ -600,6 +668,51 @@ allow = ["198.51.100.7"]
                 .iter()
                 .all(|e| c.rules[e.rule_id as usize].kind == "ingress")
         );
+    }
+
+    #[test]
+    fn ipv6_networks_never_cover_ipv4() {
+        let pieces: Vec<IpNet> = ipv6_only("::/0".parse().unwrap()).collect();
+        assert_eq!(pieces.len(), 96);
+        let mapped_v4: IpNet = "::ffff:10.0.0.1/128".parse().unwrap();
+        assert!(pieces.iter().all(|p| !p.contains(&mapped_v4)));
+        // Together with the mapped range they cover everything, each address once.
+        for probe in [
+            "::1/128",
+            "2001:db8::1/128",
+            "fd00::/8",
+            "::fffe:0:0/96",
+            "ffff::/16",
+        ] {
+            let probe: IpNet = probe.parse().unwrap();
+            assert_eq!(
+                pieces.iter().filter(|p| p.contains(&probe)).count(),
+                1,
+                "{probe}"
+            );
+        }
+        assert_eq!(ipv6_only("::/64".parse().unwrap()).count(), 32);
+        let plain: IpNet = "2001:db8::/32".parse().unwrap();
+        assert_eq!(ipv6_only(plain).collect::<Vec<_>>(), vec![plain]);
+        let v4: IpNet = "0.0.0.0/0".parse().unwrap();
+        assert_eq!(ipv6_only(v4).collect::<Vec<_>>(), vec![v4]);
+
+        let c = compile(
+            &policy(
+                "version = 1\n[service]\nports = [11434]\nserver_cgroups = []\n[ingress]\nallow = [\"::/0\"]\n[[egress]]\ncgroup = \"m\"\n[[egress.allow]]\nnet = \"::/0\"\nports = [443]\n",
+            ),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.ingress.len(), 96);
+        assert!(
+            c.egress[0]
+                .prefixes
+                .iter()
+                .all(|p| !p.net.contains(&mapped_v4))
+        );
+        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+        assert!(c.warnings[0].contains("`::/0` contains the IPv4-mapped range"));
     }
 
     #[test]
