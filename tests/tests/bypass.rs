@@ -34,6 +34,15 @@ fn net() -> Net {
     let host = lab.netns("host");
     let peer = lab.netns("peer");
     let (_, peer_if) = lab.veth(&host, HOST, &peer, PEER);
+    // Neighbours resolved before the first test connect (which has 0.5 s).
+    let mut warm = lab.prober(Some(&host), None);
+    for addr in ["10.66.0.2", "fd00:66::2", "fd00:66::3"] {
+        assert_eq!(
+            warm.ask(&format!("connect {addr} 9 2")),
+            "refused",
+            "{addr}"
+        );
+    }
     Net {
         lab,
         host,
@@ -303,17 +312,6 @@ proto = "tcp"
         model = n.lab.cgroup("model"),
     );
     let path = n.lab.policy("v6.toml", &policy);
-    let check = std::process::Command::new(warden_tests::warden_bin())
-        .args(["policy", "check"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(check.status.success());
-    let stderr = String::from_utf8_lossy(&check.stderr);
-    assert!(
-        stderr.contains("v6.toml:6:10: warning: `::/0` contains the IPv4-mapped range"),
-        "{stderr}"
-    );
     let _d = n.lab.daemon(Some(&n.host), &path);
     let mut peer = n.lab.prober(Some(&n.peer), None);
     assert_eq!(peer.ask("listen :: 443"), "ok");
@@ -337,4 +335,112 @@ proto = "tcp"
         "timeout",
         "an IPv6 ingress source list admits no IPv4 source"
     );
+
+    // `policy check` says so where a rule covers the mapped range.
+    let check = std::process::Command::new(warden_tests::warden_bin())
+        .args(["policy", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(check.status.success());
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    assert!(
+        stderr.contains("v6.toml:6:10: warning: `::/0` contains the IPv4-mapped range"),
+        "{stderr}"
+    );
+}
+
+/// Unmounts a bpffs the test mounted (lazily: pins inside go with it).
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn local_policy(lab: &Lab) -> std::path::PathBuf {
+    let text = format!(
+        "version = 1\n[service]\nports = [11434]\nserver_cgroups = [\"{}\"]\n",
+        lab.cgroup("server")
+    );
+    lab.policy("local.toml", &text)
+}
+
+#[test]
+fn a_squatted_pin_directory_is_refused() {
+    let mut lab = Lab::new();
+    // bpffs as `mount -t bpf bpf DIR` leaves it: world-writable, sticky.
+    let mnt = lab.run_dir.join("bpffs");
+    std::fs::create_dir_all(&mnt).unwrap();
+    sh(&format!(
+        "mount -t bpf bpf {0} && chmod 1777 {0}",
+        mnt.display()
+    ));
+    let _mount = Unmount(mnt.clone());
+    lab.pin_dir = mnt.join("ollama-warden");
+    // An unprivileged user gets there before the daemon's first start.
+    sh(&format!(
+        "setpriv --reuid=65534 --regid=65534 --clear-groups mkdir -p {}/links",
+        lab.pin_dir.display()
+    ));
+    let out = std::process::Command::new("timeout")
+        .arg("20")
+        .arg(warden_tests::warden_bin())
+        .args(lab.dir_args())
+        .arg("daemon")
+        .arg("--policy")
+        .arg(local_policy(&lab))
+        .arg("--attach-cgroup")
+        .arg(&lab.cgroup)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Not the timeout's 124: the daemon refused at once.
+    assert!(
+        !out.status.success() && out.status.code() != Some(124),
+        "refused at once: {:?} {stderr}",
+        out.status
+    );
+    assert!(
+        stderr.contains("ollama-warden is owned by uid 65534"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("falling back"),
+        "no fallback to nftables: {stderr}"
+    );
+    assert!(lab.cgroup_programs().is_empty(), "nothing attached");
+}
+
+#[test]
+fn deleted_pins_detach_nothing_and_come_back() {
+    let mut lab = Lab::new();
+    let ns = lab.netns("host");
+    let d = lab.daemon(Some(&ns), &local_policy(&lab));
+    let mut server = lab.prober(Some(&ns), Some("server"));
+    assert_eq!(server.ask("listen 127.0.0.1 11434"), "ok");
+    let mut rogue = lab.attacker(Some(&ns), "rogue");
+    assert_eq!(rogue.connect("127.0.0.1", 11434), "denied");
+    std::fs::remove_file(lab.pin_dir.join("links/connect4")).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        rogue.connect("127.0.0.1", 11434),
+        "denied",
+        "the running daemon holds its links"
+    );
+    let ev = d.wait_event("pins_restored", |e| e["type"] == "pins_restored");
+    assert_eq!(ev["pins"].as_array().unwrap().len(), 1, "{ev}");
+    assert!(lab.pin_dir.join("links/connect4").exists());
+    assert_eq!(lab.status()["enforcing"], true);
+
+    // Without a daemon a missing pin is a detached program: status says so.
+    d.kill();
+    std::fs::remove_file(lab.pin_dir.join("links/connect4")).unwrap();
+    let st = lab.status();
+    assert_eq!(st["enforcing"], false, "{st}");
+    assert_eq!(st["missing_links"], serde_json::json!(["connect4"]));
 }

@@ -425,13 +425,30 @@ pub fn status_report(pin_dir: &Path, run_dir: &Path, nft_table: &str) -> serde_j
                 .collect()
         })
         .unwrap_or_default();
+    // Every cgroup program must be pinned: a missing pin is a program that is
+    // detached, or only held by a running daemon that will pin it again.
+    let missing: Vec<&str> = ebpf::CGROUP_PROGRAMS
+        .iter()
+        .copied()
+        .filter(|p| !links.iter().any(|l| l == p))
+        .collect();
+    let pin_dir_problem = pin_dir
+        .exists()
+        .then(|| crate::enforce::pins::untrusted(pin_dir))
+        .flatten();
     let mut report = json!({
-        "enforcing": maps.is_some() && !links.is_empty(),
+        "enforcing": maps.is_some() && missing.is_empty() && pin_dir_problem.is_none(),
         "backend": if maps.is_some() { "ebpf" } else { "none" },
         "pin_dir": pin_dir,
         "daemon": { "running": daemon_running, "pid": state.as_ref().map(|s| s.pid) },
         "links": links,
     });
+    if maps.is_some() && !missing.is_empty() {
+        report["missing_links"] = json!(missing);
+    }
+    if let Some(why) = pin_dir_problem {
+        report["pin_dir_problem"] = json!(why);
+    }
     if let Some(m) = &maps {
         let rules: Vec<_> = state
             .as_ref()
@@ -488,6 +505,15 @@ pub fn status_report(pin_dir: &Path, run_dir: &Path, nft_table: &str) -> serde_j
 
 fn print_status(r: &serde_json::Value) {
     println!("enforcing:   {}", r["enforcing"]);
+    if let Some(m) = r["missing_links"].as_array() {
+        println!(
+            "missing:     {} (not pinned: detached unless the daemon holds them)",
+            json!(m)
+        );
+    }
+    if let Some(why) = r["pin_dir_problem"].as_str() {
+        println!("pin dir:     {why}");
+    }
     println!("backend:     {}", r["backend"].as_str().unwrap_or("none"));
     println!(
         "daemon:      {}",

@@ -154,6 +154,8 @@ fn start_backend(
         BackendChoice::Nft => nft()?,
         BackendChoice::Auto => match ebpf() {
             Ok(started) => started,
+            // Someone else's pin directory is an attack, not a missing feature.
+            Err(e @ EnforceError::UntrustedPinDir(_)) => return Err(e.into()),
             Err(e) => {
                 let why = crate::cli::error_chain(&e);
                 eprintln!(
@@ -317,6 +319,11 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
                 reload_and_report(&opts, key.as_ref(), &mut backend, &mut current, &mut resolved, &mut state, &pipeline, "SIGHUP")?;
             }
             _ = rescan.tick() => {
+                let restored = backend.restore_pins();
+                if !restored.is_empty() {
+                    eprintln!("warden: pins were removed and are pinned again: {}", restored.join(", "));
+                    pipeline.lifecycle("pins_restored", json!({ "pins": restored }));
+                }
                 // Cgroups named by the policy that appeared or were recreated.
                 if backend.resolve_ids(&current) != resolved {
                     match backend.apply_next(&current) {

@@ -456,6 +456,18 @@ fn proxy(config: &Path) -> Check {
 }
 
 fn enforcement(report: &Value, port: u16) -> Check {
+    if let Some(why) = report["pin_dir_problem"].as_str() {
+        return check("warden", Status::Fail, why.to_owned())
+            .fix("warden down, remove the directory, then start warden (it creates it 0700)");
+    }
+    if let Some(missing) = report["missing_links"].as_array() {
+        return check(
+            "warden",
+            Status::Fail,
+            format!("programs not pinned: {}", Value::from(missing.clone())),
+        )
+        .fix("systemctl restart ollama-warden (it attaches what is missing)");
+    }
     if report["enforcing"] != true {
         return check(
             "warden",

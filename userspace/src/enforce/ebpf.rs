@@ -4,6 +4,7 @@
 //! pinned (no detach, no second attach) and only swaps in its policy.
 
 use super::maps::{Maps, ResolvedEgress, ResolvedGrant};
+use super::pins::{self, HeldLink};
 use super::{EnforceError, ResolvedCgroups};
 use crate::cgroupfs;
 use crate::compile::Compiled;
@@ -80,17 +81,17 @@ pub struct EbpfBackend {
     pin_dir: PathBuf,
     cgroup2: PathBuf,
     attach_cgroup: PathBuf,
+    /// Every link attached or adopted, held open while the daemon runs.
+    held: Vec<HeldLink>,
 }
 
 impl EbpfBackend {
     /// Loads the object, creating the pinned maps or reusing those already pinned.
     pub fn open(opts: &Options) -> Result<Self, EnforceError> {
         ensure_bpffs(&opts.pin_dir)?;
-        let links = opts.pin_dir.join("links");
-        std::fs::create_dir_all(&links).map_err(|e| EnforceError::Io {
-            path: links.clone(),
-            source: e,
-        })?;
+        for dir in [opts.pin_dir.clone(), opts.pin_dir.join("links")] {
+            pins::ensure_private_dir(&dir).map_err(EnforceError::UntrustedPinDir)?;
+        }
         let cgroup2 = cgroupfs::cgroup2_mount()?;
         let attach_cgroup = opts
             .attach_cgroup
@@ -118,6 +119,7 @@ impl EbpfBackend {
             pin_dir: opts.pin_dir.clone(),
             cgroup2,
             attach_cgroup,
+            held: Vec::new(),
         };
         // A previous daemon may have died between a flip and its barrier: make sure
         // no program still reads the inactive slot before it is rewritten.
@@ -179,6 +181,7 @@ impl EbpfBackend {
             let pin = self.pin_dir.join("links").join(name);
             let target = self.attach_cgroup.display().to_string();
             if PinnedLink::from_pin(&pin).is_ok() {
+                self.hold(&pin)?;
                 out.push(Attachment {
                     program: name.into(),
                     target,
@@ -226,6 +229,7 @@ impl EbpfBackend {
                 path: pin.clone(),
                 source: e,
             })?;
+            self.hold(&pin)?;
             out.push(Attachment {
                 program: name.into(),
                 target,
@@ -307,7 +311,8 @@ impl EbpfBackend {
         // Unpin links of interfaces that went away or are no longer wanted.
         for (path, ifindex, name) in pinned_xdp_links(&links) {
             if !wanted.iter().any(|(i, n)| *i == ifindex && *n == name) {
-                detach_pinned_link(&path);
+                self.held.retain(|h| h.pin != path);
+                pins::detach_pinned_link(&path);
                 let _ = std::fs::remove_file(&path);
                 out.push(Attachment {
                     program: XDP_PROGRAM.into(),
@@ -320,6 +325,9 @@ impl EbpfBackend {
         for (ifindex, name) in wanted {
             let pin = links.join(format!("xdp-{ifindex}-{name}"));
             let (state, mode) = if PinnedLink::from_pin(&pin).is_ok() {
+                if !self.held.iter().any(|h| h.pin == pin) {
+                    self.hold(&pin)?;
+                }
                 ("adopted", None)
             } else if !is_ethernet(&name) {
                 // The parser expects an Ethernet header; tun/wireguard/ipip/IPoIB
@@ -331,7 +339,10 @@ impl EbpfBackend {
             } else {
                 // One interface failing must not leave the others unprotected.
                 match self.attach_xdp(ifindex, &name, &pin) {
-                    Ok(mode) => ("attached", Some(mode)),
+                    Ok(mode) => {
+                        self.hold(&pin)?;
+                        ("attached", Some(mode))
+                    }
                     Err(e) => {
                         eprintln!("warden: WARNING: XDP not attached to {name}: {e}");
                         ("failed", None)
@@ -346,6 +357,31 @@ impl EbpfBackend {
             });
         }
         Ok(out)
+    }
+}
+
+impl EbpfBackend {
+    fn hold(&mut self, pin: &Path) -> Result<(), EnforceError> {
+        let link = HeldLink::open(pin).map_err(|e| EnforceError::Io {
+            path: pin.to_owned(),
+            source: e,
+        })?;
+        self.held.push(link);
+        Ok(())
+    }
+
+    /// Pins again every held link whose pin disappeared (its program stayed
+    /// attached: the daemon holds it); returns the pins restored.
+    pub fn restore_pins(&self) -> Vec<String> {
+        let mut restored = Vec::new();
+        for h in &self.held {
+            match h.restore() {
+                Ok(true) => restored.push(h.pin.display().to_string()),
+                Ok(false) => {}
+                Err(e) => eprintln!("warden: cannot pin {} again: {e}", h.pin.display()),
+            }
+        }
+        restored
     }
 }
 
@@ -426,12 +462,14 @@ fn ensure_bpffs(pin_dir: &Path) -> Result<(), EnforceError> {
                 parent.display()
             )));
         }
+        // Mode 0700: mounted without a mode, bpffs is world-writable (1777)
+        // and anyone could create warden's directory first.
         let rc = std::process::Command::new("mount")
-            .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+            .args(["-t", "bpf", "-o", "mode=0700", "bpf", "/sys/fs/bpf"])
             .status();
         if !rc.is_ok_and(|s| s.success()) || !is_bpffs(parent) {
             return Err(EnforceError::Bpffs(
-                "bpffs is not mounted at /sys/fs/bpf and mounting it failed; run `mount -t bpf bpf /sys/fs/bpf`".into(),
+                "bpffs is not mounted at /sys/fs/bpf and mounting it failed; run `mount -t bpf -o mode=0700 bpf /sys/fs/bpf`".into(),
             ));
         }
     }
@@ -467,7 +505,7 @@ pub fn down(pin_dir: &Path) -> Result<Vec<String>, EnforceError> {
     if links.exists() {
         for e in std::fs::read_dir(&links).map_err(io(&links))? {
             let p = e.map_err(io(&links))?.path();
-            detach_pinned_link(&p);
+            pins::detach_pinned_link(&p);
             std::fs::remove_file(&p).map_err(io(&p))?;
             removed.push(format!(
                 "link {}",
@@ -486,42 +524,4 @@ pub fn down(pin_dir: &Path) -> Result<Vec<String>, EnforceError> {
     }
     std::fs::remove_dir(pin_dir).map_err(io(pin_dir))?;
     Ok(removed)
-}
-
-/// `BPF_LINK_DETACH` on a pinned link: synchronous, whoever else holds it.
-/// Best effort: a link type without detach support is released by the unpin.
-fn detach_pinned_link(pin: &Path) {
-    use std::os::unix::ffi::OsStrExt;
-    const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_LINK_DETACH: libc::c_long = 34;
-    let Ok(path) = std::ffi::CString::new(pin.as_os_str().as_bytes()) else {
-        return;
-    };
-    // bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd (u32), file_flags (u32).
-    let mut attr = [0u64; 2];
-    attr[0] = path.as_ptr() as u64;
-    // SAFETY: bpf(2) reads `attr` (16 bytes) and the C string it points to.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            attr.as_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    if fd < 0 {
-        return;
-    }
-    // bpf_attr for BPF_LINK_DETACH: link_fd (u32).
-    let attr = [fd as u32, 0];
-    // SAFETY: bpf(2) reads `attr` (8 bytes); `fd` is ours and closed right after.
-    unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_DETACH,
-            attr.as_ptr(),
-            std::mem::size_of_val(&attr),
-        );
-        libc::close(fd as i32);
-    }
 }

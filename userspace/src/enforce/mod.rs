@@ -5,6 +5,7 @@ pub mod ebpf;
 pub mod maps;
 pub mod nflog;
 pub mod nft;
+pub mod pins;
 
 use std::path::PathBuf;
 use thiserror::Error;
@@ -13,6 +14,9 @@ use thiserror::Error;
 pub enum EnforceError {
     #[error("bpffs: {0}")]
     Bpffs(String),
+    /// The pin directory is not warden's alone: never a reason to fall back.
+    #[error("untrusted pin directory: {0}")]
+    UntrustedPinDir(String),
     #[error("loading the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("map {name}: {source}")]
@@ -142,6 +146,14 @@ impl Backend {
                 Ok(a)
             }
             Self::Nft(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// Pins again what disappeared from the pin directory (eBPF only).
+    pub fn restore_pins(&self) -> Vec<String> {
+        match self {
+            Self::Ebpf(b) => b.restore_pins(),
+            Self::Nft(_) => Vec::new(),
         }
     }
 

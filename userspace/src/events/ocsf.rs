@@ -155,7 +155,7 @@ pub fn application_lifecycle(kind: &str, fields: Value, event_uid: &str) -> Valu
         "stop" => (STOP, false, 1),
         "policy_applied" | "cgroups_resolved" | "attachments_changed" => (UPDATE, false, 1),
         "policy_rejected" => (UPDATE, true, 3),
-        "backend_fallback" => (OTHER, false, 4),
+        "backend_fallback" | "pins_restored" => (OTHER, false, 4),
         "loss" => (OTHER, false, 3),
         _ => (OTHER, false, 1),
     };
