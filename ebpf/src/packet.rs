@@ -155,6 +155,12 @@ fn judge_peer(ctx: &SkBuffContext, slot: u32, meta: SlotMeta, p: &Packet, hook: 
     if v == Verdict::Allowed {
         return PASS;
     }
+    // An auditing policy lets the packet through; a TCP SYN or a datagram on
+    // its own route was judged and reported by the connect/sendmsg hooks
+    // already, so only what they never see is reported here.
+    if v == Verdict::WouldDeny && outgoing && p.has_ports() && !p.source_routed {
+        return PASS;
+    }
     let mut ev = packet_event(ctx, p, hook, meta.generation);
     ev.reason = if !p.readable {
         reason::MALFORMED
