@@ -444,3 +444,81 @@ fn deleted_pins_detach_nothing_and_come_back() {
     assert_eq!(st["enforcing"], false, "{st}");
     assert_eq!(st["missing_links"], serde_json::json!(["connect4"]));
 }
+
+#[test]
+fn a_recreated_cgroup_is_restricted_at_once() {
+    let n = net();
+    // No periodic rescan to lean on: only the cgroup watch can notice.
+    let d = n.daemon(&["--rescan-secs", "600"]);
+    let mut peer = n.lab.prober(Some(&n.peer), None);
+    assert_eq!(peer.ask("listen 0.0.0.0 8443"), "ok");
+    let mut model = n.attacker("model");
+    assert_eq!(model.connect("10.66.0.2", 8443), "denied");
+    drop(model);
+
+    // As systemd restarts a unit: the cgroup goes, one of the same name comes.
+    let dir = n.lab.cgroup.join("model");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::fs::remove_dir(&dir).is_err() {
+        assert!(std::time::Instant::now() < deadline, "cgroup still busy");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let created = std::time::Instant::now();
+    std::fs::create_dir(&dir).unwrap();
+    let new_id = warden_tests::cgroup_id(&dir);
+    let ev = d.wait_event_for("cgroups_resolved", Duration::from_secs(5), |e| {
+        e["type"] == "cgroups_resolved" && e["unresolved"].as_array().is_some_and(|u| u.is_empty())
+    });
+    eprintln!(
+        "re-created cgroup {new_id} restricted after {:?} (generation {})",
+        created.elapsed(),
+        ev["generation"]
+    );
+    let mut model = n.attacker("model");
+    assert_eq!(
+        model.connect("10.66.0.2", 8443),
+        "denied",
+        "egress restricted"
+    );
+    assert_eq!(model.ask("listen 0.0.0.0 11434"), "ok", "server grant back");
+}
+
+#[test]
+fn a_new_interface_is_covered_at_once() {
+    let mut lab = Lab::new();
+    let host = lab.netns("host");
+    let peer = lab.netns("peer");
+    let policy = format!(
+        "version = 1\n[service]\nports = [11434]\nserver_cgroups = [\"{}\"]\n[ingress]\nallow = [\"10.67.0.3/32\"]\n",
+        lab.cgroup("server")
+    );
+    let d = lab.daemon_with(
+        Some(&host),
+        &lab.policy("p.toml", &policy),
+        &["--rescan-secs", "600"],
+    );
+    let mut server = lab.prober(Some(&host), Some("server"));
+    assert_eq!(server.ask("listen 0.0.0.0 11434"), "ok");
+    // Plugged in after the daemon started.
+    lab.veth(
+        &host,
+        &["10.67.0.1/24"],
+        &peer,
+        &["10.67.0.2/24", "10.67.0.3/24"],
+    );
+    let ev = d.wait_event_for("attachments_changed", Duration::from_secs(5), |e| {
+        e["type"] == "attachments_changed"
+    });
+    assert_eq!(ev["attachments"][0]["state"], "attached", "{ev}");
+    let mut remote = lab.prober(Some(&peer), None);
+    assert_eq!(
+        remote.ask("connectfrom 10.67.0.2 10.67.0.1 11434"),
+        "timeout",
+        "dropped by XDP on the new interface"
+    );
+    assert_eq!(
+        remote.ask("connectfrom 10.67.0.3 10.67.0.1 11434"),
+        "connected",
+        "the allowed source gets through"
+    );
+}

@@ -16,7 +16,7 @@ use crate::events::pipeline::{Config as PipelineConfig, KernelLosses, Pipeline};
 use crate::events::sink::SinkSpec;
 use crate::signature::PolicyKey;
 use crate::state::DaemonState;
-use crate::watch::PolicyWatch;
+use crate::watch::{CgroupWatch, LinkWatch, PolicyWatch};
 use aya::maps::{MapData, RingBuf};
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -252,6 +252,20 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
             .map_err(|e| DaemonError::Io(e.into()))?,
         )
     };
+    let cgroup2 = crate::cgroupfs::cgroup2_mount().map_err(EnforceError::from)?;
+    let mut cgroups_watched = current.clone();
+    let mut cgroup_watch = watch_cgroups(&cgroup2, &current)?;
+    // New interfaces get XDP at once (eBPF: nft's table hooks every interface).
+    let mut link_watch = match &backend {
+        Backend::Ebpf(_) => Some(
+            // SAFETY: the watch owns its netlink socket until dropped.
+            unsafe {
+                AsyncFd::register_with_interest(LinkWatch::new()?, tokio::io::Interest::READABLE)
+            }
+            .map_err(|e| DaemonError::Io(e.into()))?,
+        ),
+        Backend::Nft(_) => None,
+    };
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -285,7 +299,28 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     notify_ready();
 
     loop {
+        if !Arc::ptr_eq(&cgroups_watched, &current) {
+            // A reload may name other cgroups.
+            cgroup_watch = watch_cgroups(&cgroup2, &current)?;
+            cgroups_watched = current.clone();
+        }
         tokio::select! {
+            guard = async { link_watch.as_mut().expect("guarded").readable_mut().await }, if link_watch.is_some() => {
+                let mut guard = guard?;
+                let changed = guard.get_inner_mut().changed();
+                guard.clear_ready();
+                if changed {
+                    follow_interfaces(&mut backend, &current, &pipeline);
+                }
+            }
+            guard = cgroup_watch.readable_mut() => {
+                let mut guard = guard?;
+                let changed = guard.get_inner_mut().changed();
+                guard.clear_ready();
+                if changed {
+                    follow_cgroups(&opts, &mut backend, &current, &mut resolved, &mut state, &pipeline)?;
+                }
+            }
             guard = async { events.as_mut().expect("guarded").readable_mut().await }, if events.is_some() => {
                 let mut guard = guard?;
                 // A bounded batch per wake-up, so a flood never starves reloads and
@@ -324,29 +359,9 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
                     eprintln!("warden: pins were removed and are pinned again: {}", restored.join(", "));
                     pipeline.lifecycle("pins_restored", json!({ "pins": restored }));
                 }
-                // Cgroups named by the policy that appeared or were recreated.
-                if backend.resolve_ids(&current) != resolved {
-                    match backend.apply_next(&current) {
-                        Ok(applied) => {
-                            resolved = applied.resolved_ids.clone();
-                            pipeline.lifecycle("cgroups_resolved", json!({
-                                "generation": applied.generation, "unresolved": applied.unresolved,
-                            }));
-                            state.generation = applied.generation;
-                            state.write(&opts.run_dir)?;
-                        }
-                        Err(e) => eprintln!("warden: re-applying after cgroup change failed: {e}"),
-                    }
-                }
-                match backend.sync_interfaces(&current) {
-                    Ok(changes) => {
-                        let changes: Vec<&Attachment> = changes.iter().filter(|a| a.state != "adopted").collect();
-                        if !changes.is_empty() {
-                            pipeline.lifecycle("attachments_changed", json!({ "attachments": changes }));
-                        }
-                    }
-                    Err(e) => eprintln!("warden: XDP attach: {e}"),
-                }
+                // A backstop for what the cgroup watch could not see.
+                follow_cgroups(&opts, &mut backend, &current, &mut resolved, &mut state, &pipeline)?;
+                follow_interfaces(&mut backend, &current, &pipeline);
             }
             _ = loss_report.tick() => {
                 let losses = pipeline.report_losses(kernel_lost(&backend, nflog_lost));
@@ -384,6 +399,65 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     state.write(&opts.run_dir)?;
     if let Some(r) = &opts.proxy_reports {
         let _ = std::fs::remove_file(&r.socket);
+    }
+    Ok(())
+}
+
+/// Attaches XDP to interfaces that appeared, detaches from those gone.
+fn follow_interfaces(backend: &mut Backend, current: &Compiled, pipeline: &Pipeline) {
+    match backend.sync_interfaces(current) {
+        Ok(changes) => {
+            let changes: Vec<&Attachment> =
+                changes.iter().filter(|a| a.state != "adopted").collect();
+            if !changes.is_empty() {
+                pipeline.lifecycle("attachments_changed", json!({ "attachments": changes }));
+            }
+        }
+        Err(e) => eprintln!("warden: XDP attach: {e}"),
+    }
+}
+
+/// Watches the parents of the policy's cgroups.
+fn watch_cgroups(
+    cgroup2: &std::path::Path,
+    compiled: &Compiled,
+) -> Result<AsyncFd<CgroupWatch>, DaemonError> {
+    let paths = compiled
+        .cgroups
+        .iter()
+        .map(|g| g.cgroup.as_str().to_owned())
+        .chain(compiled.egress.iter().map(|e| e.cgroup.as_str().to_owned()))
+        .collect();
+    let watch = CgroupWatch::new(cgroup2, paths)?;
+    // SAFETY: the watch owns its inotify fd until dropped.
+    unsafe { AsyncFd::register_with_interest(watch, tokio::io::Interest::READABLE) }
+        .map_err(|e| DaemonError::Io(e.into()))
+}
+
+/// Re-applies the policy when a cgroup it names appeared, went away or was
+/// re-created (its id changed).
+fn follow_cgroups(
+    opts: &Options,
+    backend: &mut Backend,
+    current: &Compiled,
+    resolved: &mut Vec<Option<u64>>,
+    state: &mut DaemonState,
+    pipeline: &Pipeline,
+) -> Result<(), DaemonError> {
+    if backend.resolve_ids(current) == *resolved {
+        return Ok(());
+    }
+    match backend.apply_next(current) {
+        Ok(applied) => {
+            *resolved = applied.resolved_ids.clone();
+            pipeline.lifecycle(
+                "cgroups_resolved",
+                json!({ "generation": applied.generation, "unresolved": applied.unresolved }),
+            );
+            state.generation = applied.generation;
+            state.write(&opts.run_dir)?;
+        }
+        Err(e) => eprintln!("warden: re-applying after cgroup change failed: {e}"),
     }
     Ok(())
 }
