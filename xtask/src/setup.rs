@@ -200,9 +200,10 @@ fn bpffs() -> Result<String> {
         return Ok("mounted".into());
     }
     if !cmd::is_root() {
-        bail!("bpffs is not mounted; run `sudo mount -t bpf bpf /sys/fs/bpf`");
+        bail!("bpffs is not mounted; run `sudo mount -t bpf -o mode=0700 bpf /sys/fs/bpf`");
     }
-    cmd::run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+    // 0700, as systemd mounts it: without a mode bpffs is world-writable.
+    cmd::run(Command::new("mount").args(["-t", "bpf", "-o", "mode=0700", "bpf", "/sys/fs/bpf"]))?;
     Ok("mounted now".into())
 }
 
