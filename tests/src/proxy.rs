@@ -258,8 +258,17 @@ impl ProxyLab {
 
     /// Runs `proxy_client.py ARGS` (stdin from `input`); its JSON output.
     pub fn client(&self, args: &[&str], input: Option<&str>) -> Value {
+        self.run_helper("proxy_client.py", args, input)
+    }
+
+    /// Runs `hostile.py ARGS` (the resilience tests' attackers); its JSON output.
+    pub fn hostile(&self, args: &[&str]) -> Value {
+        self.run_helper("hostile.py", args, None)
+    }
+
+    fn run_helper(&self, name: &str, args: &[&str], input: Option<&str>) -> Value {
         let mut cmd = Command::new(python());
-        cmd.arg(helper("proxy_client.py"))
+        cmd.arg(helper(name))
             .args(args)
             .env("PROXY_URL", &self.url)
             .env("CA", self.pki("server-ca.pem"))
@@ -277,7 +286,7 @@ impl ProxyLab {
         let text = String::from_utf8_lossy(&out.stdout);
         serde_json::from_str(text.trim()).unwrap_or_else(|e| {
             panic!(
-                "proxy_client.py {args:?}: {e}\n{text}\n{}",
+                "{name} {args:?}: {e}\n{text}\n{}",
                 String::from_utf8_lossy(&out.stderr)
             )
         })

@@ -13,6 +13,7 @@
 use super::routes::{Dialect, ModelIn, Route};
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use std::fmt;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,26 +42,28 @@ impl fmt::Display for BodyError {
     }
 }
 
-/// An object's entries in order, duplicates kept (serde_json's map would merge them).
-struct Entries(Vec<(String, Value)>);
+/// An object's entries in order, duplicates kept (serde_json's map would
+/// merge them), each value left as the raw bytes it is in the body: judging a
+/// 16 MiB body of nested arrays costs no value tree, only a scan.
+struct Entries<'a>(Vec<(String, &'a RawValue)>);
 
-impl<'de> serde::Deserialize<'de> for Entries {
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Entries<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Entries;
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Entries<'a>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Entries, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Entries<'a>, A::Error> {
                 let mut out = Vec::new();
-                while let Some((k, v)) = m.next_entry::<String, Value>()? {
+                while let Some((k, v)) = m.next_entry::<String, &'de RawValue>()? {
                     out.push((k, v));
                 }
                 Ok(Entries(out))
             }
         }
-        d.deserialize_map(V)
+        d.deserialize_map(V(std::marker::PhantomData))
     }
 }
 
@@ -75,62 +78,137 @@ fn fold(key: &str) -> String {
         .collect()
 }
 
-/// Checks the keys of one object level; returns them as a JSON map.
-fn unambiguous(entries: Vec<(String, Value)>) -> Result<serde_json::Map<String, Value>, BodyError> {
-    let mut map = serde_json::Map::new();
-    for (k, v) in entries {
-        if fold(&k) != k || map.contains_key(&k) {
-            return Err(BodyError::AmbiguousKey(k));
+/// One object level whose keys are unambiguous, in order; a value may be
+/// replaced (the cap) without touching the others' bytes.
+struct Object<'a> {
+    entries: Vec<(String, Field<'a>)>,
+}
+
+enum Field<'a> {
+    Raw(&'a RawValue),
+    Set(Value),
+    Object(Object<'a>),
+}
+
+impl<'a> Object<'a> {
+    fn checked(entries: Entries<'a>) -> Result<Self, BodyError> {
+        let mut out: Vec<(String, Field<'a>)> = Vec::with_capacity(entries.0.len());
+        for (k, v) in entries.0 {
+            if fold(&k) != k || out.iter().any(|(e, _)| *e == k) {
+                return Err(BodyError::AmbiguousKey(k));
+            }
+            out.push((k, Field::Raw(v)));
         }
-        map.insert(k, v);
+        Ok(Self { entries: out })
     }
-    Ok(map)
+
+    fn raw(&self, key: &str) -> Option<&'a RawValue> {
+        self.entries.iter().find_map(|(k, v)| match v {
+            Field::Raw(r) if k == key => Some(*r),
+            _ => None,
+        })
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        self.entries.iter().any(|(k, _)| k == key)
+    }
+
+    fn set(&mut self, key: &str, field: Field<'a>) {
+        match self.entries.iter_mut().find(|(k, _)| k == key) {
+            Some((_, v)) => *v = field,
+            None => self.entries.push((key.to_owned(), field)),
+        }
+    }
+
+    fn object_mut(&mut self, key: &str) -> Option<&mut Object<'a>> {
+        self.entries.iter_mut().find_map(|(k, v)| match v {
+            Field::Object(o) if k == key => Some(o),
+            _ => None,
+        })
+    }
+
+    /// The JSON text: untouched values byte for byte, keys re-escaped.
+    fn write(&self, out: &mut Vec<u8>) {
+        out.push(b'{');
+        for (i, (k, v)) in self.entries.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut *out, k).expect("a string serialises");
+            out.push(b':');
+            match v {
+                Field::Raw(r) => out.extend_from_slice(r.get().as_bytes()),
+                Field::Set(v) => serde_json::to_writer(&mut *out, v).expect("a value serialises"),
+                Field::Object(o) => o.write(out),
+            }
+        }
+        out.push(b'}');
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Inspected {
     pub model: Option<String>,
-    /// The body to forward (re-serialised).
+    /// The body to forward: the bytes judged, with the cap applied.
     pub body: Vec<u8>,
 }
 
-/// Reads the model of a JSON request and caps its generation length at `cap`
-/// tokens (when the route generates text).
-pub fn inspect(route: &Route, body: &[u8], cap: Option<u64>) -> Result<Inspected, BodyError> {
-    let entries: Entries = serde_json::from_slice(body).map_err(|e| {
+fn parse<'a>(bytes: &'a [u8]) -> Result<Object<'a>, BodyError> {
+    let entries: Entries<'a> = serde_json::from_slice(bytes).map_err(|e| {
         if e.classify() == serde_json::error::Category::Data {
             BodyError::NotAnObject
         } else {
             BodyError::NotJson(e.to_string())
         }
     })?;
-    let mut top = unambiguous(entries.0)?;
-    if let Some(options) = top.get("options").cloned()
-        && options.is_object()
+    Object::checked(entries)
+}
+
+/// Reads the model of a JSON request and caps its generation length at `cap`
+/// tokens (when the route generates text). Memory: the body, the forwarded
+/// copy (made only if `may_use` accepts the model: a refused request costs no
+/// copy), and one pointer per key of the two levels read; values are scanned,
+/// never built.
+pub fn inspect(
+    route: &Route,
+    body: &[u8],
+    cap: Option<u64>,
+    may_use: impl Fn(&str) -> bool,
+) -> Result<Inspected, BodyError> {
+    let mut top = parse(body)?;
+    if let Some(options) = top.raw("options")
+        && options.get().starts_with('{')
     {
-        let entries: Entries =
-            serde_json::from_value(options).map_err(|e| BodyError::NotJson(e.to_string()))?;
-        top.insert("options".into(), Value::Object(unambiguous(entries.0)?));
+        let options = parse(options.get().as_bytes())?;
+        top.set("options", Field::Object(options));
     }
     let model = match route.model {
         ModelIn::Body => Some(model_of(&top, route.dialect)?),
         _ => None,
     };
+    if model.as_deref().is_some_and(|m| !may_use(m)) {
+        return Ok(Inspected {
+            model,
+            body: Vec::new(),
+        });
+    }
     if let Some(cap) = cap {
         apply_cap(route, &mut top, cap);
     }
-    Ok(Inspected {
-        model,
-        body: serde_json::to_vec(&Value::Object(top)).expect("a map serialises"),
-    })
+    let mut out = Vec::with_capacity(body.len() + 32);
+    top.write(&mut out);
+    Ok(Inspected { model, body: out })
 }
 
-fn model_of(top: &serde_json::Map<String, Value>, dialect: Dialect) -> Result<String, BodyError> {
-    let field = |k: &str| match top.get(k) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
-        Some(Value::String(_)) => Ok(None),
-        Some(_) => Err(BodyError::AmbiguousModel),
+fn model_of(top: &Object, dialect: Dialect) -> Result<String, BodyError> {
+    let field = |k: &str| match top.raw(k) {
+        None => Ok(None),
+        // null, or a string; anything else (a number, an object) is ambiguous.
+        Some(r) => match serde_json::from_str::<Option<String>>(r.get()) {
+            Ok(Some(s)) if !s.is_empty() => Ok(Some(s)),
+            Ok(_) => Ok(None),
+            Err(_) => Err(BodyError::AmbiguousModel),
+        },
     };
     let model = field("model")?;
     // Native routes still accept the older `name` (show, pull, push, delete).
@@ -146,27 +224,31 @@ fn model_of(top: &serde_json::Map<String, Value>, dialect: Dialect) -> Result<St
 }
 
 /// Generation routes: the length fields each dialect reads, capped (and set when absent).
-fn apply_cap(route: &Route, top: &mut serde_json::Map<String, Value>, cap: u64) {
+fn apply_cap(route: &Route, top: &mut Object, cap: u64) {
     let generates = !route.pattern.contains("embed") && route.model != ModelIn::None;
     if !generates || route.group != super::routes::Group::Inference {
         return;
     }
-    let capped = |v: Option<&Value>| match v.and_then(Value::as_i64) {
-        // Ollama: -1 is "no limit", -2 "fill the context".
-        Some(n) if n >= 0 && (n as u64) <= cap => Value::from(n),
-        _ => Value::from(cap),
-    };
+    // Only an integer is read; anything else is replaced by the cap.
+    let capped =
+        |v: Option<&RawValue>| match v.and_then(|r| serde_json::from_str::<i64>(r.get()).ok()) {
+            // Ollama: -1 is "no limit", -2 "fill the context".
+            Some(n) if n >= 0 && (n as u64) <= cap => Value::from(n),
+            _ => Value::from(cap),
+        };
     match route.dialect {
         Dialect::Native => {
-            let options = top
-                .entry("options")
-                .or_insert_with(|| Value::Object(Default::default()));
-            if !options.is_object() {
-                *options = Value::Object(Default::default());
+            if top.object_mut("options").is_none() {
+                top.set(
+                    "options",
+                    Field::Object(Object {
+                        entries: Vec::new(),
+                    }),
+                );
             }
-            let o = options.as_object_mut().expect("an object");
-            let v = capped(o.get("num_predict"));
-            o.insert("num_predict".into(), v);
+            let o = top.object_mut("options").expect("set above");
+            let v = capped(o.raw("num_predict"));
+            o.set("num_predict", Field::Set(v));
         }
         Dialect::OpenAi | Dialect::Anthropic => {
             let fields: &[&str] = if route.pattern == "/v1/responses" {
@@ -177,9 +259,9 @@ fn apply_cap(route: &Route, top: &mut serde_json::Map<String, Value>, cap: u64) 
                 &["max_tokens", "max_completion_tokens"]
             };
             for f in fields {
-                if top.contains_key(*f) || *f == fields[0] {
-                    let v = capped(top.get(*f));
-                    top.insert((*f).into(), v);
+                if top.contains(f) || *f == fields[0] {
+                    let v = capped(top.raw(f));
+                    top.set(f, Field::Set(v));
                 }
             }
         }
@@ -197,7 +279,7 @@ mod tests {
     }
 
     fn body(v: &str, p: &str, cap: Option<u64>) -> Result<(Option<String>, Value), BodyError> {
-        inspect(route(p), v.as_bytes(), cap)
+        inspect(route(p), v.as_bytes(), cap, |_| true)
             .map(|i| (i.model, serde_json::from_slice(&i.body).unwrap()))
     }
 

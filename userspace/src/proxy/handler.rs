@@ -8,7 +8,7 @@ use super::audit::{Audit, Record, now_ms};
 use super::body;
 use super::canon;
 use super::config::Config;
-use super::identity::Authenticator;
+use super::identity::{AuthFailure, Authenticator};
 use super::limits::{Limiter, Refusal};
 use super::models::ModelName;
 use super::relay::{self, BoxError, Finish, Relay, Upload, read_all};
@@ -34,6 +34,8 @@ const MAX_LISTING: u64 = 32 << 20;
 const MAX_LOGGED_TARGET: usize = 256;
 /// Request header bytes accepted (HTTP/1.1 and HTTP/2 alike).
 const MAX_HEAD_BYTES: usize = 64 << 10;
+/// Bodies up to this size are judged on the async worker (cheaper than a hop).
+const INLINE_BODY: u64 = 64 << 10;
 
 /// One configuration generation and what is built from it.
 pub struct Runtime {
@@ -295,10 +297,26 @@ async fn judge_and_forward(
     };
     let id = rt
         .auth
-        .authenticate(first.map(HeaderValue::as_bytes), cert_names, now_unix)
+        .authenticate(
+            first.map(HeaderValue::as_bytes),
+            cert_names,
+            now_unix,
+            client.addr.ip().to_canonical(),
+        )
         .await
-        .map_err(|f| refuse(StatusCode::UNAUTHORIZED, "unauthorized", f.as_str()))?;
+        .map_err(|f| match f {
+            AuthFailure::Busy => Refuse {
+                retry_after: Some(1),
+                ..refuse(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many requests",
+                    f.as_str(),
+                )
+            },
+            _ => refuse(StatusCode::UNAUTHORIZED, "unauthorized", f.as_str()),
+        })?;
     record.identity = Some(id.name.clone());
+    client.activity.set_authenticated();
     Limiter::check_where_and_when(&id, client.addr.ip(), now_unix)
         .map_err(|r| refuse(StatusCode::FORBIDDEN, "forbidden", r.as_str()))?;
 
@@ -389,12 +407,33 @@ async fn judge_and_forward(
                 .await
                 .map_err(body_refusal)?;
             record.bytes_in = bytes.len() as u64;
-            if cfg.audit_body_sha256 {
-                let d = Sha256::digest(&bytes);
-                record.body_sha256 = Some(d.iter().map(|b| format!("{b:02x}")).collect());
-            }
             let cap = if id.admin { None } else { id.max_tokens };
-            let inspected = body::inspect(route, &bytes, cap).map_err(|e| {
+            let sha = cfg.audit_body_sha256;
+            let who = id.clone();
+            let work = move || {
+                let digest = sha.then(|| {
+                    let d = Sha256::digest(&bytes);
+                    d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                });
+                let may_use =
+                    |m: &str| who.admin || ModelName::parse(m).is_some_and(|n| who.may_use(&n));
+                (digest, body::inspect(route, &bytes, cap, may_use))
+            };
+            // A large body is scanned and hashed off the async workers, so it
+            // never stalls other requests.
+            let (digest, inspected) = if record.bytes_in > INLINE_BODY {
+                tokio::task::spawn_blocking(work).await.map_err(|_| {
+                    refuse(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "try again",
+                        "body check failed",
+                    )
+                })?
+            } else {
+                work()
+            };
+            record.body_sha256 = digest;
+            let inspected = inspected.map_err(|e| {
                 refuse(
                     StatusCode::BAD_REQUEST,
                     "invalid request body",

@@ -6,13 +6,23 @@
 //! compared in constant time. Passwords are argon2id; an unknown user is checked
 //! against a decoy hash so it costs the same as a wrong password, verifications
 //! run off the async threads, at most two at a time, and a success is cached for
-//! five minutes under a hash of the exact credentials.
+//! five minutes under a keyed hash of the exact credentials (the key is random
+//! per process), so a legitimate client pays for argon2 once.
+//!
+//! Fair under a flood: each source has at most one verification queued or
+//! running, and at most [`ARGON_QUEUE`] wait for a worker, each for at most
+//! [`ARGON_WAIT`]; beyond that the answer is [`AuthFailure::Busy`] (429 with
+//! Retry-After) at once. A flood of wrong passwords from one address therefore
+//! holds one worker, and a correct login from elsewhere waits for at most one
+//! hash.
 
 use super::config::{Identity, Token};
 use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
 use base64::Engine;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
@@ -21,6 +31,11 @@ use tokio::sync::Semaphore;
 const TOKEN_PREFIX: &str = "owt_";
 const BASIC_CACHE_TTL: Duration = Duration::from_secs(300);
 const BASIC_CACHE_MAX: usize = 10_000;
+/// Password verifications that may wait for a worker at once.
+pub const ARGON_QUEUE: usize = 32;
+/// How long one may wait before the answer is "busy".
+pub const ARGON_WAIT: Duration = Duration::from_secs(2);
+const ARGON_WORKERS: usize = 2;
 
 /// Why a request was not authenticated (for the audit record only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +48,9 @@ pub enum AuthFailure {
     UnmappedCertificate,
     AmbiguousCertificate,
     Disagree,
+    /// Password checking is saturated (this source has one pending, or the
+    /// queue is full): try again later.
+    Busy,
 }
 
 impl AuthFailure {
@@ -46,6 +64,7 @@ impl AuthFailure {
             Self::UnmappedCertificate => "client certificate names no identity",
             Self::AmbiguousCertificate => "client certificate names several identities",
             Self::Disagree => "certificate and header name different identities",
+            Self::Busy => "password checks busy (one per source at a time)",
         }
     }
 }
@@ -57,6 +76,10 @@ pub struct Authenticator {
     by_cert: HashMap<String, usize>,
     decoy: String,
     argon_slots: Arc<Semaphore>,
+    /// Verifications queued or running, per source.
+    argon_pending: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    argon_waiting: Arc<AtomicUsize>,
+    cache_key: [u8; 32],
     basic_ok: Mutex<HashMap<[u8; 32], (usize, Instant)>>,
 }
 
@@ -78,7 +101,14 @@ impl Authenticator {
             by_name,
             by_cert,
             decoy: hash_password(&random_token()),
-            argon_slots: Arc::new(Semaphore::new(2)),
+            argon_slots: Arc::new(Semaphore::new(ARGON_WORKERS)),
+            argon_pending: Arc::default(),
+            argon_waiting: Arc::default(),
+            cache_key: {
+                let mut k = [0u8; 32];
+                getrandom(&mut k);
+                k
+            },
             basic_ok: Mutex::new(HashMap::new()),
         }
     }
@@ -90,6 +120,7 @@ impl Authenticator {
         authorization: Option<&[u8]>,
         cert_names: &[String],
         now_unix: i64,
+        source: IpAddr,
     ) -> Result<Arc<Identity>, AuthFailure> {
         let from_cert = self.by_certificate(cert_names);
         let Some(header) = authorization else {
@@ -98,7 +129,7 @@ impl Authenticator {
                 None => Err(AuthFailure::Missing),
             };
         };
-        let i = self.by_header(header, now_unix).await?;
+        let i = self.by_header(header, now_unix, source).await?;
         match from_cert {
             Some(Ok(c)) if c != i => Err(AuthFailure::Disagree),
             Some(Err(AuthFailure::AmbiguousCertificate)) => Err(AuthFailure::AmbiguousCertificate),
@@ -122,14 +153,19 @@ impl Authenticator {
         Some(found.ok_or(AuthFailure::UnmappedCertificate))
     }
 
-    async fn by_header(&self, header: &[u8], now_unix: i64) -> Result<usize, AuthFailure> {
+    async fn by_header(
+        &self,
+        header: &[u8],
+        now_unix: i64,
+        source: IpAddr,
+    ) -> Result<usize, AuthFailure> {
         let text = std::str::from_utf8(header).map_err(|_| AuthFailure::Malformed)?;
         let (scheme, rest) = text.split_once(' ').ok_or(AuthFailure::Malformed)?;
         let rest = rest.trim();
         if scheme.eq_ignore_ascii_case("bearer") {
             self.bearer(rest, now_unix)
         } else if scheme.eq_ignore_ascii_case("basic") {
-            self.basic(rest).await
+            self.basic(rest, source).await
         } else {
             Err(AuthFailure::Malformed)
         }
@@ -151,13 +187,14 @@ impl Authenticator {
         Ok(*i)
     }
 
-    async fn basic(&self, encoded: &str) -> Result<usize, AuthFailure> {
+    async fn basic(&self, encoded: &str, source: IpAddr) -> Result<usize, AuthFailure> {
         let raw = base64::engine::general_purpose::STANDARD
             .decode(encoded)
             .map_err(|_| AuthFailure::Malformed)?;
         let text = String::from_utf8(raw).map_err(|_| AuthFailure::Malformed)?;
         let (user, password) = text.split_once(':').ok_or(AuthFailure::Malformed)?;
         let key: [u8; 32] = Sha256::new()
+            .chain_update(self.cache_key)
             .chain_update(user.as_bytes())
             .chain_update([0])
             .chain_update(password.as_bytes())
@@ -173,16 +210,18 @@ impl Authenticator {
         let known = stored.is_some();
         let phc = stored.unwrap_or_else(|| self.decoy.clone());
         let password = password.to_owned();
-        // The slot moves into the blocking task: a client that gives up does not
-        // free it while the hash still runs.
-        let slot = self
-            .argon_slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
+        let pending = PendingCheck::claim(&self.argon_pending, source)?;
+        // The slot and the claim move into the blocking task: a client that
+        // gives up frees neither while the hash still runs.
+        let slot = {
+            let _waiting = Waiting::enter(&self.argon_waiting)?;
+            tokio::time::timeout(ARGON_WAIT, self.argon_slots.clone().acquire_owned())
+                .await
+                .map_err(|_| AuthFailure::Busy)?
+                .expect("never closed")
+        };
         let verified = tokio::task::spawn_blocking(move || {
-            let _slot = slot;
+            let _held = (slot, pending);
             PasswordHash::new(&phc).is_ok_and(|h| {
                 Argon2::default()
                     .verify_password(password.as_bytes(), &h)
@@ -202,6 +241,61 @@ impl Authenticator {
             }
             _ => Err(AuthFailure::BadPassword),
         }
+    }
+}
+
+/// A source's one pending password check; released when dropped.
+struct PendingCheck {
+    map: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    source: IpAddr,
+}
+
+impl PendingCheck {
+    fn claim(
+        map: &Arc<Mutex<HashMap<IpAddr, usize>>>,
+        source: IpAddr,
+    ) -> Result<Self, AuthFailure> {
+        let mut m = map.lock().expect("not poisoned");
+        let n = m.entry(source).or_default();
+        if *n >= 1 {
+            return Err(AuthFailure::Busy);
+        }
+        *n += 1;
+        Ok(Self {
+            map: map.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for PendingCheck {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().expect("not poisoned");
+        if let Some(n) = m.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// A place in the bounded queue for an argon2 worker.
+struct Waiting(Arc<AtomicUsize>);
+
+impl Waiting {
+    fn enter(count: &Arc<AtomicUsize>) -> Result<Self, AuthFailure> {
+        if count.fetch_add(1, Ordering::AcqRel) >= ARGON_QUEUE {
+            count.fetch_sub(1, Ordering::AcqRel);
+            return Err(AuthFailure::Busy);
+        }
+        Ok(Self(count.clone()))
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -278,6 +372,8 @@ mod tests {
     use super::*;
     use crate::proxy::config::parse_token_hash;
 
+    const SRC: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
     fn identity(
         name: &str,
         tokens: Vec<Token>,
@@ -307,6 +403,41 @@ mod tests {
         }
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_pending_password_check_per_source() {
+        let auth = Arc::new(Authenticator::new(vec![identity(
+            "alice",
+            Vec::new(),
+            Some(hash_password("pw")),
+            &[],
+        )]));
+        let wrong = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("alice:wrong")
+        )
+        .into_bytes();
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let check = |src: IpAddr| {
+            let (auth, wrong) = (auth.clone(), wrong.clone());
+            tokio::spawn(async move { auth.authenticate(Some(&wrong), &[], 0, src).await.err() })
+        };
+        // Two at once from one source: the second is told "busy" at once; a
+        // second source is checked alongside.
+        let (first, second, other) = (check(a), check(a), check(b));
+        let second = second.await.unwrap();
+        let (first, other) = (first.await.unwrap(), other.await.unwrap());
+        let mut from_a = [first, second];
+        from_a.sort_by_key(|f| f.map(|f| f as u8));
+        assert!(
+            from_a.contains(&Some(AuthFailure::Busy))
+                && from_a.contains(&Some(AuthFailure::BadPassword)),
+            "{from_a:?}"
+        );
+        assert_eq!(other, Some(AuthFailure::BadPassword));
+        // Released once done.
+        assert_eq!(check(a).await.unwrap(), Some(AuthFailure::BadPassword));
+    }
+
     #[tokio::test]
     async fn every_credential_kind_and_every_failure() {
         let (a, b) = (random_token(), random_token());
@@ -331,35 +462,41 @@ mod tests {
         let name = |r: Result<Arc<Identity>, AuthFailure>| r.map(|i| i.name.clone());
         let none: &[String] = &[];
         assert_eq!(
-            name(auth.authenticate(Some(&bearer(&a)), none, 0).await),
+            name(auth.authenticate(Some(&bearer(&a)), none, 0, SRC).await),
             Ok("alice".into())
         );
         assert_eq!(
-            name(auth.authenticate(Some(&bearer(&b)), none, 0).await),
+            name(auth.authenticate(Some(&bearer(&b)), none, 0, SRC).await),
             Ok("bob".into())
         );
         assert_eq!(
-            name(auth.authenticate(Some(&bearer("nope")), none, 0).await),
+            name(auth.authenticate(Some(&bearer("nope")), none, 0, SRC).await),
             Err(AuthFailure::UnknownToken)
         );
         assert_eq!(
-            name(auth.authenticate(Some(&bearer("old")), none, 999).await),
-            Ok("alice".into())
-        );
-        assert_eq!(
-            name(auth.authenticate(Some(&bearer("old")), none, 1000).await),
-            Err(AuthFailure::ExpiredToken)
-        );
-        assert_eq!(
             name(
-                auth.authenticate(Some(&basic("alice", "pw")), none, 0)
+                auth.authenticate(Some(&bearer("old")), none, 999, SRC)
                     .await
             ),
             Ok("alice".into())
         );
         assert_eq!(
             name(
-                auth.authenticate(Some(&basic("alice", "pw")), none, 0)
+                auth.authenticate(Some(&bearer("old")), none, 1000, SRC)
+                    .await
+            ),
+            Err(AuthFailure::ExpiredToken)
+        );
+        assert_eq!(
+            name(
+                auth.authenticate(Some(&basic("alice", "pw")), none, 0, SRC)
+                    .await
+            ),
+            Ok("alice".into())
+        );
+        assert_eq!(
+            name(
+                auth.authenticate(Some(&basic("alice", "pw")), none, 0, SRC)
                     .await
             ),
             Ok("alice".into()),
@@ -367,56 +504,65 @@ mod tests {
         );
         assert_eq!(
             name(
-                auth.authenticate(Some(&basic("alice", "bad")), none, 0)
+                auth.authenticate(Some(&basic("alice", "bad")), none, 0, SRC)
                     .await
             ),
             Err(AuthFailure::BadPassword)
         );
         assert_eq!(
             name(
-                auth.authenticate(Some(&basic("mallory", "pw")), none, 0)
+                auth.authenticate(Some(&basic("mallory", "pw")), none, 0, SRC)
                     .await
             ),
             Err(AuthFailure::BadPassword)
         );
         assert_eq!(
-            name(auth.authenticate(Some(&basic("bob", "pw")), none, 0).await),
+            name(
+                auth.authenticate(Some(&basic("bob", "pw")), none, 0, SRC)
+                    .await
+            ),
             Err(AuthFailure::BadPassword)
         );
         assert_eq!(
-            name(auth.authenticate(Some(b"Digest x"), none, 0).await),
+            name(auth.authenticate(Some(b"Digest x"), none, 0, SRC).await),
             Err(AuthFailure::Malformed)
         );
         assert_eq!(
-            name(auth.authenticate(None, none, 0).await),
+            name(auth.authenticate(None, none, 0, SRC).await),
             Err(AuthFailure::Missing)
         );
         let certs = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(
-            name(auth.authenticate(None, &certs(&["ALICE.example"]), 0).await),
+            name(
+                auth.authenticate(None, &certs(&["ALICE.example"]), 0, SRC)
+                    .await
+            ),
             Ok("alice".into())
         );
         assert_eq!(
-            name(auth.authenticate(None, &certs(&["carol.example"]), 0).await),
+            name(
+                auth.authenticate(None, &certs(&["carol.example"]), 0, SRC)
+                    .await
+            ),
             Err(AuthFailure::UnmappedCertificate)
         );
         assert_eq!(
             name(
-                auth.authenticate(None, &certs(&["alice.example", "bob.example"]), 0)
+                auth.authenticate(None, &certs(&["alice.example", "bob.example"]), 0, SRC)
                     .await
             ),
             Err(AuthFailure::AmbiguousCertificate)
         );
         assert_eq!(
             name(
-                auth.authenticate(Some(&bearer(&b)), &certs(&["alice.example"]), 0)
+                auth.authenticate(Some(&bearer(&b)), &certs(&["alice.example"]), 0, SRC)
                     .await
             ),
             Err(AuthFailure::Disagree)
         );
         assert_eq!(
             name(
-                auth.authenticate(Some(&bearer(&a)), &certs(&["alice.example"]), 0)
+                auth.authenticate(Some(&bearer(&a)), &certs(&["alice.example"]), 0, SRC)
                     .await
             ),
             Ok("alice".into())
@@ -424,7 +570,7 @@ mod tests {
         // An unmapped certificate does not stand in the way of a valid token.
         assert_eq!(
             name(
-                auth.authenticate(Some(&bearer(&a)), &certs(&["carol.example"]), 0)
+                auth.authenticate(Some(&bearer(&a)), &certs(&["carol.example"]), 0, SRC)
                     .await
             ),
             Ok("alice".into())

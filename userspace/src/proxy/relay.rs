@@ -101,8 +101,12 @@ pub const TIMED_OUT: &str = "request body timed out";
 /// Reads a whole request body: `Err` names why it was not read.
 pub async fn read_all(body: Incoming, max: u64, idle: Duration) -> Result<Bytes, &'static str> {
     use http_body_util::BodyExt;
+    use hyper::body::Body;
+    // The declared length (bounded by `max`) is reserved once: growing by
+    // doubling would hold up to three times the body while it copies.
+    let declared = body.size_hint().lower().min(max) as usize;
     let mut up = Upload::new(body, max, idle);
-    let mut buf = bytes::BytesMut::new();
+    let mut buf = bytes::BytesMut::with_capacity(declared);
     while let Some(frame) = up.frame().await {
         match frame {
             Ok(f) => {
@@ -125,8 +129,12 @@ pub async fn read_all(body: Incoming, max: u64, idle: Duration) -> Result<Bytes,
 #[derive(Default)]
 pub struct Activity {
     inflight: AtomicU64,
+    /// Requests begun on this connection.
+    requests: AtomicU64,
     last_ms: AtomicU64,
     kill: std::sync::atomic::AtomicBool,
+    /// A request on this connection authenticated (eviction spares these first).
+    authenticated: std::sync::atomic::AtomicBool,
 }
 
 fn mono_ms() -> u64 {
@@ -145,6 +153,7 @@ impl Activity {
     /// A request starts; it ends when the guard drops.
     pub fn begin(self: &Arc<Self>) -> ActiveGuard {
         self.inflight.fetch_add(1, Ordering::AcqRel);
+        self.requests.fetch_add(1, Ordering::Relaxed);
         self.last_ms.store(mono_ms(), Ordering::Relaxed);
         ActiveGuard(self.clone())
     }
@@ -154,6 +163,19 @@ impl Activity {
         self.inflight.load(Ordering::Acquire) == 0
             && mono_ms().saturating_sub(self.last_ms.load(Ordering::Relaxed))
                 >= d.as_millis() as u64
+    }
+
+    /// Whether a request head arrived on this connection.
+    pub fn any_request(&self) -> bool {
+        self.requests.load(Ordering::Relaxed) > 0
+    }
+
+    pub fn set_authenticated(&self) {
+        self.authenticated.store(true, Ordering::Relaxed);
+    }
+
+    pub fn authenticated(&self) -> bool {
+        self.authenticated.load(Ordering::Relaxed)
     }
 
     /// Asks the connection to be dropped (a client that stopped reading).

@@ -31,12 +31,55 @@ use tokio_rustls::TlsAcceptor;
 
 const DRAIN: Duration = Duration::from_secs(5);
 const WATCH_EVERY: Duration = Duration::from_millis(500);
+/// How long a connection may take to close once asked to (idle): a response
+/// stuck behind a client's zero window or a full socket buffer, an HTTP/2
+/// client that ignores GOAWAY. Then it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// How long a full proxy waits for an evicted connection's slot.
+const EVICT_WAIT: Duration = Duration::from_secs(1);
 
 /// Connection-level counters, printed at exit.
 #[derive(Default)]
 struct Stats {
     refused_connections: AtomicU64,
     failed_handshakes: AtomicU64,
+    /// Connections dropped at a deadline (no request head in time, or not
+    /// closed within the grace after a graceful shutdown).
+    deadline_closed: AtomicU64,
+    /// Unauthenticated connections evicted to make room.
+    evicted: AtomicU64,
+}
+
+/// Open connections, so a full proxy can evict the oldest that never
+/// authenticated instead of refusing a newcomer.
+#[derive(Default)]
+struct Open {
+    next: u64,
+    conns: HashMap<u64, (std::time::Instant, Arc<Activity>)>,
+}
+
+impl Open {
+    fn add(&mut self, a: Arc<Activity>) -> u64 {
+        self.next += 1;
+        self.conns.insert(self.next, (std::time::Instant::now(), a));
+        self.next
+    }
+
+    /// Asks the oldest unauthenticated connection to drop; false if none.
+    fn evict_oldest_unauthenticated(&self) -> bool {
+        let oldest = self
+            .conns
+            .values()
+            .filter(|(_, a)| !a.authenticated() && !a.killed())
+            .min_by_key(|(t, _)| *t);
+        match oldest {
+            Some((_, a)) => {
+                a.kill();
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 fn diagnostics(errs: Vec<warden_policy::Diagnostic>) -> anyhow::Error {
@@ -111,6 +154,7 @@ async fn serve(path: &Path, cfg: Config) -> Result<(Arc<Shared>, Arc<Stats>, boo
     let per_ip_max = cfg.limits.max_connections_per_ip;
     let slots = Arc::new(Semaphore::new(max_connections));
     let per_ip: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
+    let open: Arc<Mutex<Open>> = Arc::default();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut watch = PolicyWatch::new(&watched(path, &cfg)).context("watch config files")?;
     eprintln!(
@@ -153,6 +197,16 @@ async fn serve(path: &Path, cfg: Config) -> Result<(Arc<Shared>, Arc<Stats>, boo
                     "TLS handshakes that failed",
                     stats.failed_handshakes.load(Ordering::Relaxed),
                 ),
+                (
+                    "warden_proxy_connections_deadline_closed_total",
+                    "Connections dropped at a deadline (no request in time, not closed within the grace)",
+                    stats.deadline_closed.load(Ordering::Relaxed),
+                ),
+                (
+                    "warden_proxy_connections_evicted_total",
+                    "Unauthenticated connections evicted to make room for new ones",
+                    stats.evicted.load(Ordering::Relaxed),
+                ),
             ])
         };
         match crate::metrics::serve(addr, render) {
@@ -168,10 +222,6 @@ async fn serve(path: &Path, cfg: Config) -> Result<(Arc<Shared>, Arc<Stats>, boo
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, peer)) = accepted else { continue };
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
-                    stats.refused_connections.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                };
                 let ip = peer.ip().to_canonical();
                 {
                     let mut m = per_ip.lock().expect("not poisoned");
@@ -183,9 +233,26 @@ async fn serve(path: &Path, cfg: Config) -> Result<(Arc<Shared>, Arc<Stats>, boo
                     *n += 1;
                 }
                 let acceptor = TlsAcceptor::from(tls_config.read().expect("not poisoned").clone());
-                let (shared, stats, per_ip, stop) = (shared.clone(), stats.clone(), per_ip.clone(), stop_rx.clone());
+                let (shared, stats, per_ip, stop, slots, open) = (shared.clone(), stats.clone(), per_ip.clone(), stop_rx.clone(), slots.clone(), open.clone());
                 tokio::spawn(async move {
-                    connection(stream, peer, acceptor, shared, &stats, stop).await;
+                    // Full: the oldest connection that never authenticated makes room.
+                    let permit = match slots.clone().try_acquire_owned() {
+                        Ok(p) => Some(p),
+                        Err(_) if open.lock().expect("not poisoned").evict_oldest_unauthenticated() => {
+                            stats.evicted.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::timeout(EVICT_WAIT, slots.acquire_owned()).await.ok().and_then(Result::ok)
+                        }
+                        Err(_) => None,
+                    };
+                    if let Some(permit) = permit {
+                        let activity = Activity::new();
+                        let key = open.lock().expect("not poisoned").add(activity.clone());
+                        connection(stream, peer, acceptor, shared, &stats, stop, activity).await;
+                        open.lock().expect("not poisoned").conns.remove(&key);
+                        drop(permit);
+                    } else {
+                        stats.refused_connections.fetch_add(1, Ordering::Relaxed);
+                    }
                     let mut m = per_ip.lock().expect("not poisoned");
                     if let Some(n) = m.get_mut(&ip) {
                         *n -= 1;
@@ -193,7 +260,6 @@ async fn serve(path: &Path, cfg: Config) -> Result<(Arc<Shared>, Arc<Stats>, boo
                             m.remove(&ip);
                         }
                     }
-                    drop(permit);
                 });
             }
             _ = hup.recv() => reload(path, &shared, &tls_config, &mut watch, "SIGHUP"),
@@ -281,6 +347,7 @@ async fn connection(
     shared: Arc<Shared>,
     stats: &Stats,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    activity: Arc<Activity>,
 ) {
     let _ = stream.set_nodelay(true);
     let Ok(local) = stream.local_addr() else {
@@ -304,14 +371,18 @@ async fn connection(
             .map(|c| certificate_names(c.as_ref()))
             .unwrap_or_default(),
         cert_not_after: cert.and_then(|c| certificate_not_after(c.as_ref())),
-        activity: Activity::new(),
+        activity: activity.clone(),
     });
-    let activity = client.activity.clone();
+    let deadlines = Deadlines {
+        idle: limits.idle_timeout,
+        // The handshake's deadline has passed; the first request head (for
+        // HTTP/2 also the preface and SETTINGS) gets the header timeout.
+        first_request: limits.header_timeout,
+    };
     let service = service_fn(move |req| handler::handle(req, shared.clone(), client.clone()));
     let io = TokioIo::new(tls);
     // The protocol is the one ALPN chose: nothing is read before the timeouts apply.
-    let idle = limits.idle_timeout;
-    if h2 {
+    let dropped = if h2 {
         let mut b = http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new())
             .max_concurrent_streams(64)
@@ -319,7 +390,14 @@ async fn connection(
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20));
         let conn = b.serve_connection(io, service);
-        watch_connection(conn, |c| c.graceful_shutdown(), &activity, idle, &mut stop).await;
+        watch_connection(
+            conn,
+            |c| c.graceful_shutdown(),
+            &activity,
+            deadlines,
+            &mut stop,
+        )
+        .await
     } else {
         let mut b = http1::Builder::new();
         b.timer(TokioTimer::new())
@@ -328,38 +406,80 @@ async fn connection(
             .max_headers(limits.max_headers)
             .keep_alive(true);
         let conn = b.serve_connection(io, service);
-        watch_connection(conn, |c| c.graceful_shutdown(), &activity, idle, &mut stop).await;
+        watch_connection(
+            conn,
+            |c| c.graceful_shutdown(),
+            &activity,
+            deadlines,
+            &mut stop,
+        )
+        .await
+    };
+    if dropped == Closed::AtDeadline {
+        stats.deadline_closed.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-/// Drives a connection; closes it gracefully when idle too long or when the
-/// proxy stops, and drops it when a relay found its client no longer reading.
+#[derive(Clone, Copy)]
+struct Deadlines {
+    idle: Duration,
+    first_request: Duration,
+}
+
+#[derive(PartialEq, Eq)]
+enum Closed {
+    /// The connection finished (or was closed gracefully in time).
+    Done,
+    /// Dropped: killed by a relay or an eviction.
+    Killed,
+    /// Dropped: no request head in time, or not closed within the grace.
+    AtDeadline,
+}
+
+/// Drives a connection. Every way it can hang has a deadline: no request head
+/// within `first_request` (a TLS client that never sends an HTTP/2 preface),
+/// idle too long, the proxy stopping; each asks for a graceful shutdown, and a
+/// connection still open `CLOSE_GRACE` later (a response stuck behind a zero
+/// window, a client ignoring GOAWAY) is dropped. Killed (a relay found its
+/// client gone, an eviction): dropped at once.
 async fn watch_connection<C: Future>(
     conn: C,
     shutdown: impl Fn(Pin<&mut C>),
     activity: &Activity,
-    idle: Duration,
+    deadlines: Deadlines,
     stop: &mut tokio::sync::watch::Receiver<bool>,
-) {
+) -> Closed {
+    let started = tokio::time::Instant::now();
     let mut conn = std::pin::pin!(conn);
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let mut closing = false;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    // When the graceful shutdown was asked for, and how long it may take.
+    let mut closing: Option<(tokio::time::Instant, Duration)> = None;
     loop {
         tokio::select! {
-            _ = conn.as_mut() => return,
+            _ = conn.as_mut() => return Closed::Done,
             _ = tick.tick() => {
                 if activity.killed() {
-                    return;
+                    return Closed::Killed;
                 }
-                if !closing && activity.idle_for(idle) {
+                if let Some((since, grace)) = closing {
+                    if since.elapsed() >= grace {
+                        return Closed::AtDeadline;
+                    }
+                    continue;
+                }
+                if !activity.any_request() && started.elapsed() >= deadlines.first_request {
+                    return Closed::AtDeadline;
+                }
+                if activity.idle_for(deadlines.idle) {
                     shutdown(conn.as_mut());
-                    closing = true;
+                    closing = Some((tokio::time::Instant::now(), CLOSE_GRACE));
                 }
             }
-            changed = stop.changed(), if !closing => {
+            changed = stop.changed(), if closing.is_none() => {
                 if changed.is_err() || *stop.borrow() {
                     shutdown(conn.as_mut());
-                    closing = true;
+                    // Requests in flight may finish while the proxy drains.
+                    closing = Some((tokio::time::Instant::now(), DRAIN));
                 }
             }
         }
