@@ -25,7 +25,14 @@ pub const STATE_ABI: u32 = 1;
 /// window of [`EVENT_WINDOW_SHIFT`] (0 = unlimited). Records beyond it are counted
 /// in `stat::EVENTS_SUPPRESSED`; the verdict and its rule counter are unaffected.
 pub const STATE_EVENT_BUDGET: u32 = 2;
+/// Index of the ban switch in the `STATE` array: 0 = no bans (the `BANS` map
+/// is not looked up); otherwise [`BANS_ON`] and, in the low 16 bits, the auth
+/// proxy's port, which banned sources cannot reach either.
+pub const STATE_BANS: u32 = 3;
+pub const BANS_ON: u32 = 1 << 31;
 pub const STATE_LEN: u32 = 4;
+/// Sources the `BANS` map can hold.
+pub const MAX_BANS: u32 = 65_536;
 /// Budget windows are `coarse_ns >> EVENT_WINDOW_SHIFT` (about 1.05 ms).
 pub const EVENT_WINDOW_SHIFT: u32 = 20;
 
@@ -146,6 +153,9 @@ pub mod reason {
     /// A packet from a peer the restricted socket's egress policy does not
     /// allow (inbound connections and datagrams are judged like outbound ones).
     pub const INBOUND_NOT_ALLOWED: u8 = 12;
+    /// The source is banned (brute force seen by the proxy, or an operator's
+    /// `warden ban add`) until its ban expires.
+    pub const BANNED: u8 = 13;
 }
 
 /// Indices of the per-CPU `STATS` counters.
@@ -159,6 +169,8 @@ pub mod stat {
     /// Records not emitted because the CPU's event budget was spent (a flood):
     /// counted, and the verdicts still counted per rule.
     pub const EVENTS_SUPPRESSED: u32 = 3;
+    /// Packets from banned sources dropped by XDP.
+    pub const BANNED_DROPPED: u32 = 4;
     pub const LEN: u32 = 8;
 }
 

@@ -49,6 +49,10 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::LEN, 0);
 #[map(name = "EVENT_BUDGET")]
 pub static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::pinned(1, 0);
 
+/// Banned sources (IPv4-mapped) and when each ban ends (CLOCK_MONOTONIC ns).
+#[map(name = "BANS")]
+pub static BANS: HashMap<Addr, u64> = HashMap::pinned(MAX_BANS, 0);
+
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 
@@ -68,6 +72,26 @@ pub fn slot_meta(slot: u32) -> SlotMeta {
 #[inline(always)]
 pub fn event_budget() -> u32 {
     STATE.get(STATE_EVENT_BUDGET).copied().unwrap_or(0)
+}
+
+/// `STATE[STATE_BANS]`: 0, or [`BANS_ON`] with the proxy's port.
+#[inline(always)]
+pub fn bans() -> u32 {
+    STATE.get(STATE_BANS).copied().unwrap_or(0)
+}
+
+/// Whether `saddr` is banned now.
+#[inline(always)]
+pub fn banned(saddr: &Addr) -> bool {
+    // SAFETY: plain-data value copied out at once.
+    match unsafe { BANS.get(saddr) } {
+        Some(&until) => {
+            // SAFETY: helper without preconditions.
+            let now = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_ns() };
+            now < until
+        }
+        None => false,
+    }
 }
 
 #[inline(always)]

@@ -9,7 +9,9 @@
 
 use crate::{
     event::{self, EMPTY},
-    maps::{INGRESS, INGRESS_HOSTS, STATS, active_slot, count, port_protected, slot_meta},
+    maps::{
+        INGRESS, INGRESS_HOSTS, STATS, active_slot, banned, bans, count, port_protected, slot_meta,
+    },
 };
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
@@ -65,7 +67,29 @@ pub fn xdp_ingress(ctx: XdpContext) -> u32 {
             syn,
         } => {
             let slot = active_slot();
-            if !port_protected(slot, dport) {
+            let protected = port_protected(slot, dport);
+            let bans = bans();
+            // Banned sources reach neither the protected ports nor the proxy.
+            if bans != 0 && (protected || (bans & 0xffff) as u16 == dport) && banned(&saddr) {
+                count(&STATS, stat::BANNED_DROPPED);
+                let mut ev = EMPTY;
+                ev.family = family;
+                ev.proto = proto;
+                ev.hook = hook::XDP;
+                ev.generation = slot_meta(slot).generation;
+                ev.saddr = saddr;
+                ev.daddr = daddr;
+                ev.sport = sport;
+                ev.dport = dport;
+                ev.ifindex = ctx.ingress_ifindex() as u32;
+                ev.verdict = verdict::DENY;
+                ev.reason = reason::BANNED;
+                ev.rule_id = RULE_DEFAULT_DENY;
+                // One record per connection attempt.
+                event::record(&ev, syn);
+                return XDP_DROP;
+            }
+            if !protected {
                 return XDP_PASS;
             }
             let meta = slot_meta(slot);

@@ -14,6 +14,8 @@ the environment.
                            keep-alive connections for SECS; {"statuses": {code: n}}
   bigjson TOKEN N MIB MODEL  N concurrent POST /api/chat, each a MIB MiB body of
                            small nested arrays naming MODEL; {"statuses": {code: n}}
+  tokens TOKEN N [SRC]     N requests with bearer TOKEN, each on a new connection
+                           (from SRC); {"statuses": [code or error name, ...]}
   login USER PASSWORD [SRC]  one request with basic auth (from source address SRC);
                            {"status": s, "seconds": t, "retry_after": h}
 """
@@ -199,6 +201,23 @@ def bigjson(token, n, mib, model):
     return {"statuses": statuses, "body_bytes": len(body)}
 
 
+def tokens(token, n, source=None):
+    ctx = ssl.create_default_context(cafile=CA)
+    out = []
+    for _ in range(n):
+        try:
+            conn = http.client.HTTPSConnection(URL.hostname, URL.port, context=ctx, timeout=3,
+                                               source_address=(source, 0) if source else None)
+            conn.request("GET", "/api/tags", headers={"Authorization": "Bearer " + token})
+            r = conn.getresponse()
+            r.read()
+            out.append(r.status)
+            conn.close()
+        except Exception as e:
+            out.append(type(e).__name__)
+    return {"statuses": out}
+
+
 def login(user, password, source=None):
     ctx = ssl.create_default_context(cafile=CA)
     conn = http.client.HTTPSConnection(URL.hostname, URL.port, context=ctx, timeout=30,
@@ -238,6 +257,8 @@ def main(argv):
         return flood(argv[1], float(argv[2]), int(argv[3]))
     if cmd == "bigjson":
         return bigjson(argv[1], int(argv[2]), int(argv[3]), argv[4])
+    if cmd == "tokens":
+        return tokens(argv[1], int(argv[2]), argv[3] if len(argv) > 3 else None)
     if cmd == "login":
         return login(argv[1], argv[2], argv[3] if len(argv) > 3 else None)
     raise SystemExit("unknown command " + cmd)

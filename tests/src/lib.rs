@@ -206,11 +206,16 @@ impl Lab {
     }
 
     pub fn warden(&self, args: &[&str]) -> String {
-        let out = Command::new(warden_bin())
-            .args(self.dir_args())
-            .args(args)
-            .output()
-            .unwrap();
+        self.warden_in(None, args)
+    }
+
+    /// Like [`Lab::warden`], in network namespace `netns` (nftables state is
+    /// per namespace).
+    pub fn warden_in(&self, netns: Option<&str>, args: &[&str]) -> String {
+        let mut cmd = Command::new(warden_bin());
+        cmd.args(self.dir_args()).args(args);
+        enter(&mut cmd, netns, None);
+        let out = cmd.output().unwrap();
         assert!(
             out.status.success(),
             "warden {args:?}: {}",

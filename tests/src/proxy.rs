@@ -266,7 +266,22 @@ impl ProxyLab {
         self.run_helper("hostile.py", args, None)
     }
 
+    /// Like [`ProxyLab::hostile`], from network namespace `netns`.
+    pub fn hostile_in(&self, netns: &str, args: &[&str]) -> Value {
+        self.run_helper_in(Some(netns), "hostile.py", args, None)
+    }
+
     fn run_helper(&self, name: &str, args: &[&str], input: Option<&str>) -> Value {
+        self.run_helper_in(self.place.netns.as_deref(), name, args, input)
+    }
+
+    fn run_helper_in(
+        &self,
+        netns: Option<&str>,
+        name: &str,
+        args: &[&str],
+        input: Option<&str>,
+    ) -> Value {
         let mut cmd = Command::new(python());
         cmd.arg(helper(name))
             .args(args)
@@ -275,7 +290,7 @@ impl ProxyLab {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        enter(&mut cmd, self.place.netns.as_deref(), None);
+        enter(&mut cmd, netns, None);
         let mut child = cmd.spawn().unwrap();
         let mut stdin = child.stdin.take().unwrap();
         if let Some(i) = input {

@@ -175,3 +175,43 @@ fn a_large_json_body_costs_about_its_size() {
         peak - before
     );
 }
+
+#[test]
+fn repeated_wrong_credentials_ban_the_source_and_raise_a_finding() {
+    let lab = ProxyLab::start(
+        &format!("{LIMITS}[brute_force]\nfailures = 5\nwindow = \"60s\"\nban = \"3s\"\n\n{ALICE}"),
+        &[],
+    );
+    let attack = lab.hostile(&["tokens", "owt_wrong", "7", "127.0.0.1"]);
+    let statuses = attack["statuses"].as_array().unwrap();
+    assert!(
+        statuses[..5].iter().all(|s| s == 401),
+        "five refusals before the ban: {attack}"
+    );
+    assert!(
+        statuses[5..].iter().all(|s| s != 401 && s != 200),
+        "then closed at accept: {attack}"
+    );
+    // Another source is served throughout.
+    let other = lab.hostile(&["tokens", lab.token("alice"), "1", "127.0.0.2"]);
+    assert_eq!(other["statuses"][0], 200, "{other}");
+    let findings: Vec<serde_json::Value> = lab
+        .audit()
+        .into_iter()
+        .filter(|r| r["class_uid"] == 2004)
+        .collect();
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    let f = &findings[0];
+    assert_eq!(f["unmapped"]["warden"]["source"], "127.0.0.1");
+    assert_eq!(f["unmapped"]["warden"]["failures"], 5);
+    assert_eq!(f["unmapped"]["warden"]["banned_seconds"], 3);
+    assert_eq!(
+        warden_tests::validate_ocsf(&findings),
+        vec!["ok 2004".to_owned()],
+        "a valid OCSF Detection Finding"
+    );
+    // The ban ends by itself.
+    std::thread::sleep(Duration::from_millis(3200));
+    let after = lab.hostile(&["tokens", lab.token("alice"), "1", "127.0.0.1"]);
+    assert_eq!(after["statuses"][0], 200, "{after}");
+}

@@ -110,6 +110,15 @@ enum Command {
         /// `mode` keys do the same per section, switchable by a reload.
         #[arg(long)]
         audit: bool,
+        /// Bans the proxy asks for also apply to sources the ingress policy
+        /// allows explicitly (by default those are only refused by the proxy).
+        #[arg(long)]
+        ban_allowed_sources: bool,
+    },
+    /// Sources banned from the protected ports and the proxy (brute force, or by hand).
+    Ban {
+        #[command(subcommand)]
+        command: crate::ban::BanCommand,
     },
     /// Backend, attached programs, policy generation, counters.
     Status {
@@ -222,6 +231,7 @@ pub fn main() -> i32 {
             kernel_event_rate,
             audit,
             metrics,
+            ban_allowed_sources,
         } => {
             let correlate =
                 Duration::try_from_secs_f64(correlate_secs.max(0.0)).unwrap_or(Duration::ZERO);
@@ -256,6 +266,7 @@ pub fn main() -> i32 {
                 kernel_event_rate,
                 audit,
                 metrics,
+                ban_allowed_sources,
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -273,6 +284,7 @@ pub fn main() -> i32 {
         }
         Command::Status { json } => status(&cli.pin_dir, &cli.run_dir, &cli.nft_table, json),
         Command::Down => down(&cli.pin_dir, &cli.run_dir, &cli.nft_table),
+        Command::Ban { command } => crate::ban::run(command, &cli.pin_dir, &cli.nft_table),
         Command::Proxy { config, check } => proxy(&config, check),
         Command::Token { command } => token(command),
         Command::Discover { port } => {
@@ -466,6 +478,7 @@ pub fn status_report(pin_dir: &Path, run_dir: &Path, nft_table: &str) -> serde_j
             "events_suppressed": Maps::sum(&m.stats, stat::EVENTS_SUPPRESSED),
             "malformed_dropped": Maps::sum(&m.stats, stat::MALFORMED),
             "fragments_passed": Maps::sum(&m.stats, stat::FRAGMENTS_PASSED),
+            "banned_dropped": Maps::sum(&m.stats, stat::BANNED_DROPPED),
         });
         report["rules"] = json!(rules);
     }
@@ -492,6 +505,11 @@ pub fn status_report(pin_dir: &Path, run_dir: &Path, nft_table: &str) -> serde_j
         })).collect()).unwrap_or_default();
         report["rules"] = json!(rules);
     }
+    let bans: Vec<_> = crate::ban::in_force(pin_dir, nft_table)
+        .into_iter()
+        .map(|(ip, left)| json!({ "source": ip.to_string(), "seconds_left": left.as_secs() }))
+        .collect();
+    report["bans"] = json!(bans);
     if let Some(s) = &state {
         // Since the daemon started, as of its last update (the pinned kernel
         // counter since enforcement started is `counters.events_lost`).

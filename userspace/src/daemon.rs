@@ -92,6 +92,8 @@ pub struct Options {
     pub audit: bool,
     /// Where to serve Prometheus metrics.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Bans from the proxy also apply to sources the ingress policy allows.
+    pub ban_allowed_sources: bool,
 }
 
 /// Reads and compiles the policy; with `key`, every file must carry its signature
@@ -190,8 +192,9 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
             Duration::ZERO
         },
     })?;
+    let (bans_tx, mut bans_rx) = tokio::sync::mpsc::unbounded_channel();
     if let Some(r) = &opts.proxy_reports {
-        crate::events::reports::listen(r.clone(), pipeline.reports())?;
+        crate::events::reports::listen(r.clone(), pipeline.reports(), bans_tx)?;
     }
     let (mut backend, applied, attachments) = start_backend(&opts, &compiled, &pipeline)?;
 
@@ -313,6 +316,9 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
                     follow_interfaces(&mut backend, &current, &pipeline);
                 }
             }
+            Some((ban, pid)) = bans_rx.recv() => {
+                apply_ban(&opts, &mut backend, &current, &ban, pid, &pipeline);
+            }
             guard = cgroup_watch.readable_mut() => {
                 let mut guard = guard?;
                 let changed = guard.get_inner_mut().changed();
@@ -401,6 +407,49 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         let _ = std::fs::remove_file(&r.socket);
     }
     Ok(())
+}
+
+/// Enforces a ban the proxy asked for in the kernel, unless the policy
+/// allows the source explicitly (then only with `--ban-allowed-sources`).
+fn apply_ban(
+    opts: &Options,
+    backend: &mut Backend,
+    current: &Compiled,
+    ban: &crate::events::reports::BanRequest,
+    pid: u32,
+    pipeline: &Pipeline,
+) {
+    let source = ban.ban.to_canonical();
+    let allowed_by = current
+        .ingress
+        .iter()
+        .find(|e| e.net.contains(&source))
+        .and_then(|e| current.rules.get(e.rule_id as usize))
+        .map(|r| r.origin.clone());
+    let mut fields = json!({
+        "source": source.to_string(), "seconds": ban.seconds, "failures": ban.failures,
+        "window_seconds": ban.window_seconds, "identity": ban.identity, "proxy_port": ban.port,
+        "proxy_pid": pid,
+    });
+    if let (Some(origin), false) = (&allowed_by, opts.ban_allowed_sources) {
+        fields["enforced"] = json!(false);
+        fields["reason"] = json!(format!(
+            "the policy allows this source ({origin}); the proxy still refuses it"
+        ));
+        pipeline.lifecycle("ban", fields);
+        return;
+    }
+    match backend.ban(source, Duration::from_secs(ban.seconds), Some(ban.port)) {
+        Ok(()) => {
+            fields["enforced"] = json!(backend.name());
+            pipeline.lifecycle("ban", fields);
+        }
+        Err(e) => {
+            fields["enforced"] = json!(false);
+            fields["error"] = json!(e.to_string());
+            pipeline.lifecycle("ban", fields);
+        }
+    }
 }
 
 /// Attaches XDP to interfaces that appeared, detaches from those gone.

@@ -14,9 +14,12 @@
 //! - [`metrics`]: Prometheus text endpoints for the daemon and the proxy.
 //! - [`signature`]: minisign-signed policy files.
 //! - [`state`]: the daemon's state file for `status` and `down`.
-//! - [`watch`]: inotify on the policy files, for reload on change.
+//! - [`watch`]: inotify on the policy files and the policy cgroups' parents,
+//!   rtnetlink for new interfaces.
+//! - [`ban`]: the banned sources the kernel drops (`warden ban`).
 //! - [`cli`]: the command line.
 
+pub mod ban;
 pub mod cgroupfs;
 pub mod cli;
 pub mod compile;

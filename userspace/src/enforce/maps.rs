@@ -22,6 +22,8 @@ pub struct Maps {
     pub egress: LpmTrie<MapData, EgressKey, EgressEntry>,
     pub rule_hits: PerCpuArray<MapData, u64>,
     pub stats: PerCpuArray<MapData, u64>,
+    /// Banned sources and when their bans end (CLOCK_MONOTONIC ns).
+    pub bans: HashMap<MapData, Addr, u64>,
 }
 
 /// A cgroup id resolved from a policy path, with what it is granted.
@@ -60,6 +62,7 @@ impl Maps {
             egress: typed(take("EGRESS")?, "EGRESS")?,
             rule_hits: typed(take("RULE_HITS")?, "RULE_HITS")?,
             stats: typed(take("STATS")?, "STATS")?,
+            bans: typed(take("BANS")?, "BANS")?,
         })
     }
 
@@ -73,7 +76,7 @@ impl Maps {
             Ok(match name {
                 "STATE" | "SLOT_META" | "PORTS" => Map::Array(data),
                 "INGRESS" | "EGRESS" => Map::LpmTrie(data),
-                "CGROUPS" | "EGRESS_CGROUPS" | "INGRESS_HOSTS" => Map::HashMap(data),
+                "CGROUPS" | "EGRESS_CGROUPS" | "INGRESS_HOSTS" | "BANS" => Map::HashMap(data),
                 _ => Map::PerCpuArray(data),
             })
         })
@@ -317,10 +320,86 @@ impl Maps {
             })
     }
 
+    /// Bans `source` for `duration`; `proxy_port`, when given, is the auth
+    /// proxy's port, which banned sources cannot reach either (besides the
+    /// protected ports).
+    pub fn ban(
+        &mut self,
+        source: std::net::IpAddr,
+        duration: std::time::Duration,
+        proxy_port: Option<u16>,
+    ) -> Result<(), EnforceError> {
+        let err = |e| EnforceError::Map {
+            name: "BANS".into(),
+            source: e,
+        };
+        let until = monotonic_ns().saturating_add(duration.as_nanos() as u64);
+        self.bans.insert(mapped(source), until, 0).map_err(err)?;
+        let old = self.get_state(STATE_BANS)?;
+        let port = proxy_port.map_or(old & 0xffff, u32::from);
+        self.state
+            .set(STATE_BANS, BANS_ON | port, 0)
+            .map_err(|e| EnforceError::Map {
+                name: "STATE".into(),
+                source: e,
+            })
+    }
+
+    /// Lifts a ban; false if `source` was not banned.
+    pub fn unban(&mut self, source: std::net::IpAddr) -> Result<bool, EnforceError> {
+        match self.bans.remove(&mapped(source)) {
+            Ok(()) => Ok(true),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(EnforceError::Map {
+                name: "BANS".into(),
+                source: e,
+            }),
+        }
+    }
+
+    /// Bans in force: the source and the time left. Expired ones are removed.
+    pub fn bans_in_force(&mut self) -> Vec<(std::net::IpAddr, std::time::Duration)> {
+        let now = monotonic_ns();
+        let all: Vec<(Addr, u64)> = self.bans.iter().filter_map(Result::ok).collect();
+        let mut out = Vec::new();
+        for (addr, until) in all {
+            if until <= now {
+                let _ = self.bans.remove(&addr);
+                continue;
+            }
+            let ip = std::net::Ipv6Addr::from(addr);
+            let ip = ip
+                .to_ipv4_mapped()
+                .map_or(std::net::IpAddr::V6(ip), std::net::IpAddr::V4);
+            out.push((ip, std::time::Duration::from_nanos(until - now)));
+        }
+        out.sort();
+        out
+    }
+
     /// Sum over CPUs of a per-CPU counter.
     pub fn sum(map: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
         map.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0)
     }
+}
+
+/// A source address as the kernel maps key it (IPv4 IPv4-mapped).
+fn mapped(ip: std::net::IpAddr) -> Addr {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => mapped_v4(v4.octets()),
+        std::net::IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (what `bpf_ktime_get_ns` reads).
+fn monotonic_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-parameter.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
 /// Waits until every BPF program that might have read the old active slot has

@@ -149,6 +149,20 @@ impl Backend {
         }
     }
 
+    /// Bans `source` (its packets to the protected ports and `proxy_port` are
+    /// dropped) for `duration`.
+    pub fn ban(
+        &mut self,
+        source: std::net::IpAddr,
+        duration: std::time::Duration,
+        proxy_port: Option<u16>,
+    ) -> Result<(), EnforceError> {
+        match self {
+            Self::Ebpf(b) => b.maps.ban(source, duration, proxy_port),
+            Self::Nft(b) => b.ban(source, duration, proxy_port),
+        }
+    }
+
     /// Pins again what disappeared from the pin directory (eBPF only).
     pub fn restore_pins(&self) -> Vec<String> {
         match self {

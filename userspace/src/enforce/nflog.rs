@@ -33,6 +33,8 @@ pub const INGRESS_DENY: &str = "warden ingress-deny";
 pub const LOCAL_ALLOW: &str = "warden local-allow";
 pub const LOCAL_DENY: &str = "warden local-deny";
 pub const EGRESS_DENY: &str = "warden egress-deny";
+/// A banned source's packet (the bans table).
+pub const BANNED: &str = "warden banned";
 /// Audit mode: what the deny rule would have dropped, let through.
 pub const INGRESS_WOULD_DENY: &str = "warden ingress-would-deny";
 pub const LOCAL_WOULD_DENY: &str = "warden local-would-deny";
@@ -237,6 +239,7 @@ fn parse_packet(mut attrs: &[u8]) -> Option<FlowEvent> {
         LOCAL_ALLOW => (hook::NFT_OUTPUT, verdict::ALLOW, reason::LOCAL_ALLOWED),
         LOCAL_DENY => (hook::NFT_OUTPUT, verdict::DENY, reason::LOCAL_NOT_ALLOWED),
         EGRESS_DENY => (hook::NFT_OUTPUT, verdict::DENY, reason::EGRESS_NOT_ALLOWED),
+        BANNED => (hook::NFT_INPUT, verdict::DENY, reason::BANNED),
         INGRESS_WOULD_DENY => (
             hook::NFT_INPUT,
             verdict::WOULD_DENY,

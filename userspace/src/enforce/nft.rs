@@ -33,6 +33,11 @@ pub const GAPS: &[&str] = &[
 
 pub const DEFAULT_TABLE: &str = "ollama_warden";
 
+/// The table that holds bans, next to warden's table (never replaced by a swap).
+pub fn bans_table(table: &str) -> String {
+    format!("{table}_bans")
+}
+
 /// NFLOG group the ruleset logs to (per network namespace).
 pub const LOG_GROUP: u16 = 11434;
 
@@ -144,13 +149,130 @@ impl NftBackend {
         sums.into_iter().collect()
     }
 
-    /// Deletes warden's table (`warden down`); Ok(false) if there was none.
+    /// Deletes warden's tables (`warden down`); Ok(false) if there were none.
     pub fn down(table: &str) -> Result<bool, EnforceError> {
+        let _ = nft(&["delete", "table", "inet", &bans_table(table)], None);
         if nft(&["list", "table", "inet", table], None).is_err() {
             return Ok(false);
         }
         nft(&["delete", "table", "inet", table], None)?;
         Ok(true)
+    }
+
+    /// Bans `source` from the protected ports and `proxy_port` for
+    /// `duration`. Bans live in a table of their own (`TABLE_bans`), which a
+    /// policy swap never replaces, in sets whose elements time out by
+    /// themselves.
+    pub fn ban(
+        &mut self,
+        source: std::net::IpAddr,
+        duration: std::time::Duration,
+        proxy_port: Option<u16>,
+    ) -> Result<(), EnforceError> {
+        let t = bans_table(&self.table);
+        if nft(&["list", "table", "inet", &t], None).is_err() {
+            let script = format!(
+                "table inet {t} {{\n  set banned4 {{ type ipv4_addr; flags timeout; }}\n  set banned6 {{ type ipv6_addr; flags timeout; }}\n  set ports {{ type inet_service; }}\n  chain ingress {{\n    type filter hook prerouting priority -160; policy accept;\n    ip saddr @banned4 th dport @ports counter log prefix \"{prefix} 0\" group {LOG_GROUP} drop\n    ip6 saddr @banned6 th dport @ports counter log prefix \"{prefix} 0\" group {LOG_GROUP} drop\n  }}\n}}\n",
+                prefix = nflog::BANNED,
+            );
+            nft(&["-f", "-"], Some(&script))?;
+        }
+        let mut ports = self.protected_ports();
+        ports.extend(proxy_port);
+        let (set, addr) = match source.to_canonical() {
+            std::net::IpAddr::V4(v4) => ("banned4", v4.to_string()),
+            std::net::IpAddr::V6(v6) => ("banned6", v6.to_string()),
+        };
+        let mut script = format!(
+            "add element inet {t} {set} {{ {addr} timeout {}s }}\n",
+            duration.as_secs().max(1)
+        );
+        if !ports.is_empty() {
+            let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+            let _ = writeln!(
+                script,
+                "add element inet {t} ports {{ {} }}",
+                list.join(", ")
+            );
+        }
+        // An element that exists keeps its old timeout: replace it.
+        let _ = nft(
+            &[
+                "delete",
+                "element",
+                "inet",
+                &t,
+                set,
+                &format!("{{ {addr} }}"),
+            ],
+            None,
+        );
+        nft(&["-f", "-"], Some(&script))?;
+        Ok(())
+    }
+
+    /// Lifts a ban; false if `source` was not banned.
+    pub fn unban(&mut self, source: std::net::IpAddr) -> Result<bool, EnforceError> {
+        let (set, addr) = match source.to_canonical() {
+            std::net::IpAddr::V4(v4) => ("banned4", v4.to_string()),
+            std::net::IpAddr::V6(v6) => ("banned6", v6.to_string()),
+        };
+        let t = bans_table(&self.table);
+        Ok(nft(
+            &[
+                "delete",
+                "element",
+                "inet",
+                &t,
+                set,
+                &format!("{{ {addr} }}"),
+            ],
+            None,
+        )
+        .is_ok())
+    }
+
+    /// Bans in force: the source and the time left.
+    pub fn bans(&self) -> Vec<(std::net::IpAddr, std::time::Duration)> {
+        let t = bans_table(&self.table);
+        let mut out = Vec::new();
+        for set in ["banned4", "banned6"] {
+            let Ok(text) = nft(&["-j", "list", "set", "inet", &t, set], None) else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+                continue;
+            };
+            for item in v["nftables"].as_array().into_iter().flatten() {
+                for e in item["set"]["elem"].as_array().into_iter().flatten() {
+                    let elem = &e["elem"];
+                    let (Some(ip), Some(left)) = (
+                        elem["val"].as_str().and_then(|a| a.parse().ok()),
+                        elem["expires"].as_u64(),
+                    ) else {
+                        continue;
+                    };
+                    out.push((ip, std::time::Duration::from_secs(left)));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// The protected ports of the policy in force (the main table's `ports` set).
+    fn protected_ports(&self) -> Vec<u16> {
+        let Ok(text) = nft(&["-j", "list", "set", "inet", &self.table, "ports"], None) else {
+            return Vec::new();
+        };
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        v["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|i| i["set"]["elem"].as_array().cloned().unwrap_or_default())
+            .filter_map(|p| p.as_u64().and_then(|p| u16::try_from(p).ok()))
+            .collect()
     }
 
     pub fn cgroup2_root(&self) -> &Path {

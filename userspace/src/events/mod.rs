@@ -82,6 +82,7 @@ pub fn reason_name(r: u8) -> &'static str {
         reason::SOURCE_ROUTED => "source_routed",
         reason::NOT_SERVER_SOCKET => "not_server_socket",
         reason::INBOUND_NOT_ALLOWED => "inbound_not_allowed",
+        reason::BANNED => "banned",
         _ => "unknown",
     }
 }

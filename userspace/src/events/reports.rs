@@ -48,7 +48,33 @@ struct Peer {
 
 /// Binds the socket and serves it on a thread. The socket's directory must
 /// not be writable by others (else anyone could replace the socket).
-pub fn listen(opts: Options, reports: ReportTx) -> std::io::Result<()> {
+/// A ban the proxy asks for: a source that crossed its brute-force threshold.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BanRequest {
+    /// The source to ban.
+    pub ban: std::net::IpAddr,
+    pub seconds: u64,
+    /// The proxy's port, which the source cannot reach either while banned.
+    pub port: u16,
+    pub failures: u32,
+    pub window_seconds: u64,
+    /// The identity the failed credentials named, if any.
+    #[serde(default)]
+    pub identity: Option<String>,
+}
+
+/// One line on the proxy socket: a ban request, or an upstream connection.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum ProxyMessage {
+    Ban(BanRequest),
+    Report(ProxyReport),
+}
+
+/// Where accepted ban requests go (the daemon's loop), with the sender's pid.
+pub type BanTx = tokio::sync::mpsc::UnboundedSender<(BanRequest, u32)>;
+
+pub fn listen(opts: Options, reports: ReportTx, bans: BanTx) -> std::io::Result<()> {
     let dir = opts.socket.parent().unwrap_or(Path::new("/"));
     std::fs::create_dir_all(dir)?;
     let meta = std::fs::metadata(dir)?;
@@ -70,11 +96,11 @@ pub fn listen(opts: Options, reports: ReportTx) -> std::io::Result<()> {
     let listener = bound?;
     std::thread::Builder::new()
         .name("warden-reports".into())
-        .spawn(move || accept_loop(listener, &opts, &reports))?;
+        .spawn(move || accept_loop(listener, &opts, &reports, &bans))?;
     Ok(())
 }
 
-fn accept_loop(listener: UnixListener, opts: &Options, reports: &ReportTx) {
+fn accept_loop(listener: UnixListener, opts: &Options, reports: &ReportTx, bans: &BanTx) {
     let sessions = Arc::new(AtomicUsize::new(0));
     let mut rejected = 0u64;
     let mut last_event: Option<Instant> = None;
@@ -98,11 +124,11 @@ fn accept_loop(listener: UnixListener, opts: &Options, reports: &ReportTx) {
         match verdict {
             Ok(peer) => {
                 sessions.fetch_add(1, Ordering::AcqRel);
-                let (reports, count) = (reports.clone(), sessions.clone());
+                let (reports, count, bans) = (reports.clone(), sessions.clone(), bans.clone());
                 let spawned = std::thread::Builder::new()
                     .name("warden-report".into())
                     .spawn(move || {
-                        serve(stream, &peer, &reports);
+                        serve(stream, &peer, &reports, &bans);
                         count.fetch_sub(1, Ordering::AcqRel);
                     });
                 if spawned.is_err() {
@@ -156,7 +182,7 @@ fn check(stream: &UnixStream, opts: &Options) -> Result<Peer, serde_json::Value>
     Ok(peer)
 }
 
-fn serve(stream: UnixStream, peer: &Peer, reports: &ReportTx) {
+fn serve(stream: UnixStream, peer: &Peer, reports: &ReportTx, bans: &BanTx) {
     let who = peer_json(peer);
     reports.lifecycle("proxy_connected", json!({ "peer": who }));
     let mut reader = BufReader::new(stream);
@@ -166,8 +192,11 @@ fn serve(stream: UnixStream, peer: &Peer, reports: &ReportTx) {
         match (&mut reader).take(MAX_LINE).read_line(&mut line) {
             Ok(0) => break,
             Ok(_) if !line.ends_with('\n') => break,
-            Ok(_) => match serde_json::from_str::<ProxyReport>(&line) {
-                Ok(r) => reports.send(r, peer.pid),
+            Ok(_) => match serde_json::from_str::<ProxyMessage>(&line) {
+                Ok(ProxyMessage::Report(r)) => reports.send(r, peer.pid),
+                Ok(ProxyMessage::Ban(b)) => {
+                    let _ = bans.send((b, peer.pid));
+                }
                 Err(_) => {
                     reports.lifecycle(
                         "proxy_rejected",

@@ -166,8 +166,15 @@ pub struct Counters {
 }
 
 /// The audit writer: a bounded queue and one thread writing every sink.
+/// What the audit writer writes: a request's record, or a security finding
+/// (brute force), already encoded.
+enum Item {
+    Request(Box<Record>),
+    Finding(Value, u64),
+}
+
 pub struct Audit {
-    tx: Mutex<Option<SyncSender<Record>>>,
+    tx: Mutex<Option<SyncSender<Item>>>,
     pub counters: Arc<Counters>,
     /// Request metrics, counted as records are emitted.
     pub metrics: crate::metrics::ProxyMetrics,
@@ -199,10 +206,19 @@ impl Audit {
             super::routes::find(&r.method, &r.path).map_or("none", |(route, _)| route.group.name());
         self.metrics
             .request(r.identity.as_deref(), group, r.status, r.duration, r.ttfb);
+        self.queue(Item::Request(Box::new(r)));
+    }
+
+    /// A security finding (OCSF Detection Finding) for the audit sinks.
+    pub fn finding(&self, event: Value) {
+        self.queue(Item::Finding(event, now_ms()));
+    }
+
+    fn queue(&self, item: Item) {
         let tx = self.tx.lock().expect("not poisoned");
         let sent = match &*tx {
-            Some(tx) => tx.try_send(r),
-            None => Err(TrySendError::Disconnected(r)),
+            Some(tx) => tx.try_send(item),
+            None => Err(TrySendError::Disconnected(item)),
         };
         match sent {
             Ok(()) => {}
@@ -223,7 +239,7 @@ impl Audit {
 
 type SinkWriter = (Box<dyn Writer>, sink::Framer);
 
-fn write_loop(rx: Receiver<Record>, mut writers: Vec<SinkWriter>, c: &Counters) {
+fn write_loop(rx: Receiver<Item>, mut writers: Vec<SinkWriter>, c: &Counters) {
     let mut seq = 0u64;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -232,9 +248,18 @@ fn write_loop(rx: Receiver<Record>, mut writers: Vec<SinkWriter>, c: &Counters) 
         {
             batch.push(r);
         }
-        let lines: Vec<(String, &Record)> = batch
+        // (line, syslog severity, time, MSGID)
+        let lines: Vec<(String, u8, u64, &str)> = batch
             .iter()
-            .map(|r| (crate::events::pipeline::to_json(&ocsf(r)), r))
+            .map(|item| match item {
+                Item::Request(r) => (
+                    crate::events::pipeline::to_json(&ocsf(r)),
+                    if r.refused.is_some() { 4 } else { 6 },
+                    r.time_ms,
+                    "http",
+                ),
+                Item::Finding(v, t) => (crate::events::pipeline::to_json(v), 4, *t, "finding"),
+            })
             .collect();
         let first_seq = seq;
         seq += lines.len() as u64;
@@ -242,9 +267,8 @@ fn write_loop(rx: Receiver<Record>, mut writers: Vec<SinkWriter>, c: &Counters) 
             let msgs: Vec<Vec<u8>> = lines
                 .iter()
                 .zip(first_seq + 1..)
-                .map(|((line, r), seq)| {
-                    let severity = if r.refused.is_some() { 4 } else { 6 };
-                    framer.frame(line, severity, r.time_ms, "http", seq)
+                .map(|((line, severity, time_ms, msgid), seq)| {
+                    framer.frame(line, *severity, *time_ms, msgid, seq)
                 })
                 .collect();
             let out = w.write_batch(&msgs);

@@ -26,8 +26,10 @@ const TOP_KEYS: &[&str] = &[
     "metrics",
     "tls",
     "limits",
+    "brute_force",
     "identity",
 ];
+const BRUTE_FORCE_KEYS: &[&str] = &["failures", "window", "ban", "identity_failures", "exempt"];
 const TLS_KEYS: &[&str] = &["cert", "key", "client_ca"];
 const LIMIT_KEYS: &[&str] = &[
     "max_connections",
@@ -73,7 +75,35 @@ pub struct Config {
     /// Where to serve Prometheus metrics (`GET /metrics`); off when unset.
     pub metrics: Option<SocketAddr>,
     pub limits: Limits,
+    pub brute_force: BruteForce,
     pub identities: Vec<Arc<Identity>>,
+}
+
+/// `[brute_force]`: failed authentications that raise an alert and a ban.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BruteForce {
+    /// Failures from one source within `window` that ban it.
+    pub failures: u32,
+    pub window: Duration,
+    /// How long a ban lasts (0: alert only).
+    pub ban: Duration,
+    /// Failures naming one identity (a basic-auth user) within `window`, from
+    /// anywhere, that raise an alert (identities are never locked out).
+    pub identity_failures: u32,
+    /// Sources never banned (alerts still go out).
+    pub exempt: Vec<ipnet::IpNet>,
+}
+
+impl Default for BruteForce {
+    fn default() -> Self {
+        Self {
+            failures: 20,
+            window: Duration::from_secs(60),
+            ban: Duration::from_secs(600),
+            identity_failures: 100,
+            exempt: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -262,6 +292,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<Diagnostic>> {
     let limits = root
         .get("limits")
         .map_or_else(Limits::default, |e| r.limits(e));
+    let brute_force = root
+        .get("brute_force")
+        .map_or_else(BruteForce::default, |e| r.brute_force(e));
     let identities = r.identities(root, tls.as_ref().is_some_and(|t| t.client_ca.is_some()));
 
     if !r.ctx.diagnostics.is_empty() {
@@ -279,6 +312,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<Diagnostic>> {
         report,
         metrics,
         limits,
+        brute_force,
         identities,
     })
 }
@@ -480,6 +514,45 @@ impl Reader<'_, '_> {
             }
         }
         l
+    }
+
+    fn brute_force(&mut self, e: Entry<'_>) -> BruteForce {
+        let mut b = BruteForce::default();
+        let Some(t) = TableRef::from_item(e.item) else {
+            self.err(
+                e,
+                format!("`brute_force` must be a table, found {}", type_name(e.item)),
+            );
+            return b;
+        };
+        t.check_keys(&mut self.ctx, BRUTE_FORCE_KEYS, "in [brute_force]");
+        if let Some(n) = t.get("failures").and_then(|e| self.int(e, 1, 1 << 20)) {
+            b.failures = n as u32;
+        }
+        if let Some(n) = t
+            .get("identity_failures")
+            .and_then(|e| self.int(e, 1, 1 << 20))
+        {
+            b.identity_failures = n as u32;
+        }
+        if let Some(d) = t.get("window").and_then(|e| self.duration(e)) {
+            b.window = d;
+        }
+        if let Some(d) = t.get("ban").and_then(|e| self.duration(e)) {
+            b.ban = d;
+        }
+        if let Some(e) = t.get("exempt") {
+            b.exempt = self
+                .strings(e)
+                .into_iter()
+                .filter_map(|(s, at)| {
+                    parse_net(s)
+                        .map_err(|m| self.ctx.error(at, m.to_string()))
+                        .ok()
+                })
+                .collect();
+        }
+        b
     }
 
     fn identities(&mut self, root: TableRef<'_>, have_client_ca: bool) -> Vec<Arc<Identity>> {

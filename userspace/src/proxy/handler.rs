@@ -52,6 +52,9 @@ pub struct Shared {
     pub reporter: Option<super::report::Reporter>,
     /// KiB of request bodies being read whole, across all requests.
     pub body_budget: Arc<tokio::sync::Semaphore>,
+    /// Failed authentications and bans (kept across reloads; `[brute_force]`
+    /// changes apply at restart).
+    pub guard: super::guard::Guard,
     id_prefix: u32,
     next_id: AtomicU64,
 }
@@ -59,6 +62,7 @@ pub struct Shared {
 impl Shared {
     pub fn new(runtime: Runtime, audit: Audit, reporter: Option<super::report::Reporter>) -> Self {
         let budget_kib = runtime.cfg.limits.max_buffered.div_ceil(1024) as usize;
+        let guard = super::guard::Guard::new(runtime.cfg.brute_force.clone());
         let mut b = [0u8; 4];
         // SAFETY: valid buffer of 4 bytes.
         unsafe { libc::getrandom(b.as_mut_ptr().cast(), 4, 0) };
@@ -68,6 +72,7 @@ impl Shared {
             audit: Arc::new(audit),
             reporter,
             body_budget: Arc::new(tokio::sync::Semaphore::new(budget_kib)),
+            guard,
             id_prefix: u32::from_ne_bytes(b),
             next_id: AtomicU64::new(1),
         }
@@ -280,6 +285,19 @@ async fn judge_and_forward(
     record.path = canonical.path.clone();
     record.query = canonical.query.clone();
 
+    // A banned source is refused whatever it sends (and its connection closed).
+    if let Some(left) = shared.guard.banned(client.addr.ip().to_canonical()) {
+        return Err(Refuse {
+            close: true,
+            retry_after: Some(left.as_secs().max(1)),
+            ..refuse(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "source banned (brute force)",
+            )
+        });
+    }
+
     // Who.
     let mut authz = parts.headers.get_all(header::AUTHORIZATION).iter();
     let (first, second) = (authz.next(), authz.next());
@@ -313,7 +331,16 @@ async fn judge_and_forward(
                     f.as_str(),
                 )
             },
-            _ => refuse(StatusCode::UNAUTHORIZED, "unauthorized", f.as_str()),
+            // Asking without credentials is how clients learn the scheme; a
+            // wrong credential counts towards a ban.
+            AuthFailure::Missing => refuse(StatusCode::UNAUTHORIZED, "unauthorized", f.as_str()),
+            _ => {
+                let banned = failed_authentication(shared, client, first);
+                Refuse {
+                    close: banned,
+                    ..refuse(StatusCode::UNAUTHORIZED, "unauthorized", f.as_str())
+                }
+            }
         })?;
     record.identity = Some(id.name.clone());
     client.activity.set_authenticated();
@@ -530,6 +557,57 @@ async fn judge_and_forward(
 
 /// Records the canonical name of the model a request names, and refuses it
 /// unless the identity may use it.
+/// Counts a failed authentication; reports what it raised (a finding in the
+/// audit, a ban handed to the daemon). True if the source is now banned.
+fn failed_authentication(shared: &Shared, client: &Client, authz: Option<&HeaderValue>) -> bool {
+    let source = client.addr.ip().to_canonical();
+    let claimed = authz.and_then(|v| claimed_user(v.as_bytes()));
+    let mut banned = false;
+    for alert in shared.guard.failed(source, claimed.as_deref()) {
+        shared
+            .audit
+            .finding(super::guard::finding(&alert, client.local));
+        if let super::guard::Alert::Source {
+            ban,
+            failures,
+            window,
+            claimed,
+            ..
+        } = &alert
+            && !ban.is_zero()
+        {
+            banned = true;
+            if let Some(r) = &shared.reporter {
+                r.ban(crate::events::reports::BanRequest {
+                    ban: source,
+                    seconds: ban.as_secs(),
+                    port: client.local.port(),
+                    failures: *failures,
+                    window_seconds: window.as_secs(),
+                    identity: claimed.clone(),
+                });
+            }
+        }
+    }
+    banned
+}
+
+/// The user a basic-auth header names (at most 64 characters), for counting.
+fn claimed_user(header: &[u8]) -> Option<String> {
+    use base64::Engine;
+    let text = std::str::from_utf8(header).ok()?;
+    let (scheme, rest) = text.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(rest.trim())
+        .ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let user = text.split_once(':')?.0;
+    (!user.is_empty()).then(|| user.chars().take(64).collect())
+}
+
 fn allowed_model(
     id: &super::config::Identity,
     raw: &str,

@@ -11,6 +11,7 @@ pub mod audit;
 pub mod body;
 pub mod canon;
 pub mod config;
+pub mod guard;
 pub mod handler;
 pub mod identity;
 pub mod limits;

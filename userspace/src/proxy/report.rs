@@ -13,6 +13,7 @@
 //! queued or written is counted, and the totals are printed at stop.
 
 use crate::events::correlate::ProxyReport;
+use crate::events::reports::{BanRequest, ProxyMessage};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,7 +35,7 @@ pub struct ReportCounters {
 
 #[derive(Clone)]
 pub struct Reporter {
-    tx: mpsc::Sender<ProxyReport>,
+    tx: mpsc::Sender<ProxyMessage>,
     pub counters: Arc<ReportCounters>,
 }
 
@@ -48,8 +49,17 @@ impl Reporter {
     }
 
     pub fn report(&self, r: ProxyReport) {
+        self.send(ProxyMessage::Report(r));
+    }
+
+    /// Asks the daemon to ban a source in the kernel.
+    pub fn ban(&self, b: BanRequest) {
+        self.send(ProxyMessage::Ban(b));
+    }
+
+    fn send(&self, m: ProxyMessage) {
         self.counters.queued.fetch_add(1, Ordering::Relaxed);
-        if self.tx.try_send(r).is_err() {
+        if self.tx.try_send(m).is_err() {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -96,7 +106,7 @@ async fn connect(socket: &PathBuf, complained: &mut bool) -> Option<UnixStream> 
     None
 }
 
-async fn write_loop(socket: PathBuf, mut rx: mpsc::Receiver<ProxyReport>, c: Arc<ReportCounters>) {
+async fn write_loop(socket: PathBuf, mut rx: mpsc::Receiver<ProxyMessage>, c: Arc<ReportCounters>) {
     let mut complained = false;
     let mut conn = connect(&socket, &mut complained).await;
     let mut retry_at = tokio::time::Instant::now() + RECONNECT;

@@ -48,6 +48,8 @@ struct Stats {
     deadline_closed: AtomicU64,
     /// Unauthenticated connections evicted to make room.
     evicted: AtomicU64,
+    /// Connections from banned sources, closed at accept.
+    banned_connections: AtomicU64,
 }
 
 /// Open connections, so a full proxy can evict the oldest that never
@@ -203,6 +205,11 @@ async fn serve(path: &Path, cfg: Config) -> Result<(Arc<Shared>, Arc<Stats>, boo
                     stats.deadline_closed.load(Ordering::Relaxed),
                 ),
                 (
+                    "warden_proxy_connections_banned_total",
+                    "Connections from banned sources, closed at accept",
+                    stats.banned_connections.load(Ordering::Relaxed),
+                ),
+                (
                     "warden_proxy_connections_evicted_total",
                     "Unauthenticated connections evicted to make room for new ones",
                     stats.evicted.load(Ordering::Relaxed),
@@ -223,6 +230,11 @@ async fn serve(path: &Path, cfg: Config) -> Result<(Arc<Shared>, Arc<Stats>, boo
             accepted = listener.accept() => {
                 let Ok((stream, peer)) = accepted else { continue };
                 let ip = peer.ip().to_canonical();
+                if shared.guard.banned(ip).is_some() {
+                    // Closed before the handshake: a banned source costs nothing more.
+                    stats.banned_connections.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 {
                     let mut m = per_ip.lock().expect("not poisoned");
                     let n = m.entry(ip).or_default();
