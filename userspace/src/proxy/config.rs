@@ -538,8 +538,13 @@ impl Reader<'_, '_> {
         if let Some(d) = t.get("window").and_then(|e| self.duration(e)) {
             b.window = d;
         }
-        if let Some(d) = t.get("ban").and_then(|e| self.duration(e)) {
-            b.ban = d;
+        if let Some(e) = t.get("ban") {
+            // "0s": alerts only, no bans.
+            if matches!(self.string(e), Some("0" | "0s")) {
+                b.ban = Duration::ZERO;
+            } else if let Some(d) = self.duration(e) {
+                b.ban = d;
+            }
         }
         if let Some(e) = t.get("exempt") {
             b.exempt = self
