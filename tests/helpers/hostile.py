@@ -14,6 +14,9 @@ the environment.
                            keep-alive connections for SECS; {"statuses": {code: n}}
   bigjson TOKEN N MIB MODEL  N concurrent POST /api/chat, each a MIB MiB body of
                            small nested arrays naming MODEL; {"statuses": {code: n}}
+  malformed h1|h2          a request the HTTP layer refuses: an HTTP/1.1 head with a
+                           header line without a colon, or HTTP/2 DATA on stream 0;
+                           {"answer": first bytes the proxy sent back}
   tokens TOKEN N [SRC]     N requests with bearer TOKEN, each on a new connection
                            (from SRC); {"statuses": [code or error name, ...]}
   login USER PASSWORD [SRC]  one request with basic auth (from source address SRC);
@@ -201,6 +204,26 @@ def bigjson(token, n, mib, model):
     return {"statuses": statuses, "body_bytes": len(body)}
 
 
+def malformed(kind):
+    if kind == "h1":
+        s = tls(["http/1.1"])
+        s.sendall(b"GET /api/tags HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n")
+    else:
+        s = tls(["h2"])
+        s.sendall(PREFACE + frame(4, 0, 0) + frame(0, 0, 0, b"oops"))
+    s.settimeout(3)
+    answer = b""
+    try:
+        while len(answer) < 4096:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    except (socket.timeout, OSError):
+        pass
+    return {"answer": answer[:64].decode("latin-1")}
+
+
 def tokens(token, n, source=None):
     ctx = ssl.create_default_context(cafile=CA)
     out = []
@@ -257,6 +280,8 @@ def main(argv):
         return flood(argv[1], float(argv[2]), int(argv[3]))
     if cmd == "bigjson":
         return bigjson(argv[1], int(argv[2]), int(argv[3]), argv[4])
+    if cmd == "malformed":
+        return malformed(argv[1])
     if cmd == "tokens":
         return tokens(argv[1], int(argv[2]), argv[3] if len(argv) > 3 else None)
     if cmd == "login":

@@ -216,3 +216,32 @@ fn repeated_wrong_credentials_ban_the_source_and_raise_a_finding() {
     let after = lab.hostile(&["tokens", lab.token("alice"), "1", "127.0.0.1"]);
     assert_eq!(after["statuses"][0], 200, "{after}");
 }
+
+#[test]
+fn requests_the_http_layer_refuses_leave_an_audit_record() {
+    let lab = lab(ALICE);
+    let h1 = lab.hostile(&["malformed", "h1"]);
+    assert!(
+        h1["answer"].as_str().unwrap().starts_with("HTTP/1.1 400"),
+        "{h1}"
+    );
+    lab.hostile(&["malformed", "h2"]);
+    let records = lab.audit_wait(2);
+    let refused: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| {
+            r["status_detail"]
+                .as_str()
+                .is_some_and(|w| w.starts_with("refused by the HTTP layer"))
+        })
+        .collect();
+    assert_eq!(refused.len(), 2, "{records:#?}");
+    assert!(
+        refused.iter().all(|r| r["http_response"]["code"] == 400),
+        "{refused:#?}"
+    );
+    assert_eq!(
+        warden_tests::validate_ocsf(&records),
+        vec!["ok 4002".to_owned(); records.len()]
+    );
+}

@@ -97,6 +97,7 @@ pub fn ocsf(r: &Record) -> Value {
         "disposition_id": if allowed { 1 } else { 2 },
         "message": match &r.refused {
             None => format!("{} {} {}", r.method, r.path, r.status),
+            Some(why) if r.method.is_empty() => format!("refused: {why}"),
             Some(why) => format!("{} {} refused: {why}", r.method, r.path),
         },
         "metadata": {
@@ -116,6 +117,12 @@ pub fn ocsf(r: &Record) -> Value {
         "http_response": { "code": r.status, "length": r.bytes_out },
         "traffic": { "bytes_in": r.bytes_in, "bytes_out": r.bytes_out },
     });
+    if r.method.is_empty() {
+        // Refused by the HTTP layer before a method could be read.
+        if let Some(req) = o["http_request"].as_object_mut() {
+            req.remove("http_method");
+        }
+    }
     if let Some(q) = &r.query {
         o["http_request"]["url"]["query_string"] = q.as_str().into();
     }

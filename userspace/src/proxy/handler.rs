@@ -82,6 +82,11 @@ impl Shared {
         self.runtime.read().expect("not poisoned").clone()
     }
 
+    /// A fresh request id (also for records of requests the HTTP layer refused).
+    pub fn new_request_id(&self) -> String {
+        self.request_id()
+    }
+
     fn request_id(&self) -> String {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         format!("{:08x}{:012x}", self.id_prefix, n & 0xffff_ffff_ffff)

@@ -391,7 +391,8 @@ async fn connection(
         // HTTP/2 also the preface and SETTINGS) gets the header timeout.
         first_request: limits.header_timeout,
     };
-    let service = service_fn(move |req| handler::handle(req, shared.clone(), client.clone()));
+    let for_service = shared.clone();
+    let service = service_fn(move |req| handler::handle(req, for_service.clone(), client.clone()));
     let io = TokioIo::new(tls);
     // The protocol is the one ALPN chose: nothing is read before the timeouts apply.
     let dropped = if h2 {
@@ -427,9 +428,57 @@ async fn connection(
         )
         .await
     };
-    if dropped == Closed::AtDeadline {
-        stats.deadline_closed.fetch_add(1, Ordering::Relaxed);
+    match dropped {
+        Closed::AtDeadline => {
+            stats.deadline_closed.fetch_add(1, Ordering::Relaxed);
+        }
+        Closed::Failed(e) => {
+            if let Some((status, why)) = refused_by_http(&e, h2) {
+                shared.audit.emit(super::audit::Record {
+                    request_id: shared.new_request_id(),
+                    time_ms: super::audit::now_ms(),
+                    client: Some(peer),
+                    http_version: if h2 { "HTTP/2" } else { "HTTP/1.1" },
+                    status,
+                    refused: Some(why),
+                    ..Default::default()
+                });
+            }
+        }
+        Closed::Done | Closed::Killed => {}
     }
+}
+
+/// A connection error that refused a request before the handler saw it (a
+/// malformed head, an HTTP/2 protocol error, a head that never completed):
+/// the status the client got and why. `None` for a client that just went away.
+fn refused_by_http(e: &hyper::Error, h2: bool) -> Option<(u16, String)> {
+    if e.is_parse_too_large() {
+        return Some((431, format!("refused by the HTTP layer: {e}")));
+    }
+    if e.is_parse() || e.is_parse_status() {
+        return Some((400, format!("refused by the HTTP layer: {e}")));
+    }
+    if e.is_timeout() {
+        return Some((
+            408,
+            "refused by the HTTP layer: request head timed out".into(),
+        ));
+    }
+    // hyper has no predicate for HTTP/2 protocol errors; they are what is
+    // left once the client's going away is set apart.
+    let io =
+        std::error::Error::source(e).is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some());
+    if h2 && !e.is_closed() && !e.is_incomplete_message() && !e.is_canceled() && !io {
+        let text = e.to_string();
+        if !text.contains("reset")
+            && !text.contains("broken pipe")
+            && !text.contains("not connected")
+        {
+            return Some((400, format!("refused by the HTTP layer: {text}")));
+        }
+    }
+    None
 }
 
 #[derive(Clone, Copy)]
@@ -438,10 +487,12 @@ struct Deadlines {
     first_request: Duration,
 }
 
-#[derive(PartialEq, Eq)]
 enum Closed {
     /// The connection finished (or was closed gracefully in time).
     Done,
+    /// The connection ended with an error (a malformed request, a protocol
+    /// error, the client going away).
+    Failed(hyper::Error),
     /// Dropped: killed by a relay or an eviction.
     Killed,
     /// Dropped: no request head in time, or not closed within the grace.
@@ -454,7 +505,7 @@ enum Closed {
 /// connection still open `CLOSE_GRACE` later (a response stuck behind a zero
 /// window, a client ignoring GOAWAY) is dropped. Killed (a relay found its
 /// client gone, an eviction): dropped at once.
-async fn watch_connection<C: Future>(
+async fn watch_connection<C: Future<Output = Result<(), hyper::Error>>>(
     conn: C,
     shutdown: impl Fn(Pin<&mut C>),
     activity: &Activity,
@@ -468,7 +519,10 @@ async fn watch_connection<C: Future>(
     let mut closing: Option<(tokio::time::Instant, Duration)> = None;
     loop {
         tokio::select! {
-            _ = conn.as_mut() => return Closed::Done,
+            done = conn.as_mut() => return match done {
+                Ok(()) => Closed::Done,
+                Err(e) => Closed::Failed(e),
+            },
             _ = tick.tick() => {
                 if activity.killed() {
                     return Closed::Killed;
