@@ -17,6 +17,8 @@ the environment.
   malformed h1|h2          a request the HTTP layer refuses: an HTTP/1.1 head with a
                            header line without a colon, or HTTP/2 DATA on stream 0;
                            {"answer": first bytes the proxy sent back}
+  trickle TOKEN N SECS      N chunked POST /api/chat bodies, a byte every 0.3 s (below the
+                           body timeout), for SECS; {"open": streams the proxy kept}
   tokens TOKEN N [SRC]     N requests with bearer TOKEN, each on a new connection
                            (from SRC); {"statuses": [code or error name, ...]}
   login USER PASSWORD [SRC]  one request with basic auth (from source address SRC);
@@ -224,6 +226,27 @@ def malformed(kind):
     return {"answer": answer[:64].decode("latin-1")}
 
 
+def trickle(token, n, secs):
+    socks = []
+    for _ in range(n):
+        s = tls(["http/1.1"])
+        s.sendall(("POST /api/chat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token +
+                   "\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{\r\n").encode())
+        socks.append(s)
+    end = time.monotonic() + secs
+    open_ = list(socks)
+    while time.monotonic() < end and open_:
+        for s in list(open_):
+            try:
+                s.sendall(b"1\r\n \r\n")
+            except OSError:
+                open_.remove(s)
+        time.sleep(0.3)
+    for s in socks:
+        s.close()
+    return {"open": len(open_)}
+
+
 def tokens(token, n, source=None):
     ctx = ssl.create_default_context(cafile=CA)
     out = []
@@ -282,6 +305,8 @@ def main(argv):
         return bigjson(argv[1], int(argv[2]), int(argv[3]), argv[4])
     if cmd == "malformed":
         return malformed(argv[1])
+    if cmd == "trickle":
+        return trickle(argv[1], int(argv[2]), float(argv[3]))
     if cmd == "tokens":
         return tokens(argv[1], int(argv[2]), argv[3] if len(argv) > 3 else None)
     if cmd == "login":

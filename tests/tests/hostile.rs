@@ -245,3 +245,29 @@ fn requests_the_http_layer_refuses_leave_an_audit_record() {
         vec!["ok 4002".to_owned(); records.len()]
     );
 }
+
+#[test]
+fn one_identity_cannot_reserve_the_body_budget_of_the_others() {
+    let lab = ProxyLab::start(
+        &format!(
+            "[limits]\nmax_buffered = \"32MiB\"\nbody_timeout = \"5s\"\n\n{ALICE}\n\
+             [[identity]]\nname = \"mallory\"\ntokens = [\"@token:mallory@\"]\nmodels = [\"*\"]\n"
+        ),
+        &[],
+    );
+    std::thread::scope(|s| {
+        // Eight bodies without a length, trickled below the body timeout:
+        // before, each reserved a whole max_body (16 MiB) of the 32 MiB.
+        let mallory = lab.token("mallory").to_owned();
+        let lab = &lab;
+        let hog = s.spawn(move || lab.hostile(&["trickle", &mallory, "8", "4"]));
+        std::thread::sleep(Duration::from_secs(1));
+        let alice = lab.hostile(&["bigjson", lab.token("alice"), "2", "1", "llama3"]);
+        assert_eq!(alice["statuses"]["200"], 2, "alice is served: {alice}");
+        let hog = hog.join().unwrap();
+        assert_eq!(
+            hog["open"], 8,
+            "the trickled streams were within their limits: {hog}"
+        );
+    });
+}

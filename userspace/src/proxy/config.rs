@@ -41,6 +41,8 @@ const LIMIT_KEYS: &[&str] = &[
     "idle_timeout",
     "max_headers",
     "max_buffered",
+    "max_buffered_per_identity",
+    "max_buffered_per_source",
     "max_connections_per_ip",
 ];
 const IDENTITY_KEYS: &[&str] = &[
@@ -140,6 +142,10 @@ pub struct Limits {
     pub max_headers: usize,
     /// Bytes of request bodies read whole (to be judged) at once, all clients together.
     pub max_buffered: u64,
+    /// The most of `max_buffered` one identity's bodies may hold at once.
+    pub max_buffered_per_identity: u64,
+    /// The most of `max_buffered` one client address's bodies may hold at once.
+    pub max_buffered_per_source: u64,
     pub max_connections_per_ip: usize,
 }
 
@@ -155,6 +161,8 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(60),
             max_headers: 64,
             max_buffered: 256 << 20,
+            max_buffered_per_identity: 64 << 20,
+            max_buffered_per_source: 64 << 20,
             max_connections_per_ip: 256,
         }
     }
@@ -492,15 +500,34 @@ impl Reader<'_, '_> {
         {
             l.max_connections_per_ip = n as usize;
         }
-        if let Some(e) = t.get("max_buffered")
-            && let Some(s) = self.string(e)
-        {
-            match parse_size(s) {
-                Ok(n) if n <= 1 << 40 => l.max_buffered = n,
-                Ok(_) => self.err(e, "`max_buffered` is at most 1TiB"),
-                Err(m) => self.err(e, format!("max_buffered `{s}`: {m}")),
+        let (mut per_identity, mut per_source) = (None, None);
+        for key in [
+            "max_buffered",
+            "max_buffered_per_identity",
+            "max_buffered_per_source",
+        ] {
+            let Some(e) = t.get(key) else { continue };
+            let Some(s) = self.string(e) else { continue };
+            let n = match parse_size(s) {
+                Ok(n) if n <= 1 << 40 => n,
+                Ok(_) => {
+                    self.err(e, format!("`{key}` is at most 1TiB"));
+                    continue;
+                }
+                Err(m) => {
+                    self.err(e, format!("{key} `{s}`: {m}"));
+                    continue;
+                }
+            };
+            match key {
+                "max_buffered" => l.max_buffered = n,
+                "max_buffered_per_identity" => per_identity = Some(n),
+                _ => per_source = Some(n),
             }
         }
+        // Shares default to a quarter of the total.
+        l.max_buffered_per_identity = per_identity.unwrap_or(l.max_buffered / 4);
+        l.max_buffered_per_source = per_source.unwrap_or(l.max_buffered / 4);
         for (key, slot) in [
             ("handshake_timeout", &mut l.handshake_timeout),
             ("header_timeout", &mut l.header_timeout),

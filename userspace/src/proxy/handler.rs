@@ -51,7 +51,7 @@ pub struct Shared {
     /// Reports upstream connections to the daemon (when `report` is set).
     pub reporter: Option<super::report::Reporter>,
     /// KiB of request bodies being read whole, across all requests.
-    pub body_budget: Arc<tokio::sync::Semaphore>,
+    pub body_budget: Arc<super::budget::Budget>,
     /// Failed authentications and bans (kept across reloads; `[brute_force]`
     /// changes apply at restart).
     pub guard: super::guard::Guard,
@@ -61,7 +61,12 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(runtime: Runtime, audit: Audit, reporter: Option<super::report::Reporter>) -> Self {
-        let budget_kib = runtime.cfg.limits.max_buffered.div_ceil(1024) as usize;
+        let l = &runtime.cfg.limits;
+        let body_budget = super::budget::Budget::new(
+            l.max_buffered,
+            l.max_buffered_per_identity,
+            l.max_buffered_per_source,
+        );
         let guard = super::guard::Guard::new(runtime.cfg.brute_force.clone());
         let mut b = [0u8; 4];
         // SAFETY: valid buffer of 4 bytes.
@@ -71,7 +76,7 @@ impl Shared {
             limiter: Limiter::default(),
             audit: Arc::new(audit),
             reporter,
-            body_budget: Arc::new(tokio::sync::Semaphore::new(budget_kib)),
+            body_budget,
             guard,
             id_prefix: u32::from_ne_bytes(b),
             next_id: AtomicU64::new(1),
@@ -416,28 +421,25 @@ async fn judge_and_forward(
     let mut upload_failure = None;
     let (body, uploaded): (upstream::ReqBody, Option<Arc<AtomicU64>>) =
         if route.model == ModelIn::Body {
-            // Bodies read whole share one memory budget, reserved up front.
+            // Bodies read whole share one memory budget (with a share per
+            // identity and per source): a declared length is reserved up
+            // front, a stream as it arrives.
             let cap = id.max_body.min(cfg.limits.max_buffered);
-            let need = declared.unwrap_or(cap).min(cap);
-            let kib = u32::try_from(need.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
-            budget = Some(
-                shared
-                    .body_budget
-                    .clone()
-                    .try_acquire_many_owned(kib)
-                    .map_err(|_| Refuse {
-                        retry_after: Some(1),
-                        ..refuse(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "busy",
-                            "request body memory budget exhausted",
-                        )
-                    })?,
-            );
+            let mut held = shared
+                .body_budget
+                .reservation(&id.name, client.addr.ip().to_canonical());
+            let busy = |e: super::budget::Exhausted| Refuse {
+                retry_after: Some(1),
+                ..refuse(StatusCode::SERVICE_UNAVAILABLE, "busy", e.as_str())
+            };
+            if let Some(n) = declared {
+                held.cover(n.min(cap)).map_err(busy)?;
+            }
             let incoming = body_slot.take().expect("body not taken yet");
-            let bytes = read_all(incoming, cap, cfg.limits.body_timeout)
+            let bytes = read_all(incoming, cap, cfg.limits.body_timeout, &mut held)
                 .await
                 .map_err(body_refusal)?;
+            budget = Some(held);
             record.bytes_in = bytes.len() as u64;
             let cap = if id.admin { None } else { id.max_tokens };
             let sha = cfg.audit_body_sha256;

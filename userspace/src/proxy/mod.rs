@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod body;
+pub mod budget;
 pub mod canon;
 pub mod config;
 pub mod guard;

@@ -98,8 +98,14 @@ impl Body for Upload {
 pub const TOO_LARGE: &str = "request body too large";
 pub const TIMED_OUT: &str = "request body timed out";
 
-/// Reads a whole request body: `Err` names why it was not read.
-pub async fn read_all(body: Incoming, max: u64, idle: Duration) -> Result<Bytes, &'static str> {
+/// Reads a whole request body, holding budget for what has arrived: `Err`
+/// names why it was not read.
+pub async fn read_all(
+    body: Incoming,
+    max: u64,
+    idle: Duration,
+    budget: &mut super::budget::Reservation,
+) -> Result<Bytes, &'static str> {
     use http_body_util::BodyExt;
     use hyper::body::Body;
     // The declared length (bounded by `max`) is reserved once: growing by
@@ -111,6 +117,9 @@ pub async fn read_all(body: Incoming, max: u64, idle: Duration) -> Result<Bytes,
         match frame {
             Ok(f) => {
                 if let Ok(d) = f.into_data() {
+                    budget
+                        .cover((buf.len() + d.len()) as u64)
+                        .map_err(super::budget::Exhausted::as_str)?;
                     buf.extend_from_slice(&d);
                 }
             }
