@@ -138,8 +138,11 @@ fn status_kb(pid: u32, field: &str) -> u64 {
 
 #[test]
 fn a_large_json_body_costs_about_its_size() {
-    let lab = lab(
-        "[[identity]]\nname = \"alice\"\ntokens = [\"@token:alice@\"]\nmodels = [\"llama3\"]\nmax_body = \"32MiB\"\n",
+    // One source sends all four bodies: its share of the budget is raised.
+    let lab = ProxyLab::start(
+        "[limits]\nmax_buffered_per_source = \"256MiB\"\nmax_buffered_per_identity = \"256MiB\"\n\n\
+         [[identity]]\nname = \"alice\"\ntokens = [\"@token:alice@\"]\nmodels = [\"llama3\"]\nmax_body = \"32MiB\"\n",
+        &[],
     );
     let pid = lab.proxy_pid();
     let before = status_kb(pid, "VmRSS:");

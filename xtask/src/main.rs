@@ -33,7 +33,7 @@ enum Task {
     },
     /// Run the benchmarks (release build) and rewrite their sections of BENCHMARKS.md.
     Bench {
-        /// Only these benchmarks (xdp, flood, pipeline, connect, apply, proxy, footprint); default: all.
+        /// Only these benchmarks (xdp, flood, pipeline, connect, apply, proxy, hostile, footprint); default: all.
         names: Vec<String>,
     },
     /// Build the Debian package (release binary, units, config, docs) into target/deb/.

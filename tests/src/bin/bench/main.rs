@@ -7,7 +7,8 @@
 //! `xdp.rs`), `flood` (SYN flood drop rate, XDP vs an nftables rule,
 //! `flood.rs`), `connect` (connect() cost with warden's hooks and 1k egress
 //! rules vs none), `apply` (100k CIDRs compiled and swapped in, eBPF and nft),
-//! `proxy` (wrk: direct vs `warden proxy` vs nginx, `proxy.rs`), `pipeline`
+//! `proxy` (wrk: direct vs `warden proxy` vs nginx, `proxy.rs`), `hostile`
+//! (a legitimate client's p99 and the proxy's RSS under attack, `hostile.rs`), `pipeline`
 //! (kernel records to an OCSF file, `pipeline.rs`), `footprint` (daemon and
 //! proxy RSS, idle and with 1,000 open streams).
 //!
@@ -23,6 +24,7 @@ use warden_tests::{Lab, enter, workspace};
 
 mod bpf;
 mod flood;
+mod hostile;
 mod packet;
 mod pipeline;
 mod proxy;
@@ -35,6 +37,7 @@ const ALL: &[&str] = &[
     "connect",
     "apply",
     "proxy",
+    "hostile",
     "footprint",
 ];
 
@@ -56,6 +59,7 @@ fn main() {
             "flood" => flood::run(),
             "pipeline" => pipeline::run(),
             "proxy" => proxy::run(),
+            "hostile" => hostile::run(),
             "connect" => connect(),
             "apply" => apply(),
             "footprint" => footprint(),
