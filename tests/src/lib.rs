@@ -58,6 +58,20 @@ pub fn cgroup2_root() -> PathBuf {
         .expect("cgroup2 is mounted")
 }
 
+/// A `/proc/PID/status` field in kB (`VmRSS:`, `VmHWM:`).
+pub fn status_kb(pid: u32, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim()
+                .strip_suffix(" kB")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
 /// The cgroup id of a cgroup2 directory (its inode number), as events carry it.
 pub fn cgroup_id(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;

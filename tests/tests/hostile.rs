@@ -122,20 +122,6 @@ fn a_password_flood_from_one_source_does_not_delay_other_logins() {
     });
 }
 
-/// A /proc/PID/status field in kB.
-fn status_kb(pid: u32, field: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(field)?
-                .trim()
-                .strip_suffix(" kB")?
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
-
 #[test]
 fn a_large_json_body_costs_about_its_size() {
     // One source sends all four bodies: its share of the budget is raised.
@@ -145,7 +131,7 @@ fn a_large_json_body_costs_about_its_size() {
         &[],
     );
     let pid = lab.proxy_pid();
-    let before = status_kb(pid, "VmRSS:");
+    let before = warden_tests::status_kb(pid, "VmRSS:");
     // Reset the peak (VmHWM) to what is resident now.
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
     let (n, mib) = (4u64, 16u64);
@@ -167,7 +153,7 @@ fn a_large_json_body_costs_about_its_size() {
         let r = attack.join().unwrap();
         assert_eq!(r["statuses"]["403"], n, "the model is refused: {r}");
     });
-    let peak = status_kb(pid, "VmHWM:");
+    let peak = warden_tests::status_kb(pid, "VmHWM:");
     let in_flight = n * mib * 1024;
     eprintln!(
         "{n} bodies of {mib} MiB in flight: RSS {before} kB before, peak {peak} kB ({:.2}x the bytes)",

@@ -33,6 +33,14 @@ pub const GAPS: &[&str] = &[
 
 pub const DEFAULT_TABLE: &str = "ollama_warden";
 
+/// The bans table's set for `source`, and the address as nft writes it.
+fn ban_set(source: std::net::IpAddr) -> (&'static str, String) {
+    match source.to_canonical() {
+        std::net::IpAddr::V4(v4) => ("banned4", v4.to_string()),
+        std::net::IpAddr::V6(v6) => ("banned6", v6.to_string()),
+    }
+}
+
 /// The table that holds bans, next to warden's table (never replaced by a swap).
 pub fn bans_table(table: &str) -> String {
     format!("{table}_bans")
@@ -179,10 +187,7 @@ impl NftBackend {
         }
         let mut ports = self.protected_ports();
         ports.extend(proxy_port);
-        let (set, addr) = match source.to_canonical() {
-            std::net::IpAddr::V4(v4) => ("banned4", v4.to_string()),
-            std::net::IpAddr::V6(v6) => ("banned6", v6.to_string()),
-        };
+        let (set, addr) = ban_set(source);
         let mut script = format!(
             "add element inet {t} {set} {{ {addr} timeout {}s }}\n",
             duration.as_secs().max(1)
@@ -213,10 +218,7 @@ impl NftBackend {
 
     /// Lifts a ban; false if `source` was not banned.
     pub fn unban(&mut self, source: std::net::IpAddr) -> Result<bool, EnforceError> {
-        let (set, addr) = match source.to_canonical() {
-            std::net::IpAddr::V4(v4) => ("banned4", v4.to_string()),
-            std::net::IpAddr::V6(v6) => ("banned6", v6.to_string()),
-        };
+        let (set, addr) = ban_set(source);
         let t = bans_table(&self.table);
         Ok(nft(
             &[

@@ -11,48 +11,13 @@ use std::time::Duration;
 use warden_tests::proxy::ProxyLab;
 
 const RUNS: usize = 3;
-const SECS: &str = "5";
-
-fn status_kb(pid: u32, field: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(field)?
-                .trim()
-                .strip_suffix(" kB")?
-                .parse()
-                .ok()
-        })
-        .unwrap()
-}
+const SECS: u32 = 5;
 
 /// A legitimate client's p99 (ms) over one wrk run. wrk binds no source
 /// address, so it shares 127.0.0.1 with the attackers: the harder case.
 fn legit(lab: &ProxyLab, token: &str) -> f64 {
-    let out = std::process::Command::new("wrk")
-        .args(["-t1", "-c8", &format!("-d{SECS}s"), "--latency"])
-        .args(["-H", &format!("Authorization: Bearer {token}")])
-        .arg(format!("{}/api/version", lab.url))
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        !out.contains("Non-2xx"),
-        "every legitimate request succeeds: {out}"
-    );
-    let p99 = out
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("99%"))
-        .unwrap_or_else(|| panic!("no p99 from wrk: {out}"))
-        .trim()
-        .to_owned();
-    if let Some(x) = p99.strip_suffix("us") {
-        x.parse::<f64>().unwrap() / 1000.0
-    } else if let Some(x) = p99.strip_suffix("ms") {
-        x.parse().unwrap()
-    } else {
-        p99.trim_end_matches('s').parse::<f64>().unwrap() * 1000.0
-    }
+    let url = format!("{}/api/version", lab.url);
+    crate::proxy::wrk_with(None, &url, Some(token), 1, 8, SECS).2
 }
 
 pub fn run() -> String {
@@ -68,7 +33,7 @@ pub fn run() -> String {
     let mut peak_growth = 0u64;
     for _ in 0..RUNS {
         quiet.push(legit(&lab, &token));
-        let before = status_kb(pid, "VmRSS:");
+        let before = warden_tests::status_kb(pid, "VmRSS:");
         std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
         std::thread::scope(|s| {
             let lab = &lab;
@@ -89,7 +54,8 @@ pub fn run() -> String {
                 a.join().unwrap();
             }
         });
-        peak_growth = peak_growth.max(status_kb(pid, "VmHWM:").saturating_sub(before));
+        peak_growth =
+            peak_growth.max(warden_tests::status_kb(pid, "VmHWM:").saturating_sub(before));
     }
     let (q, l): (Stats, Stats) = (stats(quiet), stats(loud));
     format!(

@@ -73,18 +73,31 @@ fn free_port(ns: &str) -> u16 {
 
 /// One wrk run: (requests/s, p50 ms, p99 ms).
 fn wrk(ns: &str, url: &str, token: Option<&str>) -> (f64, f64, f64) {
+    wrk_with(Some(ns), url, token, 2, CONNECTIONS, SECS)
+}
+
+/// One wrk run with `threads`, `connections`, `secs` (in `ns`, else here):
+/// (requests/s, p50 ms, p99 ms); every response must be 2xx.
+pub fn wrk_with(
+    ns: Option<&str>,
+    url: &str,
+    token: Option<&str>,
+    threads: u32,
+    connections: u32,
+    secs: u32,
+) -> (f64, f64, f64) {
     let mut c = Command::new("wrk");
     c.args([
-        "-t2",
-        &format!("-c{CONNECTIONS}"),
-        &format!("-d{SECS}s"),
+        &format!("-t{threads}"),
+        &format!("-c{connections}"),
+        &format!("-d{secs}s"),
         "--latency",
         url,
     ]);
     if let Some(t) = token {
         c.args(["-H", &format!("Authorization: Bearer {t}")]);
     }
-    enter(&mut c, Some(ns), None);
+    enter(&mut c, ns, None);
     let out = c.output().unwrap();
     let out = format!(
         "{}{}",
