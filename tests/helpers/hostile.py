@@ -7,6 +7,8 @@ the environment.
                            the handshake; {"closed": [seconds until the proxy closed
                            each], "open": n still open after SECS}
   partial SECS             TLS + half an HTTP/2 preface, then nothing; {"closed_after": s}
+  tcpsilent N SECS         N TCP connections that never start TLS; like `silent`
+  deepjson TOKEN DEPTH     POST /api/chat with arrays nested DEPTH deep; {"status": s, "seconds": t}
   zerowindow SECS          HTTP/2 with an initial window of 0: asks for /api/tags
                            unauthenticated, takes the 401's headers, never opens the
                            window for its body; {"status": 401, "closed_after": s}
@@ -293,6 +295,23 @@ def main(argv):
         for t in threads:
             t.join()
         return {"closed": sorted(r for r in results if r is not None), "open": results.count(None)}
+    if cmd == "tcpsilent":
+        n, secs = int(argv[1]), float(argv[2])
+        socks = [socket.create_connection((URL.hostname, URL.port), timeout=5) for _ in range(n)]
+        results = [closed_within(x, secs) for x in socks[:1]]
+        results += [closed_within(x, 0.5) for x in socks[1:]]
+        return {"closed": sorted(r for r in results if r is not None), "open": results.count(None)}
+    if cmd == "deepjson":
+        depth = int(argv[2])
+        body = ('{"model":"llama3","messages":' + "[" * depth + "]" * depth + "}").encode()
+        ctx = ssl.create_default_context(cafile=CA)
+        conn = http.client.HTTPSConnection(URL.hostname, URL.port, context=ctx, timeout=30)
+        t = time.monotonic()
+        conn.request("POST", "/api/chat", body=body, headers={
+            "Authorization": "Bearer " + argv[1], "Content-Type": "application/json"})
+        r = conn.getresponse()
+        r.read()
+        return {"status": r.status, "seconds": round(time.monotonic() - t, 3)}
     if cmd == "partial":
         s = tls(["h2"])
         s.sendall(PREFACE[:10])

@@ -104,6 +104,22 @@ fn ban_end_to_end(backend: &str) {
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(reach(&mut remote, "10.77.0.2", proxy_port), "connected");
     assert_eq!(warden(&["ban", "list"]).trim(), "no bans");
+
+    // A source the policy allows explicitly is refused by the proxy but not
+    // banned in the kernel (the daemon runs without --ban-allowed-sources).
+    proxy.hostile_in(&client, &["tokens", "owt_wrong", "5", "10.77.0.3"]);
+    let ban = d.wait_event("ban of an allowed source", |e| {
+        e["type"] == "ban" && e["source"] == "10.77.0.3"
+    });
+    assert_eq!(ban["enforced"], false, "{ban}");
+    assert!(
+        ban["reason"]
+            .as_str()
+            .unwrap()
+            .contains("the policy allows this source"),
+        "{ban}"
+    );
+    assert_eq!(reach(&mut remote, "10.77.0.3", proxy_port), "connected");
 }
 
 #[test]

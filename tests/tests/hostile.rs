@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use warden_tests::proxy::ProxyLab;
 
 /// Short deadlines, so the tests state tight bounds.
-const LIMITS: &str = "[limits]\nheader_timeout = \"2s\"\nidle_timeout = \"3s\"\n\n";
+const LIMITS: &str =
+    "[limits]\nhandshake_timeout = \"2s\"\nheader_timeout = \"2s\"\nidle_timeout = \"3s\"\n\n";
 /// The watchdog's tick (0.1 s) and the close grace (1 s), plus scheduling slack.
 const SLACK: f64 = 1.6;
 
@@ -33,6 +34,8 @@ fn connections_that_never_speak_are_closed_by_their_deadline() {
         // TLS done, HTTP/2 chosen, then silence (or half a preface).
         let silent = s.spawn(|| lab.hostile(&["silent", "50", "15"]));
         let partial = s.spawn(|| lab.hostile(&["partial", "15"]));
+        // And TCP connections that never start TLS.
+        let tcp = s.spawn(|| lab.hostile(&["tcpsilent", "20", "15"]));
         std::thread::sleep(Duration::from_millis(500));
         let t = served(&lab);
         assert!(t < 2.0, "a legitimate client waited {t:.2} s");
@@ -52,6 +55,8 @@ fn connections_that_never_speak_are_closed_by_their_deadline() {
         let partial = partial.join().unwrap();
         let after = partial["closed_after"].as_f64();
         assert!(after.is_some_and(|a| a <= 2.0 + SLACK), "{partial}");
+        let tcp = tcp.join().unwrap();
+        assert_eq!(tcp["open"], 0, "closed at the handshake timeout: {tcp}");
     });
 }
 
@@ -154,6 +159,9 @@ fn a_large_json_body_costs_about_its_size() {
         assert_eq!(r["statuses"]["403"], n, "the model is refused: {r}");
     });
     let peak = warden_tests::status_kb(pid, "VmHWM:");
+    // Nesting beyond what the scan follows is refused at once, not recursed into.
+    let deep = lab.hostile(&["deepjson", lab.token("alice"), "100000"]);
+    assert_eq!(deep["status"], 400, "{deep}");
     let in_flight = n * mib * 1024;
     eprintln!(
         "{n} bodies of {mib} MiB in flight: RSS {before} kB before, peak {peak} kB ({:.2}x the bytes)",
@@ -257,6 +265,29 @@ fn one_identity_cannot_reserve_the_body_budget_of_the_others() {
         assert_eq!(
             hog["open"], 8,
             "the trickled streams were within their limits: {hog}"
+        );
+    });
+}
+
+#[test]
+fn a_full_proxy_evicts_connections_that_never_authenticated() {
+    // Every slot taken by connections that finished TLS and say nothing
+    // (deadlines long enough that only eviction can free a slot in time).
+    let lab = ProxyLab::start(
+        &format!(
+            "[limits]\nmax_connections = 20\nheader_timeout = \"30s\"\nidle_timeout = \"30s\"\n\n{ALICE}"
+        ),
+        &[],
+    );
+    std::thread::scope(|s| {
+        let silent = s.spawn(|| lab.hostile(&["silent", "20", "6"]));
+        std::thread::sleep(Duration::from_secs(1));
+        let t = served(&lab);
+        assert!(t < 3.0, "the newcomer waited {t:.2} s");
+        let silent = silent.join().unwrap();
+        assert!(
+            !silent["closed"].as_array().unwrap().is_empty(),
+            "the oldest silent connection made room: {silent}"
         );
     });
 }

@@ -994,7 +994,17 @@ models = ["*"]
         .find(|r| r["body"]["model"] == "huge")
         .expect("huge requested");
     assert_eq!(gone["outcome"], "client gone", "{gone}");
-    let records = lab.audit_wait(3);
+    // The slow head's 408 (refused by the HTTP layer), the slow body, the long
+    // generation, the stopped stream; the idle connection never spoke.
+    let records = lab.audit_wait(4);
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r["status_detail"] == "refused by the HTTP layer: request head timed out")
+            .count(),
+        1,
+        "{records:#?}"
+    );
     let stalled = records
         .iter()
         .find(|r| r["unmapped"]["warden"]["model"] == "huge:latest")

@@ -157,11 +157,20 @@ pub fn render_daemon(r: &Value) -> String {
             "warden_fragments_passed_total",
             "Non-first IP fragments passed",
         ),
+        (
+            "banned_dropped",
+            "warden_banned_dropped_total",
+            "Packets from banned sources dropped by XDP",
+        ),
     ] {
         if let Some(v) = r["counters"].get(key) {
             help(&mut o, name, "counter", text);
             let _ = writeln!(o, "{name} {}", u(v));
         }
+    }
+    if let Some(bans) = r["bans"].as_array() {
+        help(&mut o, "warden_bans", "gauge", "Sources banned now");
+        let _ = writeln!(o, "warden_bans {}", bans.len());
     }
     let e = &r["events"];
     if e.is_object() {

@@ -25,6 +25,8 @@ pub enum BodyError {
     /// `model` and `name` name different models, or the model is not a string.
     AmbiguousModel,
     NoModel,
+    /// Nested deeper than Go's decoder reads.
+    TooDeep,
 }
 
 impl fmt::Display for BodyError {
@@ -38,6 +40,7 @@ impl fmt::Display for BodyError {
             ),
             Self::AmbiguousModel => f.write_str("`model` and `name` disagree, or are not strings"),
             Self::NoModel => f.write_str("the request names no model"),
+            Self::TooDeep => write!(f, "the body is nested deeper than {MAX_DEPTH} levels"),
         }
     }
 }
@@ -153,6 +156,39 @@ pub struct Inspected {
     pub body: Vec<u8>,
 }
 
+/// Go's `encoding/json` refuses values nested deeper than this; so does the
+/// proxy (serde_json skips a raw value at any depth without complaint).
+const MAX_DEPTH: usize = 10_000;
+
+/// Whether no array or object in `json` is nested deeper than `limit`
+/// (brackets inside strings do not count). One pass, no allocation.
+fn nesting_within(json: &[u8], limit: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in json {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    true
+}
+
 fn parse<'a>(bytes: &'a [u8]) -> Result<Object<'a>, BodyError> {
     let entries: Entries<'a> = serde_json::from_slice(bytes).map_err(|e| {
         if e.classify() == serde_json::error::Category::Data {
@@ -175,6 +211,9 @@ pub fn inspect(
     cap: Option<u64>,
     may_use: impl Fn(&str) -> bool,
 ) -> Result<Inspected, BodyError> {
+    if !nesting_within(body, MAX_DEPTH) {
+        return Err(BodyError::TooDeep);
+    }
     let mut top = parse(body)?;
     if let Some(options) = top.raw("options")
         && options.get().starts_with('{')
@@ -271,6 +310,27 @@ fn apply_cap(route: &Route, top: &mut Object, cap: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nesting_is_counted_outside_strings_only() {
+        assert!(nesting_within(br#"{"a":[[1]]}"#, 3));
+        assert!(!nesting_within(br#"{"a":[[1]]}"#, 2));
+        assert!(nesting_within(br#"{"a":"[[[[[[\"[[["}"#, 1));
+        let deep = format!(
+            "{{\"model\":\"x\",\"m\":{}{}}}",
+            "[".repeat(20_000),
+            "]".repeat(20_000)
+        );
+        assert_eq!(
+            inspect(
+                find("POST", "/api/chat").unwrap().0,
+                deep.as_bytes(),
+                None,
+                |_| true
+            ),
+            Err(BodyError::TooDeep)
+        );
+    }
     use crate::proxy::routes::find;
     use serde_json::json;
 

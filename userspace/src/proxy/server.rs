@@ -404,11 +404,17 @@ async fn connection(
         idle: limits.idle_timeout,
         // The handshake's deadline has passed; the first request head (for
         // HTTP/2 also the preface and SETTINGS) gets the header timeout.
-        first_request: limits.header_timeout,
+        // HTTP/1.1: hyper's header timeout answers first (408); the watchdog
+        // is the backstop.
+        first_request: limits.header_timeout + if h2 { Duration::ZERO } else { CLOSE_GRACE },
     };
     let for_service = shared.clone();
     let service = service_fn(move |req| handler::handle(req, for_service.clone(), client.clone()));
-    let io = TokioIo::new(tls);
+    let received = Arc::new(AtomicU64::new(0));
+    let io = TokioIo::new(Counted {
+        inner: tls,
+        read: received.clone(),
+    });
     // The protocol is the one ALPN chose: nothing is read before the timeouts apply.
     let dropped = if h2 {
         let mut b = http2::Builder::new(TokioExecutor::new());
@@ -448,7 +454,8 @@ async fn connection(
             stats.deadline_closed.fetch_add(1, Ordering::Relaxed);
         }
         Closed::Failed(e) => {
-            if let Some((status, why)) = refused_by_http(&e, h2) {
+            let spoke = received.load(Ordering::Relaxed) > 0;
+            if let Some((status, why)) = refused_by_http(&e, h2, spoke) {
                 shared.audit.emit(super::audit::Record {
                     request_id: shared.new_request_id(),
                     time_ms: super::audit::now_ms(),
@@ -467,14 +474,15 @@ async fn connection(
 /// A connection error that refused a request before the handler saw it (a
 /// malformed head, an HTTP/2 protocol error, a head that never completed):
 /// the status the client got and why. `None` for a client that just went away.
-fn refused_by_http(e: &hyper::Error, h2: bool) -> Option<(u16, String)> {
+fn refused_by_http(e: &hyper::Error, h2: bool, spoke: bool) -> Option<(u16, String)> {
     if e.is_parse_too_large() {
         return Some((431, format!("refused by the HTTP layer: {e}")));
     }
     if e.is_parse() || e.is_parse_status() {
         return Some((400, format!("refused by the HTTP layer: {e}")));
     }
-    if e.is_timeout() {
+    // A head that timed out is a request only if some of it arrived.
+    if e.is_timeout() && spoke {
         return Some((
             408,
             "refused by the HTTP layer: request head timed out".into(),
@@ -500,6 +508,63 @@ fn refused_by_http(e: &hyper::Error, h2: bool) -> Option<(u16, String)> {
 struct Deadlines {
     idle: Duration,
     first_request: Duration,
+}
+
+/// A connection's stream, counting the bytes the client sent (after TLS),
+/// so a connection that timed out can be told from one that never spoke.
+struct Counted<S> {
+    inner: S,
+    read: Arc<AtomicU64>,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
+        r
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 enum Closed {
