@@ -578,3 +578,31 @@ pub fn print(checks: &[Check]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn an_untrusted_pin_directory_or_a_missing_pin_fails() {
+        let running = json!({ "enforcing": true, "backend": "ebpf", "daemon": { "running": true },
+                              "policy": { "ports": [11434], "mode": "enforce" }, "generation": 1 });
+        assert!(matches!(enforcement(&running, 11434).status, Status::Pass));
+        let mut squatted = running.clone();
+        squatted["pin_dir_problem"] =
+            json!("/sys/fs/bpf/ollama-warden is owned by uid 65534, not 0");
+        let c = enforcement(&squatted, 11434);
+        assert!(
+            matches!(c.status, Status::Fail) && c.detail.contains("uid 65534"),
+            "{c:?}"
+        );
+        let mut unpinned = running;
+        unpinned["missing_links"] = json!(["connect4"]);
+        let c = enforcement(&unpinned, 11434);
+        assert!(
+            matches!(c.status, Status::Fail) && c.detail.contains("connect4"),
+            "{c:?}"
+        );
+    }
+}
