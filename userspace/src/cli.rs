@@ -449,7 +449,9 @@ pub fn status_report(pin_dir: &Path, run_dir: &Path, nft_table: &str) -> serde_j
         .then(|| crate::enforce::pins::untrusted(pin_dir))
         .flatten();
     let mut report = json!({
-        "enforcing": maps.is_some() && missing.is_empty() && pin_dir_problem.is_none(),
+        // The state file is written once a start has attached everything
+        // (XDP included): before that, the daemon is still starting.
+        "enforcing": maps.is_some() && state.is_some() && missing.is_empty() && pin_dir_problem.is_none(),
         "backend": if maps.is_some() { "ebpf" } else { "none" },
         "pin_dir": pin_dir,
         "daemon": { "running": daemon_running, "pid": state.as_ref().map(|s| s.pid) },
