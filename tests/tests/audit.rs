@@ -196,16 +196,21 @@ fn flips_between_audit_and_enforce_atomically(backend: &str) {
         let events = flows(reason);
         let count = |v: &str| events.iter().filter(|e| e["verdict"] == v).count();
         let lost = &lab.status()["events"];
+        // A let-through attempt whose handshake outlived the probe's 0.5 s
+        // (a full accept queue on a loaded machine) is a would-deny that
+        // timed out: reported once all the same.
+        let let_through = got("connected") + got("timeout");
         assert_eq!(
-            (got("connected"), got(blocked)),
+            (let_through, got(blocked)),
             (count("would_deny"), count("deny")),
-            "{reason}: probes (connected, {blocked}) against events (would_deny, deny); {} probes; losses {lost}",
-            results.len()
+            "{reason}: probes (connected or timed out, {blocked}) against events (would_deny, deny); {} probes ({} timed out); losses {lost}",
+            results.len(),
+            got("timeout"),
         );
         assert_eq!(
-            got("connected") + got(blocked),
+            let_through + got(blocked),
             results.len(),
-            "{reason}: only connected or {blocked}"
+            "{reason}: only connected, timed out or {blocked}"
         );
         assert!(
             got("connected") > 0 && got(blocked) > 0,
