@@ -201,17 +201,7 @@ impl NftBackend {
             );
         }
         // An element that exists keeps its old timeout: replace it.
-        let _ = nft(
-            &[
-                "delete",
-                "element",
-                "inet",
-                &t,
-                set,
-                &format!("{{ {addr} }}"),
-            ],
-            None,
-        );
+        let _ = self.unban(source);
         nft(&["-f", "-"], Some(&script))?;
         Ok(())
     }
