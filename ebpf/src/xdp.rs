@@ -15,7 +15,6 @@ use crate::{
 };
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
-    helpers::generated::bpf_xdp_load_bytes,
     macros::xdp,
     maps::lpm_trie::Key,
     programs::XdpContext,
@@ -166,14 +165,33 @@ fn be16_at(ctx: &XdpContext, off: usize) -> Option<u16> {
     at::<[u8; 2]>(ctx, off).map(|p| u16::from_be_bytes(unsafe { *p }))
 }
 
-/// Copies `N` bytes at a variable offset with `bpf_xdp_load_bytes` (Linux 5.18):
-/// the verifier needs no packet-range proof, and multi-buffer frames work too.
+/// Headers further into the frame than this are not walked (the frame is judged
+/// malformed): the bound lets the verifier prove every variable-offset read.
+const MAX_HEADER_OFFSET: usize = 1024;
+
+/// The four bytes at a variable offset, straight from the frame. No
+/// `bpf_xdp_load_bytes` (Linux 5.18): bounded direct reads work on every kernel
+/// warden supports, and the program is not loaded for multi-buffer frames, so
+/// the headers are always in the linear part. Every caller's header is at least
+/// four bytes long (a narrower check is folded into one the verifier cannot use).
 #[inline(always)]
-fn load<const N: usize>(ctx: &XdpContext, off: usize) -> Option<[u8; N]> {
-    let mut buf = [0u8; N];
-    // SAFETY: `buf` is N writable bytes on the stack.
-    let rc = unsafe { bpf_xdp_load_bytes(ctx.ctx, off as u32, buf.as_mut_ptr().cast(), N as u32) };
-    (rc == 0).then_some(buf)
+fn load4(ctx: &XdpContext, off: usize) -> Option<[u8; 4]> {
+    u32::try_from(read4(ctx, off)).ok().map(u32::to_be_bytes)
+}
+
+/// [`load4`]'s read, big-endian, or -1. Not inlined: the slow paths' copies
+/// would overflow the 512-byte stack. A plain integer comes back (an `Option`
+/// leaves bits of the return register unset, which the verifier refuses).
+#[inline(never)]
+fn read4(ctx: &XdpContext, off: usize) -> i64 {
+    if off > MAX_HEADER_OFFSET {
+        return -1;
+    }
+    match at::<[u8; 4]>(ctx, off) {
+        // SAFETY: `at` checked the bounds; unaligned read of plain bytes.
+        Some(p) => u32::from_be_bytes(unsafe { *p }) as i64,
+        None => -1,
+    }
 }
 
 /// Source and destination port and TCP flags at `l4`; `direct` when `l4` is one of
@@ -183,7 +201,7 @@ fn ports(ctx: &XdpContext, l4: usize, proto: u8, direct: bool) -> Option<(u16, u
     let (sport, dport) = if direct {
         (be16_at(ctx, l4)?, be16_at(ctx, l4 + 2)?)
     } else {
-        let b: [u8; 4] = load(ctx, l4)?;
+        let b = load4(ctx, l4)?;
         (
             u16::from_be_bytes([b[0], b[1]]),
             u16::from_be_bytes([b[2], b[3]]),
@@ -193,7 +211,7 @@ fn ports(ctx: &XdpContext, l4: usize, proto: u8, direct: bool) -> Option<(u16, u
         && if direct {
             u8_at(ctx, l4 + 13)
         } else {
-            load::<1>(ctx, l4 + 13).map(|b| b[0])
+            load4(ctx, l4 + 12).map(|b| b[1])
         }
         .is_some_and(|f| f & 0x12 == 0x02);
     Some((sport, dport, syn))
@@ -271,7 +289,7 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Class {
         return Class::Malformed;
     };
     // SAFETY: bounds checked by `at`.
-    let h = unsafe { *hdr };
+    let h = unsafe { &*hdr };
     if h[0] >> 4 != 6 {
         return Class::Malformed;
     }
@@ -287,7 +305,7 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Class {
             IPPROTO_TCP | IPPROTO_UDP => break,
             // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
             0 | 43 | 60 => {
-                let Some([nh, len]) = load::<2>(ctx, l4) else {
+                let Some([nh, len, ..]) = load4(ctx, l4) else {
                     return Class::Malformed;
                 };
                 next = nh;
@@ -295,7 +313,7 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Class {
             }
             // Authentication header: (len + 2) * 4 bytes.
             51 => {
-                let Some([nh, len]) = load::<2>(ctx, l4) else {
+                let Some([nh, len, ..]) = load4(ctx, l4) else {
                     return Class::Malformed;
                 };
                 next = nh;
@@ -303,7 +321,7 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Class {
             }
             // Fragment header: 8 bytes; only the first fragment carries ports.
             44 => {
-                let Some([nh, _, fo_hi, fo_lo]) = load::<4>(ctx, l4) else {
+                let Some([nh, _, fo_hi, fo_lo]) = load4(ctx, l4) else {
                     return Class::Malformed;
                 };
                 if u16::from_be_bytes([fo_hi, fo_lo]) & 0xfff8 != 0 {
