@@ -18,6 +18,12 @@ pub static SLOT_META: Array<SlotMeta> = Array::pinned(SLOTS, 0);
 #[map(name = "PORTS")]
 pub static PORTS: Array<PortBitmap> = Array::pinned(SLOTS, 0);
 
+/// `BPF_F_NO_PREALLOC`: hash maps written only from userspace allocate entries
+/// as they are added. Preallocating their full capacity cost most of the
+/// daemon's start (about 1 s of kernel time here, 20 s under emulation) and
+/// tens of MiB that an ordinary policy never uses; lookups cost the same.
+const NO_PREALLOC: u32 = 1;
+
 /// Ingress prefixes other than single hosts.
 #[map(name = "INGRESS")]
 pub static INGRESS: LpmTrie<IngressKey, IngressRule> = LpmTrie::pinned(MAX_INGRESS_PREFIXES, 0);
@@ -25,17 +31,18 @@ pub static INGRESS: LpmTrie<IngressKey, IngressRule> = LpmTrie::pinned(MAX_INGRE
 /// Single-host ingress entries (/32, /128), looked up before the trie.
 #[map(name = "INGRESS_HOSTS")]
 pub static INGRESS_HOSTS: HashMap<IngressKey, IngressRule> =
-    HashMap::pinned(MAX_INGRESS_PREFIXES, 0);
+    HashMap::pinned(MAX_INGRESS_PREFIXES, NO_PREALLOC);
 
 /// Cgroups that may connect to / bind the protected ports; flags already include
 /// those of every listed ancestor.
 #[map(name = "CGROUPS")]
-pub static CGROUPS: HashMap<CgroupKey, CgroupRule> = HashMap::pinned(MAX_CGROUP_ENTRIES, 0);
+pub static CGROUPS: HashMap<CgroupKey, CgroupRule> =
+    HashMap::pinned(MAX_CGROUP_ENTRIES, NO_PREALLOC);
 
 /// Cgroups with an egress allowlist.
 #[map(name = "EGRESS_CGROUPS")]
 pub static EGRESS_CGROUPS: HashMap<CgroupKey, EgressPolicyRef> =
-    HashMap::pinned(MAX_CGROUP_ENTRIES, 0);
+    HashMap::pinned(MAX_CGROUP_ENTRIES, NO_PREALLOC);
 
 #[map(name = "EGRESS")]
 pub static EGRESS: LpmTrie<EgressKey, EgressEntry> = LpmTrie::pinned(MAX_EGRESS_PREFIXES, 0);
@@ -51,7 +58,7 @@ pub static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::pinned(1, 0);
 
 /// Banned sources (IPv4-mapped) and when each ban ends (CLOCK_MONOTONIC ns).
 #[map(name = "BANS")]
-pub static BANS: HashMap<Addr, u64> = HashMap::pinned(MAX_BANS, 0);
+pub static BANS: HashMap<Addr, u64> = HashMap::pinned(MAX_BANS, NO_PREALLOC);
 
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);

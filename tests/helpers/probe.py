@@ -27,6 +27,14 @@ import errno
 import socket
 import sys
 import threading
+import os
+
+# Emulated guests (`cargo xtask vm`) are slower: every wait scales by this.
+PATIENCE = float(os.environ.get("WARDEN_TEST_PATIENCE", "1"))
+
+
+def wait(secs):
+    return secs * PATIENCE
 
 listeners = []
 held = []
@@ -130,7 +138,7 @@ def handle(words):
                               socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP)
         except OSError:
             return "unavailable"
-        s.settimeout(0.5)
+        s.settimeout(wait(0.5))
         try:
             s.sendto(bytes([128 if v6 else 8, 0, 0, 0, 0, 0, 0, 1]) + b"exfiltrated", (words[1], 0))
             s.recv(2048)
@@ -156,7 +164,7 @@ def handle(words):
     if cmd == "connectfrom":
         src, host, port = words[1], words[2], int(words[3])
         s = socket.socket(family(host), socket.SOCK_STREAM)
-        s.settimeout(0.5)
+        s.settimeout(wait(0.5))
         try:
             s.bind((src, 0))
             s.connect((host, port))
@@ -170,7 +178,7 @@ def handle(words):
         verdicts, lat = {}, []
         for _ in range(int(words[3])):
             s = socket.socket(family(host), socket.SOCK_STREAM)
-            s.settimeout(1.0)
+            s.settimeout(wait(1.0))
             t = time.perf_counter()
             try:
                 s.connect((host, port))
@@ -186,14 +194,14 @@ def handle(words):
     if cmd == "hold":
         # Connects and keeps the connection open (for socket-table readers).
         s = socket.socket(family(host), socket.SOCK_STREAM)
-        s.settimeout(1.0)
+        s.settimeout(wait(1.0))
         s.connect((host, port))
         held.append(s)
         return "connected"
     if cmd == "rthdr":
         kind = socket.SOCK_STREAM if words[4] == "tcp" else socket.SOCK_DGRAM
         s = socket.socket(socket.AF_INET6, kind)
-        s.settimeout(0.5)
+        s.settimeout(wait(0.5))
         try:
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RTHDR, srh_via(words[3]))
             if kind == socket.SOCK_STREAM:
@@ -206,7 +214,7 @@ def handle(words):
     if cmd == "mptcp":
         import time
         s = socket.socket(family(host), socket.SOCK_STREAM, IPPROTO_MPTCP)
-        s.settimeout(1.0)
+        s.settimeout(wait(1.0))
         try:
             s.connect((host, port))
             end = time.time() + float(words[3])
@@ -226,7 +234,7 @@ def handle(words):
         return "ok"
     if cmd == "connect":
         s = socket.socket(family(host), socket.SOCK_STREAM)
-        s.settimeout(float(words[3]) if len(words) > 3 else 1.0)
+        s.settimeout(wait(float(words[3]) if len(words) > 3 else 1.0))
         try:
             s.connect((host, port))
             return "connected"

@@ -101,7 +101,7 @@ impl Daemon {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + crate::patience(Duration::from_secs(20));
         while Instant::now() < deadline {
             if self.run_dir.join("state.json").exists() {
                 return;
@@ -147,7 +147,7 @@ impl Daemon {
 
     /// Waits until an event matches `pred`; panics with the events seen otherwise.
     pub fn wait_event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        self.wait_event_for(what, Duration::from_secs(5), pred)
+        self.wait_event_for(what, crate::patience(Duration::from_secs(5)), pred)
     }
 
     /// [`Daemon::wait_event`] with another time limit.
@@ -197,6 +197,6 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        self.stop(Duration::from_secs(3));
+        self.stop(crate::patience(Duration::from_secs(3)));
     }
 }

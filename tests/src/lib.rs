@@ -29,6 +29,18 @@ pub fn workspace() -> PathBuf {
         .to_owned()
 }
 
+/// `d` scaled by `WARDEN_TEST_PATIENCE` (a factor, default 1): emulated guests
+/// (`cargo xtask vm`) verify and run everything several times slower. Only
+/// waits for something that must happen scale; a verdict never depends on it.
+pub fn patience(d: std::time::Duration) -> std::time::Duration {
+    let factor = std::env::var("WARDEN_TEST_PATIENCE")
+        .ok()
+        .and_then(|f| f.parse::<f64>().ok())
+        .unwrap_or(1.0)
+        .max(1.0);
+    d.mul_f64(factor)
+}
+
 fn warden_path() -> PathBuf {
     std::env::var_os("WARDEN_BIN")
         .map(PathBuf::from)

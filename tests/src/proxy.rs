@@ -64,7 +64,7 @@ pub fn helper(name: &str) -> PathBuf {
 }
 
 fn wait_for_line(path: &Path, prefix: &str, what: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + crate::patience(Duration::from_secs(20));
     loop {
         let text = std::fs::read_to_string(path).unwrap_or_default();
         if let Some(l) = text.lines().find(|l| l.contains(prefix)) {
@@ -379,7 +379,7 @@ impl ProxyLab {
     /// Waits for exactly `n` audit records (one per request sent so far);
     /// fails if fewer arrive or more follow.
     pub fn audit_wait(&self, n: usize) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + crate::patience(Duration::from_secs(10));
         loop {
             let a = self.audit();
             if a.len() >= n {

@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | build | run | test | demo | bench`.
+//! Developer tasks: `cargo xtask setup | build | run | test | vm | demo | bench`.
 //!
 //! Each task is a module; this file only parses arguments and hands over.
 
@@ -6,6 +6,7 @@ mod cmd;
 mod run;
 mod setup;
 mod test;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -40,11 +41,28 @@ enum Task {
     Deb,
     /// A one-minute tour in a throwaway lab: proxy, daemon, attackers, and what a SIEM sees.
     Demo,
+    /// The privileged suite on other kernels, or a systemd host, in qemu guests.
+    Vm {
+        /// Kernels: 6.1, 6.12, a Debian linux-image-* package, or `host`; default 6.1 and 6.12.
+        kernels: Vec<String>,
+        /// Only these test binaries (tests/tests/NAME.rs), comma-separated, or `smoke`.
+        #[arg(long)]
+        tests: Option<String>,
+        /// Boot a Debian 12 systemd host and check the .deb and its units in it.
+        #[arg(long)]
+        systemd: bool,
+        /// Test-name filters passed to each test binary.
+        #[arg(last = true)]
+        filter: Vec<String>,
+    },
     /// Setup, fmt check, clippy, unit tests and privileged integration tests.
     Test {
         /// Skip setup (when you know the machine is ready).
         #[arg(long)]
         no_setup: bool,
+        /// Skip the qemu guests (kernel smoke on 6.1 and 6.12, the systemd host).
+        #[arg(long)]
+        no_vm: bool,
         /// Only run integration tests whose name contains this filter.
         filter: Option<String>,
     },
@@ -58,6 +76,21 @@ fn main() -> anyhow::Result<()> {
         Task::Demo => run::demo(),
         Task::Deb => run::deb(),
         Task::Bench { names } => run::bench(&names),
-        Task::Test { no_setup, filter } => test::run(!no_setup, filter.as_deref()),
+        Task::Vm {
+            kernels,
+            tests,
+            systemd,
+            filter,
+        } => vm::run(&vm::Args {
+            kernels,
+            tests,
+            systemd,
+            filter,
+        }),
+        Task::Test {
+            no_setup,
+            no_vm,
+            filter,
+        } => test::run(!no_setup, !no_vm && filter.is_none(), filter.as_deref()),
     }
 }

@@ -28,6 +28,18 @@ const APT_PACKAGES: &[&str] = &[
     "nginx",
     // `systemd-analyze security` scores the shipped units (tests/tests/units.rs).
     "systemd",
+    // `cargo xtask vm`: guests under qemu, their initramfs (busybox, cpio, the
+    // kernels' compressed modules), the systemd host's root filesystem, and
+    // stripped copies of the test binaries.
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "kmod",
+    "xz-utils",
+    "zstd",
+    "debootstrap",
+    "e2fsprogs",
+    "binutils",
 ];
 
 /// While it exists, Debian maintainer scripts start no services: installing a

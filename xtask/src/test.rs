@@ -1,10 +1,11 @@
 //! `cargo xtask test`: everything CI checks, in order, with a summary at the end.
+//! A filter runs only the matching integration tests on the host (no guests).
 
 use crate::cmd;
 use anyhow::{Result, bail};
 use std::time::Instant;
 
-pub fn run(setup: bool, filter: Option<&str>) -> Result<()> {
+pub fn run(setup: bool, vms: bool, filter: Option<&str>) -> Result<()> {
     let mut results: Vec<(&str, bool, f64)> = Vec::new();
     let mut record = |name: &'static str, f: &mut dyn FnMut() -> Result<()>| {
         let start = Instant::now();
@@ -54,7 +55,11 @@ pub fn run(setup: bool, filter: Option<&str>) -> Result<()> {
                 c.arg(f);
             }
             cmd::run(&mut c)
-        });
+        })
+        // Other kernels and a real systemd host, in qemu guests (`cargo xtask vm`).
+        && (!vms || record("vm smoke 6.1", &mut || crate::vm::smoke("6.1")))
+        && (!vms || record("vm smoke 6.12", &mut || crate::vm::smoke("6.12")))
+        && (!vms || record("vm systemd host", &mut crate::vm::systemd_host));
     println!("\n== xtask test summary ==");
     for (name, passed, secs) in &results {
         println!(
