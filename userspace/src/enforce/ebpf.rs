@@ -88,6 +88,10 @@ pub struct EbpfBackend {
 impl EbpfBackend {
     /// Loads the object, creating the pinned maps or reusing those already pinned.
     pub fn open(opts: &Options) -> Result<Self, EnforceError> {
+        let missing = super::kernel::missing();
+        if !missing.is_empty() {
+            return Err(EnforceError::Kernel(missing.join("; ")));
+        }
         ensure_bpffs(&opts.pin_dir)?;
         for dir in [opts.pin_dir.clone(), opts.pin_dir.join("links")] {
             pins::ensure_private_dir(&dir).map_err(EnforceError::UntrustedPinDir)?;

@@ -2,6 +2,7 @@
 //! the same [`Compiled`](crate::compile::Compiled) policy.
 
 pub mod ebpf;
+pub mod kernel;
 pub mod maps;
 pub mod nflog;
 pub mod nft;
@@ -17,6 +18,8 @@ pub enum EnforceError {
     /// The pin directory is not warden's alone: never a reason to fall back.
     #[error("untrusted pin directory: {0}")]
     UntrustedPinDir(String),
+    #[error("this kernel lacks what the eBPF programs need: {0}")]
+    Kernel(String),
     #[error("loading the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("map {name}: {source}")]

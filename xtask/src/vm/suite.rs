@@ -218,7 +218,9 @@ fn outcome(name: &str, out: &Path) -> Result<Outcome> {
         exit: -1,
     };
     if let Some(rc) = rc {
-        let mut it = rc.split_whitespace().map(|v| v.parse::<i64>().unwrap_or(-1));
+        let mut it = rc
+            .split_whitespace()
+            .map(|v| v.parse::<i64>().unwrap_or(-1));
         o.exit = it.next().unwrap_or(-1) as i32;
         o.secs = it.next().unwrap_or(0).max(0) as u64;
     }
