@@ -261,7 +261,7 @@ fn auto_falls_back_to_nft_loudly_and_nft_enforcement_outlives_the_daemon() {
     assert!(
         std::fs::read_to_string(&d.stderr)
             .unwrap()
-            .contains("WARNING: eBPF enforcement unavailable")
+            .contains("warden: WARN eBPF enforcement unavailable")
     );
 
     let mut rogue = lab.prober(Some(&ns), Some("rogue"));

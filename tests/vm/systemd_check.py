@@ -234,15 +234,11 @@ def a_bad_reload_is_rejected_and_logged():
         (l for l in journal() if "policy rejected" in l.get("MESSAGE", "")), None))
     os.remove(bad)
     expect(status()["generation"] == gen, "a rejected policy changed the generation")
-    # The error's lines are journal entries of their own (one record per
-    # rejection is for the structured logs: docs/DESIGN-NOTES.md, "Logs").
-    where = [l for l in journal() if "50-bad.toml:3:" in l.get("MESSAGE", "")]
-    expect(where, "no entry names the file:line:col")
-    # Every line is logged at journald's default level (6) until the daemon's
-    # logs carry their own levels (tracing; docs/DESIGN-NOTES.md, "Logs").
-    expect("PRIORITY" in line and line.get("_SYSTEMD_UNIT") == "ollama-warden.service",
-           f"journal entry: {line}")
-    return f"kept generation {gen}; journal names the file:line:col (priority {line['PRIORITY']})"
+    # One entry: the rejection with its file:line:col, at warning priority.
+    expect("50-bad.toml:3:" in line["MESSAGE"], f"the entry lacks the file:line:col: {line['MESSAGE']}")
+    expect(line.get("_SYSTEMD_UNIT") == "ollama-warden.service", f"journal entry: {line}")
+    expect(int(line["PRIORITY"]) == 4, f"logged at priority {line['PRIORITY']}, not warning (4)")
+    return f"kept generation {gen}; one journal entry at priority 4 names the file:line:col"
 
 
 @check
@@ -275,14 +271,16 @@ def doctor_passes():
 
 
 @check
-def the_journal_has_the_daemons_log():
+def the_journal_has_the_daemons_log_with_levels():
     lines = [json.loads(l) for l in
              sh("journalctl -u ollama-warden.service -o json --no-pager").splitlines()]
     start = [l for l in lines if "enforcing policy generation" in l.get("MESSAGE", "")]
     expect(start, "no start summary in the journal")
     prios = sorted({int(l["PRIORITY"]) for l in lines if "PRIORITY" in l})
     expect(int(start[0]["PRIORITY"]) == 6, f"start summary at priority {start[0]['PRIORITY']}")
-    return f"{len(lines)} entries, priorities {prios}"
+    expect("generation=" in start[0]["MESSAGE"], f"no structured fields: {start[0]['MESSAGE']}")
+    expect(4 in prios and 6 in prios, f"priorities seen: {prios}")
+    return f"{len(lines)} entries, priorities {prios}; fields on the line (generation=, digest=)"
 
 
 @check

@@ -35,6 +35,11 @@ pub struct Cli {
     /// The nftables table warden owns (nft backend).
     #[arg(long, global = true, default_value = crate::enforce::nft::DEFAULT_TABLE)]
     nft_table: String,
+    /// Log level of the daemon and the proxy (error, warn, info, debug, trace,
+    /// or RUST_LOG-style directives); default: `RUST_LOG`, else info. Logs go
+    /// to stderr (with syslog priorities under systemd), never to stdout.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -203,6 +208,7 @@ enum PolicyCommand {
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    crate::logs::init(cli.log_level.as_deref());
     match cli.command {
         Command::Policy {
             command:
@@ -277,7 +283,7 @@ pub fn main() -> i32 {
             {
                 Ok(()) => 0,
                 Err(e) => {
-                    eprintln!("warden: {}", error_chain(&e));
+                    tracing::error!("{}", error_chain(&e));
                     e.exit_code()
                 }
             }
@@ -675,7 +681,7 @@ fn proxy(config: &Path, check: bool) -> i32 {
     match result {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("warden proxy: {e:#}");
+            tracing::error!("{e:#}");
             1
         }
     }

@@ -160,9 +160,7 @@ fn start_backend(
             Err(e @ EnforceError::UntrustedPinDir(_)) => return Err(e.into()),
             Err(e) => {
                 let why = crate::cli::error_chain(&e);
-                eprintln!(
-                    "warden: WARNING: eBPF enforcement unavailable ({why}); falling back to nftables"
-                );
+                tracing::warn!("eBPF enforcement unavailable ({why}); falling back to nftables");
                 events.lifecycle(
                     "backend_fallback",
                     json!({ "from": "ebpf", "to": "nft", "error": why }),
@@ -233,8 +231,8 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
                     .map_err(|e| DaemonError::Io(e.into()))?,
             ),
             Err(e) => {
-                eprintln!(
-                    "warden: cannot read NFLOG events ({e}); verdicts are enforced and counted, not reported"
+                tracing::warn!(
+                    "cannot read NFLOG events ({e}); verdicts are enforced and counted, not reported"
                 );
                 None
             }
@@ -295,8 +293,8 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         };
         // Metrics are worth less than enforcement: a taken port is a warning.
         match crate::metrics::serve(addr, render) {
-            Ok(a) => eprintln!("warden: metrics on http://{a}/metrics"),
-            Err(e) => eprintln!("warden: WARNING: metrics on {addr}: {e}; running without"),
+            Ok(a) => tracing::info!("metrics on http://{a}/metrics"),
+            Err(e) => tracing::warn!("metrics on {addr}: {e}; running without"),
         }
     }
     notify_ready();
@@ -362,7 +360,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
             _ = rescan.tick() => {
                 let restored = backend.restore_pins();
                 if !restored.is_empty() {
-                    eprintln!("warden: pins were removed and are pinned again: {}", restored.join(", "));
+                    tracing::warn!("pins were removed and are pinned again: {}", restored.join(", "));
                     pipeline.lifecycle("pins_restored", json!({ "pins": restored }));
                 }
                 // A backstop for what the cgroup watch could not see.
@@ -375,7 +373,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
                     state.events = losses;
                     // Status lags behind; enforcement and events go on.
                     if let Err(e) = state.write(&opts.run_dir) {
-                        eprintln!("warden: cannot update the state file: {e}");
+                        tracing::error!("cannot update the state file: {e}");
                     }
                 }
             }
@@ -399,7 +397,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         kernel_lost,
     );
     if last.total() > state.events.total() {
-        eprintln!("warden: events lost while stopping: {}", json!(last));
+        tracing::warn!("events lost while stopping: {}", json!(last));
     }
     state.events = last;
     state.write(&opts.run_dir)?;
@@ -462,7 +460,7 @@ fn follow_interfaces(backend: &mut Backend, current: &Compiled, pipeline: &Pipel
                 pipeline.lifecycle("attachments_changed", json!({ "attachments": changes }));
             }
         }
-        Err(e) => eprintln!("warden: XDP attach: {e}"),
+        Err(e) => tracing::warn!("XDP attach: {e}"),
     }
 }
 
@@ -506,7 +504,7 @@ fn follow_cgroups(
             state.generation = applied.generation;
             state.write(&opts.run_dir)?;
         }
-        Err(e) => eprintln!("warden: re-applying after cgroup change failed: {e}"),
+        Err(e) => tracing::error!("re-applying after cgroup change failed: {e}"),
     }
     Ok(())
 }
@@ -540,7 +538,11 @@ fn reload_and_report(
             state.write(&opts.run_dir)?;
         }
         Err(e) => {
-            eprintln!("warden: policy rejected ({trigger}), previous policy stays in force: {e}");
+            tracing::warn!(
+                %trigger,
+                generation_in_force = state.generation,
+                "policy rejected ({trigger}), previous policy stays in force: {e}"
+            );
             events.lifecycle(
                 "policy_rejected",
                 json!({ "error": e.to_string(), "trigger": trigger, "generation_in_force": state.generation }),
@@ -573,7 +575,7 @@ fn reload(
     // The swap happened: from here on this policy is the one in force, whatever
     // the interface sync says (its problems are reported, not a rejection).
     if let Err(e) = backend.sync_interfaces(&compiled) {
-        eprintln!("warden: WARNING: interfaces of the new policy: {e}");
+        tracing::warn!("interfaces of the new policy: {e}");
     }
     Ok(Some((policy, compiled, applied, (load_ms, apply_ms))))
 }
@@ -626,17 +628,19 @@ fn print_summary(
         .iter()
         .map(|p| p.display().to_string())
         .collect();
-    eprintln!(
-        "warden: enforcing policy generation {} ({}) from {}",
+    tracing::info!(
+        generation = applied.generation,
+        digest = %c.digest,
+        "enforcing policy generation {} ({}) from {}",
         applied.generation,
         c.digest,
         sources.join(", ")
     );
-    eprintln!("  protected ports: {:?}", c.ports);
+    tracing::info!("protected ports: {:?}", c.ports);
     match c.mode() {
         "enforce" => {}
-        mode => eprintln!(
-            "  mode: {mode}: AUDIT ONLY (reported as would_deny, not blocked): {}",
+        mode => tracing::warn!(
+            "mode: {mode}: AUDIT ONLY (reported as would_deny, not blocked): {}",
             c.audit_sections().join(", ")
         ),
     }
@@ -645,8 +649,8 @@ fn print_summary(
         .iter()
         .map(|e| format!("{}→{}", e.net, e.port))
         .collect();
-    eprintln!(
-        "  remote sources allowed: {}",
+    tracing::info!(
+        "remote sources allowed: {}",
         if remote.is_empty() {
             "none (local access only)".to_owned()
         } else {
@@ -659,24 +663,24 @@ fn print_summary(
         } else {
             "connect"
         };
-        eprintln!("  local cgroup {} may {what}", g.cgroup);
+        tracing::info!("local cgroup {} may {what}", g.cgroup);
     }
     for e in &c.egress {
-        eprintln!(
-            "  egress of {} limited to {} prefix(es)",
+        tracing::info!(
+            "egress of {} limited to {} prefix(es)",
             e.cgroup,
             e.prefixes.len()
         );
     }
     for u in &applied.unresolved {
-        eprintln!("  note: cgroup {u} does not exist yet; granted as soon as it appears");
+        tracing::info!("note: cgroup {u} does not exist yet; granted as soon as it appears");
     }
     for g in gaps {
-        eprintln!("  NOT ENFORCED by this backend: {g}");
+        tracing::warn!("NOT ENFORCED by this backend: {g}");
     }
     for a in attachments {
-        eprintln!(
-            "  {} on {}: {}{}",
+        tracing::info!(
+            "{} on {}: {}{}",
             a.program,
             a.target,
             a.state,

@@ -29,6 +29,7 @@ pub mod doctor;
 pub mod enforce;
 pub mod events;
 pub mod host;
+pub mod logs;
 pub mod metrics;
 pub mod proxy;
 pub mod signature;

@@ -336,8 +336,8 @@ impl EbpfBackend {
             } else if !is_ethernet(&name) {
                 // The parser expects an Ethernet header; tun/wireguard/ipip/IPoIB
                 // frames would be misread (and pass), so say so instead.
-                eprintln!(
-                    "warden: WARNING: {name} is not an Ethernet interface; XDP ingress does not cover it"
+                tracing::warn!(
+                    "{name} is not an Ethernet interface; XDP ingress does not cover it"
                 );
                 ("unsupported", None)
             } else {
@@ -348,7 +348,7 @@ impl EbpfBackend {
                         ("attached", Some(mode))
                     }
                     Err(e) => {
-                        eprintln!("warden: WARNING: XDP not attached to {name}: {e}");
+                        tracing::warn!("XDP not attached to {name}: {e}");
                         ("failed", None)
                     }
                 }
@@ -382,7 +382,7 @@ impl EbpfBackend {
             match h.restore() {
                 Ok(true) => restored.push(h.pin.display().to_string()),
                 Ok(false) => {}
-                Err(e) => eprintln!("warden: cannot pin {} again: {e}", h.pin.display()),
+                Err(e) => tracing::error!("cannot pin {} again: {e}", h.pin.display()),
             }
         }
         restored

@@ -345,8 +345,9 @@ impl Pipeline {
                 *abandoned = true;
                 let stuck = s.counters.pending.swap(0, Relaxed);
                 s.counters.dropped.fetch_add(stuck, Relaxed);
-                eprintln!(
-                    "warden: event sink {} did not finish writing; {stuck} event(s) dropped",
+                tracing::warn!(
+                    sink = %s.spec,
+                    "event sink {} did not finish writing; {stuck} event(s) dropped",
                     s.spec
                 );
             }
@@ -706,8 +707,9 @@ fn run_sink(
             && last_complaint.is_none_or(|t| t.elapsed() > Duration::from_secs(10))
         {
             // Counted either way; said at most every 10 s so a dead sink cannot flood stderr.
-            eprintln!(
-                "warden: event sink {spec}: {e} ({} event(s) lost in this batch)",
+            tracing::warn!(
+                sink = %spec,
+                "event sink {spec}: {e} ({} event(s) lost in this batch)",
                 w.failed
             );
             last_complaint = Some(Instant::now());

@@ -282,7 +282,7 @@ fn write_loop(rx: Receiver<Item>, mut writers: Vec<SinkWriter>, c: &Counters) {
             c.written.fetch_add(out.ok as u64, Ordering::Relaxed);
             c.failed.fetch_add(out.failed as u64, Ordering::Relaxed);
             if let Some(e) = out.error {
-                eprintln!("warden proxy: audit sink: {e}");
+                tracing::warn!("audit sink: {e}");
             }
         }
     }

@@ -86,7 +86,7 @@ async fn connect(socket: &PathBuf, complained: &mut bool) -> Option<UnixStream> 
         Ok(s) => match s.peer_cred() {
             Ok(c) if c.uid() == 0 => {
                 if *complained {
-                    eprintln!("warden proxy: reporting to {} again", socket.display());
+                    tracing::info!("reporting to {} again", socket.display());
                 }
                 *complained = false;
                 return Some(s);
@@ -97,8 +97,8 @@ async fn connect(socket: &PathBuf, complained: &mut bool) -> Option<UnixStream> 
         Err(e) => e.to_string(),
     };
     if !*complained {
-        eprintln!(
-            "warden proxy: daemon report socket {}: {refused}; reports are counted as dropped until it is back",
+        tracing::warn!(
+            "daemon report socket {}: {refused}; reports are counted as dropped until it is back",
             socket.display()
         );
         *complained = true;

@@ -132,8 +132,8 @@ pub fn run(path: &Path) -> Result<()> {
     rt.shutdown_timeout(Duration::from_secs(1));
     shared.audit.finish();
     let c = &shared.audit.counters;
-    eprintln!(
-        "warden proxy: stopped{}; audit records written {} dropped {} failed {}; connections refused {} failed handshakes {}",
+    tracing::info!(
+        "stopped{}; audit records written {} dropped {} failed {}; connections refused {} failed handshakes {}",
         if drained {
             ""
         } else {
@@ -152,8 +152,8 @@ pub fn run(path: &Path) -> Result<()> {
             c.sent.load(Ordering::Relaxed),
             c.dropped.load(Ordering::Relaxed),
         );
-        eprintln!(
-            "warden proxy: daemon reports {queued}: sent {sent} dropped {dropped} unsent {}",
+        tracing::info!(
+            "daemon reports {queued}: sent {sent} dropped {dropped} unsent {}",
             queued.saturating_sub(sent + dropped)
         );
     }
@@ -174,8 +174,8 @@ async fn serve(path: &Path, cfg: Config) -> Result<(Arc<Shared>, Arc<Stats>, boo
     let open: Arc<Mutex<Open>> = Arc::default();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut watch = PolicyWatch::new(&watched(path, &cfg)).context("watch config files")?;
-    eprintln!(
-        "warden proxy: listening on https://{} for {} ({} identities)",
+    tracing::info!(
+        "listening on https://{} for {} ({} identities)",
         listener.local_addr()?,
         cfg.upstream.host,
         cfg.identities.len()
@@ -232,8 +232,8 @@ async fn serve(path: &Path, cfg: Config) -> Result<(Arc<Shared>, Arc<Stats>, boo
             ])
         };
         match crate::metrics::serve(addr, render) {
-            Ok(a) => eprintln!("warden proxy: metrics on http://{a}/metrics"),
-            Err(e) => eprintln!("warden proxy: WARNING: metrics on {addr}: {e}; serving without"),
+            Ok(a) => tracing::info!("metrics on http://{a}/metrics"),
+            Err(e) => tracing::warn!("metrics on {addr}: {e}; serving without"),
         }
     }
     let mut hup = signal(SignalKind::hangup())?;
@@ -327,8 +327,8 @@ fn reload(
     let new = match config::load(path) {
         Ok(c) => c,
         Err(errs) => {
-            eprintln!(
-                "warden proxy: reload ({why}) rejected, running configuration kept: {}",
+            tracing::warn!(
+                "reload ({why}) rejected, running configuration kept: {}",
                 diagnostics(errs)
             );
             return;
@@ -337,7 +337,7 @@ fn reload(
     let tls_new = match tls::server_config(&new.tls) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("warden proxy: reload ({why}) rejected, running configuration kept: {e:#}");
+            tracing::warn!("reload ({why}) rejected, running configuration kept: {e:#}");
             return;
         }
     };
@@ -348,8 +348,8 @@ fn reload(
         || new.report != old.cfg.report
         || new.metrics != old.cfg.metrics
     {
-        eprintln!(
-            "warden proxy: reload ({why}): listen, upstream, audit, report and metrics changes apply at restart"
+        tracing::warn!(
+            "reload ({why}): listen, upstream, audit, report and metrics changes apply at restart"
         );
     }
     if let Ok(w) = PolicyWatch::new(&watched(path, &new)) {
@@ -364,7 +364,7 @@ fn reload(
     let n = keep.identities.len();
     *shared.runtime.write().expect("not poisoned") = Arc::new(runtime(keep));
     *tls_config.write().expect("not poisoned") = tls_new;
-    eprintln!("warden proxy: reloaded ({why}): {n} identities");
+    tracing::info!("reloaded ({why}): {n} identities");
 }
 
 async fn connection(
