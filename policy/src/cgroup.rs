@@ -15,6 +15,11 @@ use serde::Serialize;
 /// Longest cgroup directory name the kernel accepts (NAME_MAX).
 const MAX_SEGMENT_BYTES: usize = 255;
 
+/// Deepest cgroup a policy may name (segments below the cgroup2 root): the
+/// kernel programs walk a task's ancestors through level 15 (the walk's length
+/// is most of what the verifier explores; `MAX_CGROUP_DEPTH` in warden-common).
+pub const MAX_DEPTH: usize = 15;
+
 /// Where cgroup2 is usually mounted; a path starting with it was copied from the
 /// filesystem instead of from `/proc/PID/cgroup`.
 const MOUNT_PREFIX: &str = "sys/fs/cgroup";
@@ -50,6 +55,10 @@ pub enum CgroupPathError {
     PaddedSegment { path: String, segment: String },
     #[error("invalid cgroup path `{0}`: a segment is longer than 255 bytes")]
     TooLong(String),
+    #[error(
+        "cgroup path `{path}` is nested {depth} levels deep; warden matches cgroups at most {MAX_DEPTH} levels below the root: name an ancestor"
+    )]
+    TooDeep { path: String, depth: usize },
     #[error(
         "invalid cgroup path `{path}`: looks like a filesystem path; cgroup paths are relative to the cgroup2 mount: write `{fixed}`"
     )]
@@ -96,6 +105,12 @@ impl CgroupPath {
             });
         }
         let segments: Vec<&str> = rest.split('/').collect();
+        if segments.len() > MAX_DEPTH && segments.iter().all(|s| !s.is_empty()) {
+            return Err(CgroupPathError::TooDeep {
+                path: owned(),
+                depth: segments.len(),
+            });
+        }
         let last = segments.len() - 1;
         for (i, segment) in segments.iter().enumerate() {
             if segment.is_empty() {

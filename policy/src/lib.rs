@@ -32,7 +32,7 @@ pub mod walk;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use cgroup::{CgroupPath, CgroupPathError, OWN_POD};
+pub use cgroup::{CgroupPath, CgroupPathError, MAX_DEPTH as MAX_CGROUP_DEPTH, OWN_POD};
 pub use diagnostic::{Diagnostic, Origin};
 pub use load::Verifier;
 pub use model::{EgressPolicy, EgressRule, Ingress, Located, Mode, Policy, PortIngress};

@@ -600,3 +600,28 @@ fn modes_are_checked_and_must_agree_across_files() {
         "{e:?}"
     );
 }
+
+#[test]
+fn cgroups_deeper_than_the_kernel_walk_are_rejected_where_they_are_named() {
+    let at = |depth: usize| {
+        (1..=depth)
+            .map(|i| format!("l{i}"))
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    let text = |depth: usize| {
+        format!(
+            "version = 1\n[service]\nports = [11434]\nserver_cgroups = [\"{}\"]\n",
+            at(depth)
+        )
+    };
+    // The deepest a rule can match (level 15) is accepted, one more is not.
+    assert_eq!(parse(&text(MAX_CGROUP_DEPTH)).server_cgroups.len(), 1);
+    let e = errors(&text(MAX_CGROUP_DEPTH + 1));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("t.toml:4:19: cgroup path `l1/")
+            && e[0].contains("nested 16 levels deep; warden matches cgroups at most 15"),
+        "{e:?}"
+    );
+}

@@ -485,6 +485,15 @@ fn ser_port_rules<S: serde::Serializer>(rules: &[PortRule], s: S) -> Result<S::O
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn policies_name_no_cgroup_deeper_than_the_programs_walk() {
+        // Level L is matched while the walk visits it: levels 0..MAX_CGROUP_DEPTH.
+        assert_eq!(
+            warden_policy::MAX_CGROUP_DEPTH as u32 + 1,
+            warden_common::MAX_CGROUP_DEPTH
+        );
+    }
+
     use super::*;
     use std::path::Path;
 
