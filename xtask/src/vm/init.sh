@@ -27,14 +27,15 @@ overlay() { # TAG DIR
 $B mkdir -p /upper && $B mount -t tmpfs tmpfs /upper
 overlay usr /usr
 overlay etc /etc
+# Before the workspace: it may live under one of these (a clone in /tmp).
+$B mount -t tmpfs tmpfs /tmp
+$B mount -t tmpfs tmpfs /run
 share ws "$WARDEN_WS" ro,cache=loose
 share job /job cache=none
 release=$($B uname -r)
 $B mkdir -p "/usr/lib/modules/$release"
 share mods "/usr/lib/modules/$release" ro,cache=loose
 
-$B mount -t tmpfs tmpfs /tmp
-$B mount -t tmpfs tmpfs /run
 $B mkdir -p /run/netns
 $B mount -t cgroup2 cgroup2 /sys/fs/cgroup
 $B mount -t bpf bpf /sys/fs/bpf -o mode=0700
