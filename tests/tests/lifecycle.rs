@@ -106,7 +106,30 @@ fn enforcement_survives_sigkill_restart_adopts_and_down_removes() {
         "denied",
         "SIGTERM keeps enforcement"
     );
+    // What Ollama's unit asks before it starts (ExecStartPre): yes while pinned...
+    let required = |lab: &Lab| {
+        let out = std::process::Command::new(warden_tests::warden_bin())
+            .args(lab.dir_args())
+            .args(["status", "--require-enforcing"])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, text) = required(&lab);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.starts_with("enforcing: ebpf backend, policy generation 2"),
+        "{text}"
+    );
     lab.warden(&["down"]);
+    // ...and no once nothing enforces.
+    let (code, text) = required(&lab);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("not enforcing: nothing is pinned"), "{text}");
     assert_eq!(
         lab.prober(Some(&ns), Some("rogue"))
             .connect("127.0.0.1", PORT),

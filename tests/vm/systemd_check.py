@@ -265,6 +265,25 @@ def start_adopts_the_pinned_enforcement():
 
 
 @check
+def ollama_never_starts_unprotected():
+    # The daemon stopped, its pins in force: Ollama (re)starts.
+    sh("systemctl stop ollama-warden-proxy.service ollama-warden.service")
+    sh("systemctl restart ollama.service")
+    # Nothing enforcing and the daemon unable to start (masked): it refuses.
+    sh("warden down && systemctl mask --runtime ollama-warden.service")
+    sh("systemctl restart ollama.service", ok=False)
+    state = sh("systemctl is-active ollama.service", ok=False).strip()
+    why = sh("journalctl -u ollama.service -o cat --no-pager | grep 'not enforcing' | tail -1", ok=False)
+    sh("systemctl unmask --runtime ollama-warden.service")
+    expect(state != "active", "ollama.service started with nothing enforcing")
+    expect("not enforcing: nothing is pinned" in why, f"the refusal's reason: {why!r}")
+    # The daemon back first, then Ollama.
+    sh("systemctl start ollama-warden.service ollama-warden-proxy.service ollama.service")
+    expect(connect(11434) == "denied", "denied after the daemon came back")
+    return f"with pins: restarts; after `warden down`: {state} ({why.strip()[:60]})"
+
+
+@check
 def doctor_passes():
     out = sh("warden doctor")
     return out.strip().splitlines()[-1][:100] if out.strip() else "ok"

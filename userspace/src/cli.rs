@@ -129,6 +129,10 @@ enum Command {
     Status {
         #[arg(long)]
         json: bool,
+        /// Print one line and exit 1 unless enforcement is in force (for
+        /// `ExecStartPre=` of the units it protects: Ollama never starts unprotected).
+        #[arg(long, conflicts_with = "json")]
+        require_enforcing: bool,
     },
     /// Stop the daemon and detach and unpin everything warden owns.
     Down,
@@ -288,7 +292,14 @@ pub fn main() -> i32 {
                 }
             }
         }
-        Command::Status { json } => status(&cli.pin_dir, &cli.run_dir, &cli.nft_table, json),
+        Command::Status {
+            json,
+            require_enforcing: true,
+        } => {
+            debug_assert!(!json);
+            require_enforcing(&cli.pin_dir, &cli.run_dir, &cli.nft_table)
+        }
+        Command::Status { json, .. } => status(&cli.pin_dir, &cli.run_dir, &cli.nft_table, json),
         Command::Down => down(&cli.pin_dir, &cli.run_dir, &cli.nft_table),
         Command::Ban { command } => crate::ban::run(command, &cli.pin_dir, &cli.nft_table),
         Command::Proxy { config, check } => proxy(&config, check),
@@ -429,6 +440,31 @@ fn status(pin_dir: &Path, run_dir: &Path, nft_table: &str, as_json: bool) -> i32
         print_status(&report);
     }
     0
+}
+
+/// `warden status --require-enforcing`: 0 and "enforcing" only when the status
+/// report says so; otherwise 1 and why not.
+fn require_enforcing(pin_dir: &Path, run_dir: &Path, nft_table: &str) -> i32 {
+    let r = status_report(pin_dir, run_dir, nft_table);
+    if r["enforcing"] == true {
+        println!(
+            "enforcing: {} backend, policy generation {}",
+            r["backend"].as_str().unwrap_or("?"),
+            r["generation"]
+        );
+        return 0;
+    }
+    let why = if let Some(p) = r["pin_dir_problem"].as_str() {
+        format!("the pin directory is not warden's: {p}")
+    } else if let Some(m) = r["missing_links"].as_array() {
+        format!("programs not attached: {}", json!(m))
+    } else if r["backend"] == "none" {
+        format!("nothing is pinned in {}", pin_dir.display())
+    } else {
+        "the daemon has not finished starting".to_owned()
+    };
+    eprintln!("warden: not enforcing: {why}");
+    1
 }
 
 /// What `warden status --json` prints: backend, links, generation, counters,
