@@ -172,6 +172,12 @@ fn start_backend(
 }
 
 pub async fn run(opts: Options) -> Result<(), DaemonError> {
+    // First: a reload (SIGHUP's default action is to terminate) may come as soon
+    // as `warden status` says enforcing, before the loop below runs; it waits
+    // here, queued, instead of killing the daemon.
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let key = opts
         .require_signature
         .as_deref()
@@ -267,9 +273,6 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         ),
         Backend::Nft(_) => None,
     };
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     let mut rescan = tokio::time::interval(opts.rescan);
     let mut loss_report = tokio::time::interval(opts.loss_report);
     let mut nflog_lost = 0;

@@ -237,18 +237,22 @@ pub fn python_venv_dir() -> PathBuf {
     cmd::workspace_root().join("target/pyenv")
 }
 
+/// The venv's interpreter: Debian's, which `cargo xtask vm` guests see too (a
+/// per-user one, such as pyenv's under /root, is not on the shared /usr).
+const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+
 fn python_venv() -> Result<String> {
     let venv = python_venv_dir();
     let python = venv.join("bin/python");
     let stamp = venv.join("warden-packages.txt");
-    let wanted = PYTHON_PACKAGES.join("\n");
+    let wanted = format!("{SYSTEM_PYTHON}\n{}", PYTHON_PACKAGES.join("\n"));
     if std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
         return Ok("present".into());
     }
-    if !python.exists() {
-        cmd::run(Command::new("python3").arg("-m").arg("venv").arg(&venv))
-            .context("creating the test venv needs python3-venv")?;
-    }
+    // Made again from scratch: an older venv may have another interpreter.
+    let _ = std::fs::remove_dir_all(&venv);
+    cmd::run(Command::new(SYSTEM_PYTHON).arg("-m").arg("venv").arg(&venv))
+        .context("creating the test venv needs python3-venv")?;
     cmd::run(
         Command::new(&python)
             .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])

@@ -161,6 +161,11 @@ pub fn run(path: &Path) -> Result<()> {
 }
 
 async fn serve(path: &Path, cfg: Config) -> Result<(Arc<Shared>, Arc<Stats>, bool)> {
+    // Before anything says the proxy is up: a reload sent then must not find
+    // SIGHUP's default action (terminate).
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let tls_config = RwLock::new(tls::server_config(&cfg.tls)?);
     let listener = TcpListener::bind(cfg.listen)
         .await
@@ -236,9 +241,6 @@ async fn serve(path: &Path, cfg: Config) -> Result<(Arc<Shared>, Arc<Stats>, boo
             Err(e) => tracing::warn!("metrics on {addr}: {e}; serving without"),
         }
     }
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(WATCH_EVERY);
     loop {
         tokio::select! {
