@@ -90,32 +90,8 @@ fn suites(args: &Args) -> Result<()> {
             took.as_secs_f64()
         );
         for o in &outcomes {
-            let ok = o.finished && o.exit == 0 && o.failed.is_empty();
-            all_ok &= ok;
-            report += &format!(
-                "  {:<12} {:<4} {:>3} passed {:>2} failed {:>2} ignored {:>5}s{}\n",
-                o.binary,
-                if ok { "ok" } else { "FAIL" },
-                o.passed,
-                o.failed.len(),
-                o.ignored,
-                o.secs,
-                if !o.finished {
-                    " (did not finish)".to_owned()
-                } else if !ok && o.failed.is_empty() {
-                    format!(" (exit {})", o.exit)
-                } else {
-                    String::new()
-                }
-            );
-            for f in &o.failed {
-                report += &format!(
-                    "      FAILED {f}  (log: {})\n",
-                    dir.join("job/out")
-                        .join(format!("{}.log", o.binary))
-                        .display()
-                );
-            }
+            all_ok &= o.ok();
+            report += &o.summary(&dir.join("job/out"));
         }
     }
     println!("\n== xtask vm summary =={report}");

@@ -210,6 +210,37 @@ fn strip_into(src: &Path, dest: &Path) -> Result<()> {
     .with_context(|| format!("copying {}", src.display()))
 }
 
+impl Outcome {
+    pub fn ok(&self) -> bool {
+        self.finished && self.exit == 0 && self.failed.is_empty()
+    }
+
+    /// One line for the binary, one per failed test (with the log under `out`).
+    pub fn summary(&self, out: &Path) -> String {
+        let note = if !self.finished {
+            " (did not finish)".to_owned()
+        } else if !self.ok() && self.failed.is_empty() {
+            format!(" (exit {})", self.exit)
+        } else {
+            String::new()
+        };
+        let mut s = format!(
+            "  {:<12} {:<4} {:>3} passed {:>2} failed {:>2} ignored {:>5}s{note}\n",
+            self.binary,
+            if self.ok() { "ok" } else { "FAIL" },
+            self.passed,
+            self.failed.len(),
+            self.ignored,
+            self.secs,
+        );
+        let log = out.join(format!("{}.log", self.binary));
+        for f in &self.failed {
+            s += &format!("      FAILED {f}  (log: {})\n", log.display());
+        }
+        s
+    }
+}
+
 fn outcome(name: &str, out: &Path) -> Result<Outcome> {
     let log = std::fs::read_to_string(out.join(format!("{name}.log"))).unwrap_or_default();
     let rc = std::fs::read_to_string(out.join(format!("{name}.rc"))).ok();
