@@ -34,4 +34,5 @@ pub mod metrics;
 pub mod proxy;
 pub mod signature;
 pub mod state;
+pub mod sync;
 pub mod watch;

@@ -5,6 +5,7 @@
 //! counters and state file, read at scrape time. The proxy's are counted as
 //! each request's audit record is written.
 
+use crate::sync::Locked;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -282,12 +283,7 @@ impl ProxyMetrics {
         ttfb: Option<Duration>,
     ) {
         let key = (identity.unwrap_or("-").to_owned(), group, status);
-        *self
-            .requests
-            .lock()
-            .expect("not poisoned")
-            .entry(key)
-            .or_default() += 1;
+        *self.requests.locked().entry(key).or_default() += 1;
         self.duration.observe(duration);
         if let Some(t) = ttfb {
             self.ttfb.observe(t);
@@ -305,8 +301,7 @@ impl ProxyMetrics {
         );
         let mut rows: Vec<_> = self
             .requests
-            .lock()
-            .expect("not poisoned")
+            .locked()
             .iter()
             .map(|(k, v)| (k.clone(), *v))
             .collect();

@@ -21,6 +21,7 @@ use super::sink::{self, SinkSpec};
 use super::syslog::severity;
 use super::{Encoder, EventFormat};
 use crate::compile::Compiled;
+use crate::sync::Locked;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -337,11 +338,7 @@ impl Pipeline {
             }
             if !s.thread.is_finished() {
                 // Stuck in a write (a blocked pipe): what it holds is lost.
-                let mut abandoned = s
-                    .counters
-                    .abandoned
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
+                let mut abandoned = s.counters.abandoned.locked();
                 *abandoned = true;
                 let stuck = s.counters.pending.swap(0, Relaxed);
                 s.counters.dropped.fetch_add(stuck, Relaxed);
@@ -695,7 +692,7 @@ fn run_sink(
             continue;
         }
         let w = writer.write_batch(&batch);
-        let abandoned = counters.abandoned.lock().unwrap_or_else(|e| e.into_inner());
+        let abandoned = counters.abandoned.locked();
         if *abandoned {
             return;
         }

@@ -8,6 +8,7 @@
 
 use crate::events::ocsf::OCSF_VERSION;
 use crate::events::sink::{self, SinkSpec, Writer};
+use crate::sync::Locked;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -222,7 +223,7 @@ impl Audit {
     }
 
     fn queue(&self, item: Item) {
-        let tx = self.tx.lock().expect("not poisoned");
+        let tx = self.tx.locked();
         let sent = match &*tx {
             Some(tx) => tx.try_send(item),
             None => Err(TrySendError::Disconnected(item)),
@@ -237,8 +238,8 @@ impl Audit {
 
     /// Writes what is queued and stops the writer.
     pub fn finish(&self) {
-        self.tx.lock().expect("not poisoned").take();
-        if let Some(t) = self.thread.lock().expect("not poisoned").take() {
+        self.tx.locked().take();
+        if let Some(t) = self.thread.locked().take() {
             let _ = t.join();
         }
     }

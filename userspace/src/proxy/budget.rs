@@ -7,6 +7,7 @@
 //! one without grows its reservation as its bytes arrive, so a stream trickled
 //! below the body timeout holds only what it sent.
 
+use crate::sync::Locked;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -84,7 +85,7 @@ impl Reservation {
         }
         let more = want - self.kib;
         let b = &self.budget;
-        let mut held = b.held.lock().expect("not poisoned");
+        let mut held = b.held.locked();
         let by_identity = held.identities.get(&self.identity).copied().unwrap_or(0);
         if by_identity + more > b.per_identity_kib {
             return Err(Exhausted::Identity);
@@ -114,7 +115,7 @@ impl Drop for Reservation {
         if self.kib == 0 {
             return;
         }
-        let mut held = self.budget.held.lock().expect("not poisoned");
+        let mut held = self.budget.held.locked();
         if let Some(n) = held.identities.get_mut(&self.identity) {
             *n -= self.kib;
             if *n == 0 {

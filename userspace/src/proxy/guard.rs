@@ -10,6 +10,7 @@
 //! entries go first.
 
 use super::config::BruteForce;
+use crate::sync::Locked;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -86,7 +87,7 @@ impl Guard {
 
     /// How long `source` stays banned, if it is.
     pub fn banned(&self, source: IpAddr) -> Option<Duration> {
-        let mut s = self.state.lock().expect("not poisoned");
+        let mut s = self.state.locked();
         let until = *s.banned.get(&source)?;
         let now = Instant::now();
         if until <= now {
@@ -101,7 +102,7 @@ impl Guard {
     pub fn failed(&self, source: IpAddr, claimed: Option<&str>) -> Vec<Alert> {
         let now = Instant::now();
         let c = &self.cfg;
-        let mut s = self.state.lock().expect("not poisoned");
+        let mut s = self.state.locked();
         let mut alerts = Vec::new();
         bounded(&mut s.sources);
         let q = s.sources.entry(source).or_default();

@@ -15,6 +15,7 @@ use super::relay::{self, BoxError, Finish, Relay, Upload, read_all};
 use super::routes::{self, Group, ModelIn, NoRoute};
 use super::upstream;
 use crate::events::correlate::ProxyReport;
+use crate::sync::SharedLock;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
@@ -84,7 +85,7 @@ impl Shared {
     }
 
     pub fn runtime(&self) -> Arc<Runtime> {
-        self.runtime.read().expect("not poisoned").clone()
+        self.runtime.reading().clone()
     }
 
     /// A fresh request id (also for records of requests the HTTP layer refused).

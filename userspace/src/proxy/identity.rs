@@ -17,6 +17,7 @@
 //! hash.
 
 use super::config::{Identity, Token};
+use crate::sync::Locked;
 use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
 use base64::Engine;
 use sha2::{Digest, Sha256};
@@ -200,7 +201,7 @@ impl Authenticator {
             .chain_update(password.as_bytes())
             .finalize()
             .into();
-        if let Some(&(i, at)) = self.basic_ok.lock().expect("not poisoned").get(&key)
+        if let Some(&(i, at)) = self.basic_ok.locked().get(&key)
             && at.elapsed() < BASIC_CACHE_TTL
         {
             return Ok(i);
@@ -232,7 +233,7 @@ impl Authenticator {
         .unwrap_or(false);
         match (known && verified, target) {
             (true, Some(i)) => {
-                let mut cache = self.basic_ok.lock().expect("not poisoned");
+                let mut cache = self.basic_ok.locked();
                 if cache.len() >= BASIC_CACHE_MAX {
                     cache.clear();
                 }
@@ -255,7 +256,7 @@ impl PendingCheck {
         map: &Arc<Mutex<HashMap<IpAddr, usize>>>,
         source: IpAddr,
     ) -> Result<Self, AuthFailure> {
-        let mut m = map.lock().expect("not poisoned");
+        let mut m = map.locked();
         let n = m.entry(source).or_default();
         if *n >= 1 {
             return Err(AuthFailure::Busy);
@@ -270,7 +271,7 @@ impl PendingCheck {
 
 impl Drop for PendingCheck {
     fn drop(&mut self) {
-        let mut m = self.map.lock().expect("not poisoned");
+        let mut m = self.map.locked();
         if let Some(n) = m.get_mut(&self.source) {
             *n -= 1;
             if *n == 0 {

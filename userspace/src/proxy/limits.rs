@@ -2,6 +2,7 @@
 //! token bucket and a cap on concurrent requests.
 
 use super::config::Identity;
+use crate::sync::Locked;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -55,7 +56,7 @@ impl Drop for Slot {
 
 impl Limiter {
     fn state(&self, name: &str) -> Arc<State> {
-        let mut states = self.states.lock().expect("not poisoned");
+        let mut states = self.states.locked();
         states.entry(name.to_owned()).or_default().clone()
     }
 
@@ -105,7 +106,7 @@ impl Limiter {
         };
         if let Some(rate) = id.rate {
             let (cap, per_sec) = (rate.burst, rate.per_sec);
-            let mut b = state.bucket.lock().expect("not poisoned");
+            let mut b = state.bucket.locked();
             let now = Instant::now();
             let (mut tokens, last) = b.unwrap_or((cap, now));
             tokens = (tokens + now.duration_since(last).as_secs_f64() * per_sec).min(cap);

@@ -10,6 +10,7 @@ use super::handler::{self, Client, Runtime, Shared};
 use super::identity::{Authenticator, certificate_names, certificate_not_after};
 use super::relay::Activity;
 use super::tls;
+use crate::sync::{Locked, SharedLock};
 use crate::watch::PolicyWatch;
 use anyhow::{Context, Result};
 use hyper::server::conn::{http1, http2};
@@ -253,7 +254,7 @@ async fn serve(path: &Path, cfg: Config) -> Result<(Arc<Shared>, Arc<Stats>, boo
                     continue;
                 }
                 {
-                    let mut m = per_ip.lock().expect("not poisoned");
+                    let mut m = per_ip.locked();
                     let n = m.entry(ip).or_default();
                     if *n >= per_ip_max {
                         stats.refused_connections.fetch_add(1, Ordering::Relaxed);
@@ -261,13 +262,13 @@ async fn serve(path: &Path, cfg: Config) -> Result<(Arc<Shared>, Arc<Stats>, boo
                     }
                     *n += 1;
                 }
-                let acceptor = TlsAcceptor::from(tls_config.read().expect("not poisoned").clone());
+                let acceptor = TlsAcceptor::from(tls_config.reading().clone());
                 let (shared, stats, per_ip, stop, slots, open) = (shared.clone(), stats.clone(), per_ip.clone(), stop_rx.clone(), slots.clone(), open.clone());
                 tokio::spawn(async move {
                     // Full: the oldest connection that never authenticated makes room.
                     let permit = match slots.clone().try_acquire_owned() {
                         Ok(p) => Some(p),
-                        Err(_) if open.lock().expect("not poisoned").evict_oldest_unauthenticated() => {
+                        Err(_) if open.locked().evict_oldest_unauthenticated() => {
                             stats.evicted.fetch_add(1, Ordering::Relaxed);
                             tokio::time::timeout(EVICT_WAIT, slots.acquire_owned()).await.ok().and_then(Result::ok)
                         }
@@ -275,14 +276,14 @@ async fn serve(path: &Path, cfg: Config) -> Result<(Arc<Shared>, Arc<Stats>, boo
                     };
                     if let Some(permit) = permit {
                         let activity = Activity::new();
-                        let key = open.lock().expect("not poisoned").add(activity.clone());
+                        let key = open.locked().add(activity.clone());
                         connection(stream, peer, acceptor, shared, &stats, stop, activity).await;
-                        open.lock().expect("not poisoned").conns.remove(&key);
+                        open.locked().conns.remove(&key);
                         drop(permit);
                     } else {
                         stats.refused_connections.fetch_add(1, Ordering::Relaxed);
                     }
-                    let mut m = per_ip.lock().expect("not poisoned");
+                    let mut m = per_ip.locked();
                     if let Some(n) = m.get_mut(&ip) {
                         *n -= 1;
                         if *n == 0 {
@@ -364,8 +365,8 @@ fn reload(
     keep.report = old.cfg.report.clone();
     keep.metrics = old.cfg.metrics;
     let n = keep.identities.len();
-    *shared.runtime.write().expect("not poisoned") = Arc::new(runtime(keep));
-    *tls_config.write().expect("not poisoned") = tls_new;
+    *shared.runtime.writing() = Arc::new(runtime(keep));
+    *tls_config.writing() = tls_new;
     tracing::info!("reloaded ({why}): {n} identities");
 }
 
