@@ -99,9 +99,17 @@ fn ban_end_to_end(backend: &str) {
     warden(&["ban", "del", "10.77.0.2"]);
     assert_eq!(reach(&mut remote, "10.77.0.2", proxy_port), "connected");
     // Banned by hand, and lifted by its expiry.
-    warden(&["ban", "add", "10.77.0.2", "--for", "2s"]);
+    // Long enough to probe before it ends, also on a slow (emulated) machine.
+    let ban = warden_tests::patience(Duration::from_secs(2));
+    warden(&[
+        "ban",
+        "add",
+        "10.77.0.2",
+        "--for",
+        &format!("{}s", ban.as_secs()),
+    ]);
     assert_eq!(reach(&mut remote, "10.77.0.2", proxy_port), "timeout");
-    std::thread::sleep(Duration::from_millis(2500));
+    std::thread::sleep(ban + Duration::from_millis(500));
     assert_eq!(reach(&mut remote, "10.77.0.2", proxy_port), "connected");
     assert_eq!(warden(&["ban", "list"]).trim(), "no bans");
 
