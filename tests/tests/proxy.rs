@@ -1085,8 +1085,10 @@ models = ["*"]
         "{log}"
     );
     assert!(
+        // One log line per rejection; each problem in it starts with its place.
         log.lines()
-            .any(|l| l.starts_with(&format!("{cfg}:")) && l.contains(": rate `lots`")),
+            .flat_map(|l| l.split("; "))
+            .any(|p| p.starts_with(&format!("{cfg}:")) && p.contains(": rate `lots`")),
         "{log}"
     );
     assert_eq!(lab.get("/api/version", &bob).0, 200, "running config kept");
