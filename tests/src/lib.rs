@@ -412,8 +412,20 @@ fn validate(args: &[std::path::PathBuf], events: &[serde_json::Value]) -> Vec<St
     }
     drop(stdin);
     let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
+    let verdicts: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::to_owned)
-        .collect()
+        .collect();
+    // A validator that died, or judged fewer lines than it was given, proves
+    // nothing about the rest: every caller gets one verdict per event or fails.
+    assert!(out.status.success(), "{args:?} failed ({})", out.status);
+    assert!(!events.is_empty(), "nothing to validate");
+    assert_eq!(
+        verdicts.len(),
+        events.len(),
+        "{args:?} judged {} of {} events: {verdicts:?}",
+        verdicts.len(),
+        events.len()
+    );
+    verdicts
 }
