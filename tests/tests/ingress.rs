@@ -87,19 +87,32 @@ fn remote_sources_outside_the_allowlist_are_dropped() {
 #[test]
 fn interfaces_that_appear_later_are_covered() {
     let mut t = topology();
-    let d = t
-        .lab
-        .daemon(Some(&t.srv), &t.lab.policy("p.toml", &policy(&t.lab)));
+    // One source on the network that appears later is allowed, one is not.
+    let text = policy(&t.lab).replace("\"10.88.1.0/24\"", "\"10.88.1.0/24\", \"10.88.3.3/32\"");
+    let d = t.lab.daemon(Some(&t.srv), &t.lab.policy("p.toml", &text));
     let late = t.lab.netns("late");
-    t.lab
-        .veth(&t.srv, &["10.88.3.1/24"], &late, &["10.88.3.2/24"]);
+    t.lab.veth(
+        &t.srv,
+        &["10.88.3.1/24"],
+        &late,
+        &["10.88.3.2/24", "10.88.3.3/24"],
+    );
     d.wait_event("attachment of the new interface", |e| {
         e["type"] == "attachments_changed"
     });
     let mut server = t.lab.prober(Some(&t.srv), Some("server"));
     assert_eq!(server.ask(&format!("listen :: {PORT}")), "ok");
     let mut client = t.lab.prober(Some(&late), None);
-    assert_eq!(client.connect("10.88.3.1", PORT), "timeout");
+    assert_eq!(
+        client.ask(&format!("connectfrom 10.88.3.2 10.88.3.1 {PORT}")),
+        "timeout",
+        "dropped on the new interface"
+    );
+    assert_eq!(
+        client.ask(&format!("connectfrom 10.88.3.3 10.88.3.1 {PORT}")),
+        "connected",
+        "the allowed source passes on the new interface"
+    );
 }
 
 #[test]
