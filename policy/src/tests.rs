@@ -530,7 +530,7 @@ fn directories_and_unreadable_paths() {
 }
 
 #[test]
-fn hostile_inputs_do_not_panic() {
+fn hostile_inputs_are_rejected_with_their_place_and_do_not_panic() {
     let inputs = [
         "",
         "\u{feff}",
@@ -545,7 +545,11 @@ fn hostile_inputs_do_not_panic() {
         "é = 1\n\"\u{10ffff}\" = 2\n[\"ü\"]\n",
     ];
     for text in inputs {
-        let _ = parse_str(Path::new("x.toml"), text);
+        let e = parse_str(Path::new("x.toml"), text).expect_err(text);
+        assert!(!e.is_empty(), "{text:?}: rejected without a diagnostic");
+        for d in &e {
+            assert!(d.to_string().starts_with("x.toml:"), "{text:?}: {d}");
+        }
     }
 }
 
