@@ -13,6 +13,20 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Runs an apt-get command; if it fails, refreshes the package lists (fresh
+/// machines often have none) and runs it once more.
+pub fn apt(what: &str, mut make: impl FnMut() -> Command) -> Result<()> {
+    let mut attempt = || -> Result<bool> { Ok(make().status()?.success()) };
+    if attempt()? {
+        return Ok(());
+    }
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    if !attempt()? {
+        bail!("apt-get could not {what}");
+    }
+    Ok(())
+}
+
 /// Runs a command quietly and returns its trimmed stdout, or None if it fails.
 pub fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.stderr(Stdio::null()).output().ok()?;

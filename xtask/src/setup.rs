@@ -103,20 +103,13 @@ fn apt_packages() -> Result<String> {
 }
 
 fn install_missing(missing: &[&str]) -> Result<String> {
-    let install = || {
-        Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
+    cmd::apt(&format!("install {}", missing.join(" ")), || {
+        let mut c = Command::new("apt-get");
+        c.args(["install", "-y", "-q", "--no-install-recommends"])
             .args(missing)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-    };
-    if !install()?.success() {
-        // Fresh machines often have empty package lists.
-        cmd::run(Command::new("apt-get").args(["update", "-q"]))?;
-        if !install()?.success() {
-            bail!("apt-get could not install {}", missing.join(" "));
-        }
-    }
+            .env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    })?;
     Ok(format!("installed {}", missing.join(" ")))
 }
 

@@ -15,9 +15,9 @@ const INIT: &str = include_str!("init.sh");
 /// the kernel is skipped.
 const BOOT_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "overlay"];
 
-/// Writes `out` (an uncompressed newc cpio); `workspace` is created in it as
-/// the mount point of the workspace share.
-pub fn build(modules: &Path, workspace: &Path, out: &Path) -> Result<()> {
+/// Writes `out` (an uncompressed newc cpio). Mount points the guest needs
+/// beyond these are made by `init.sh` (the workspace's, in the right tmpfs).
+pub fn build(modules: &Path, out: &Path) -> Result<()> {
     let root = out.with_extension("d");
     let _ = std::fs::remove_dir_all(&root);
     for d in [
@@ -39,7 +39,6 @@ pub fn build(modules: &Path, workspace: &Path, out: &Path) -> Result<()> {
         std::fs::create_dir_all(root.join(d))?;
     }
     std::os::unix::fs::symlink("../run", root.join("var/run"))?;
-    std::fs::create_dir_all(root.join(workspace.strip_prefix("/")?))?;
     // Debian's merged /usr: the host's binaries and libraries are found once
     // /usr is mounted.
     for l in ["bin", "sbin", "lib", "lib64"] {

@@ -86,19 +86,11 @@ fn unpack(package: &str, dir: &Path) -> Result<()> {
     let tmp = dir.with_extension("partial");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
-    let download = || {
-        Command::new("apt-get")
-            .args(["download", "-q", package])
-            .current_dir(&tmp)
-            .status()
-    };
-    if !download()?.success() {
-        // Fresh machines often have empty package lists.
-        cmd::run(Command::new("apt-get").args(["update", "-q"]))?;
-        if !download()?.success() {
-            bail!("apt-get could not download {package}");
-        }
-    }
+    cmd::apt(&format!("download {package}"), || {
+        let mut c = Command::new("apt-get");
+        c.args(["download", "-q", package]).current_dir(&tmp);
+        c
+    })?;
     let deb = std::fs::read_dir(&tmp)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "deb"))

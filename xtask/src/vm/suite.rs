@@ -136,7 +136,7 @@ pub fn run(
     }
     std::fs::write(job.join("run.sh"), run_script(bins, filter, &root))?;
     let initrd = dir.join("initrd.cpio");
-    initramfs::build(&kernel.modules, &root, &initrd)?;
+    initramfs::build(&kernel.modules, &initrd)?;
     let append = format!("console=ttyS0 panic=-1 quiet WARDEN_WS={}", root.display());
     let deadline = Duration::from_secs(600 + 300 * bins.len() as u64);
     let took = qemu::Qemu::new(&kernel.image, &initrd, &append, 3072)
