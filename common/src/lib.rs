@@ -327,17 +327,24 @@ pub fn mapped_v4(octets: [u8; 4]) -> Addr {
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
-    // SAFETY: all of these are repr(C) plain data without implicit padding (sizes
-    // are asserted above) and every bit pattern is valid.
-    unsafe impl aya::Pod for CgroupKey {}
-    unsafe impl aya::Pod for CgroupRule {}
-    unsafe impl aya::Pod for IngressKey {}
-    unsafe impl aya::Pod for IngressRule {}
-    unsafe impl aya::Pod for EgressKey {}
-    unsafe impl aya::Pod for EgressPolicyRef {}
-    unsafe impl aya::Pod for EgressEntry {}
-    unsafe impl aya::Pod for SlotMeta {}
-    unsafe impl aya::Pod for EventBudget {}
-    unsafe impl aya::Pod for PortBitmap {}
-    unsafe impl aya::Pod for FlowEvent {}
+    macro_rules! plain_data {
+        ($($t:ty),*) => {$(
+            // SAFETY: repr(C) plain data without implicit padding (sizes are
+            // asserted above), and every bit pattern is a valid value.
+            unsafe impl aya::Pod for $t {}
+        )*};
+    }
+    plain_data!(
+        CgroupKey,
+        CgroupRule,
+        IngressKey,
+        IngressRule,
+        EgressKey,
+        EgressPolicyRef,
+        EgressEntry,
+        SlotMeta,
+        EventBudget,
+        PortBitmap,
+        FlowEvent
+    );
 }

@@ -1,13 +1,12 @@
 //! The `warden` command line: argument parsing and dispatch to the library.
 
-use crate::daemon::{self, BackendChoice};
-use crate::enforce::{ebpf, maps::Maps, nft::NftBackend};
-use crate::state::DaemonState;
 use clap::{Parser, Subcommand};
-use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use warden_common::stat;
+use warden_daemon::run::{self as daemon, BackendChoice};
+use warden_daemon::state::DaemonState;
+use warden_daemon::status::{self, BackendKind, StatusReport};
+use warden_enforce::{ebpf, nft::NftBackend};
 
 #[derive(Parser)]
 #[command(
@@ -33,7 +32,7 @@ pub struct Cli {
     )]
     run_dir: PathBuf,
     /// The nftables table warden owns (nft backend).
-    #[arg(long, global = true, default_value = crate::enforce::nft::DEFAULT_TABLE)]
+    #[arg(long, global = true, default_value = warden_enforce::nft::DEFAULT_TABLE)]
     nft_table: String,
     /// Log level of the daemon and the proxy (error, warn, info, debug, trace,
     /// or RUST_LOG-style directives); default: `RUST_LOG`, else info. Logs go
@@ -62,10 +61,10 @@ enum Command {
         /// syslog, syslog+unix://PATH, syslog+udp://HOST:PORT, syslog+tcp://HOST:PORT,
         /// udp://HOST:PORT, tcp://HOST:PORT (syslog specs take ?facility=NAME).
         #[arg(long, default_value = "stdout", value_name = "SINK")]
-        events: Vec<crate::events::sink::SinkSpec>,
+        events: Vec<warden_events::sink::SinkSpec>,
         /// Encoding of flow events.
         #[arg(long, value_enum, default_value = "ocsf")]
-        event_format: crate::events::EventFormat,
+        event_format: warden_events::EventFormat,
         /// Cgroup where the cgroup programs attach (default: the cgroup2 root, i.e. the whole host).
         #[arg(long)]
         attach_cgroup: Option<PathBuf>,
@@ -245,9 +244,9 @@ pub fn main() -> i32 {
         } => {
             let correlate =
                 Duration::try_from_secs_f64(correlate_secs.max(0.0)).unwrap_or(Duration::ZERO);
-            let proxy_reports = (!correlate.is_zero()).then(|| crate::events::reports::Options {
+            let proxy_reports = (!correlate.is_zero()).then(|| warden_events::reports::Options {
                 socket: proxy_socket.unwrap_or_else(|| cli.run_dir.join("proxy.sock")),
-                cgroup: match (proxy_cgroup.as_str(), crate::cgroupfs::own_pod()) {
+                cgroup: match (proxy_cgroup.as_str(), warden_runtime::cgroupfs::own_pod()) {
                     (warden_policy::OWN_POD, Ok(pod)) => pod.to_string(),
                     (c, _) => c.trim_matches('/').to_owned(),
                 },
@@ -287,7 +286,7 @@ pub fn main() -> i32 {
             {
                 Ok(()) => 0,
                 Err(e) => {
-                    tracing::error!("{}", error_chain(&e));
+                    tracing::error!("{}", warden_runtime::error_chain(&e));
                     e.exit_code()
                 }
             }
@@ -307,7 +306,7 @@ pub fn main() -> i32 {
         Command::Discover { port } => {
             print!(
                 "{}",
-                crate::discover::render(&crate::discover::inspect(port))
+                warden_host::discover::render(&warden_host::discover::inspect(port))
             );
             0
         }
@@ -318,11 +317,14 @@ pub fn main() -> i32 {
             ollama_unit,
             json,
         } => {
-            let opts = crate::doctor::Options {
+            let opts = warden_host::doctor::Options {
                 port,
                 proxy_config,
                 unit_dirs: if unit_dir.is_empty() {
-                    crate::host::UNIT_DIRS.iter().map(PathBuf::from).collect()
+                    warden_host::procfs::UNIT_DIRS
+                        .iter()
+                        .map(PathBuf::from)
+                        .collect()
                 } else {
                     unit_dir
                 },
@@ -331,19 +333,19 @@ pub fn main() -> i32 {
                 run_dir: cli.run_dir,
                 nft_table: cli.nft_table,
             };
-            let checks = crate::doctor::run(&opts);
+            let checks = warden_host::doctor::run(&opts);
             if json {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&checks).unwrap_or_default()
                 );
             } else {
-                crate::doctor::print(&checks);
+                warden_host::doctor::print(&checks);
             }
             i32::from(
                 checks
                     .iter()
-                    .any(|c| c.status == crate::doctor::Status::Fail),
+                    .any(|c| c.status == warden_host::doctor::Status::Fail),
             )
         }
     }
@@ -351,7 +353,7 @@ pub fn main() -> i32 {
 
 fn policy_check(paths: &[PathBuf], require_signature: Option<&str>) -> i32 {
     let key = match require_signature
-        .map(crate::signature::PolicyKey::load)
+        .map(warden_daemon::signature::PolicyKey::load)
         .transpose()
     {
         Ok(k) => k,
@@ -396,13 +398,13 @@ fn policy_show(paths: &[PathBuf], compiled: bool) -> i32 {
         Ok((policy, c)) => {
             let v = if compiled {
                 // What each backend loads: the map entries (eBPF) and the ruleset (nft).
-                let prefix = crate::cgroupfs::cgroup2_mount()
+                let prefix = warden_runtime::cgroupfs::cgroup2_mount()
                     .ok()
                     .and_then(|m| m.strip_prefix("/sys/fs/cgroup").ok().map(Path::to_owned))
                     .unwrap_or_default();
                 let all = |n: usize| vec![true; n];
-                let ruleset = crate::enforce::nft::render(
-                    crate::enforce::nft::DEFAULT_TABLE,
+                let ruleset = warden_enforce::nft::render(
+                    warden_enforce::nft::DEFAULT_TABLE,
                     &prefix,
                     &c,
                     &all(c.cgroups.len()),
@@ -430,7 +432,7 @@ fn policy_show(paths: &[PathBuf], compiled: bool) -> i32 {
 }
 
 fn status(pin_dir: &Path, run_dir: &Path, nft_table: &str, as_json: bool) -> i32 {
-    let report = status_report(pin_dir, run_dir, nft_table);
+    let report = status::report(pin_dir, run_dir, nft_table);
     if as_json {
         println!(
             "{}",
@@ -445,20 +447,20 @@ fn status(pin_dir: &Path, run_dir: &Path, nft_table: &str, as_json: bool) -> i32
 /// `warden status --require-enforcing`: 0 and "enforcing" only when the status
 /// report says so; otherwise 1 and why not.
 fn require_enforcing(pin_dir: &Path, run_dir: &Path, nft_table: &str) -> i32 {
-    let r = status_report(pin_dir, run_dir, nft_table);
-    if r["enforcing"] == true {
+    let r = status::report(pin_dir, run_dir, nft_table);
+    if r.enforcing {
         println!(
             "enforcing: {} backend, policy generation {}",
-            r["backend"].as_str().unwrap_or("?"),
-            r["generation"]
+            r.backend.as_str(),
+            r.generation.unwrap_or(0)
         );
         return 0;
     }
-    let why = if let Some(p) = r["pin_dir_problem"].as_str() {
+    let why = if let Some(p) = &r.pin_dir_problem {
         format!("the pin directory is not warden's: {p}")
-    } else if let Some(m) = r["missing_links"].as_array() {
-        format!("programs not attached: {}", json!(m))
-    } else if r["backend"] == "none" {
+    } else if !r.missing_links.is_empty() {
+        format!("programs not attached: {}", r.missing_links.join(", "))
+    } else if r.backend == BackendKind::None {
         format!("nothing is pinned in {}", pin_dir.display())
     } else {
         "the daemon has not finished starting".to_owned()
@@ -467,198 +469,72 @@ fn require_enforcing(pin_dir: &Path, run_dir: &Path, nft_table: &str) -> i32 {
     1
 }
 
-/// What `warden status --json` prints: backend, links, generation, counters,
-/// the running daemon's policy and event delivery.
-pub fn status_report(pin_dir: &Path, run_dir: &Path, nft_table: &str) -> serde_json::Value {
-    let state = DaemonState::read(run_dir);
-    let daemon_running = state.as_ref().is_some_and(|s| process_is_warden(s.pid));
-    let maps = Maps::open_pinned(pin_dir).ok();
-    let links: Vec<String> = std::fs::read_dir(pin_dir.join("links"))
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    // Every cgroup program must be pinned: a missing pin is a program that is
-    // detached, or only held by a running daemon that will pin it again.
-    let missing: Vec<&str> = ebpf::CGROUP_PROGRAMS
-        .iter()
-        .copied()
-        .filter(|p| !links.iter().any(|l| l == p))
-        .collect();
-    let pin_dir_problem = pin_dir
-        .exists()
-        .then(|| crate::enforce::pins::untrusted(pin_dir))
-        .flatten();
-    let mut report = json!({
-        // The state file is written once a start has attached everything
-        // (XDP included): before that, the daemon is still starting.
-        "enforcing": maps.is_some() && state.is_some() && missing.is_empty() && pin_dir_problem.is_none(),
-        "backend": if maps.is_some() { "ebpf" } else { "none" },
-        "pin_dir": pin_dir,
-        "daemon": { "running": daemon_running, "pid": state.as_ref().map(|s| s.pid) },
-        "links": links,
-    });
-    if maps.is_some() && !missing.is_empty() {
-        report["missing_links"] = json!(missing);
-    }
-    if let Some(why) = pin_dir_problem {
-        report["pin_dir_problem"] = json!(why);
-    }
-    if let Some(m) = &maps {
-        let rules: Vec<_> = state
-            .as_ref()
-            .map(|s| {
-                s.rules.iter().map(|r| json!({
-                "id": r.id, "kind": r.kind, "description": r.description, "origin": r.origin,
-                "hits": Maps::sum(&m.rule_hits, r.id),
-            })).collect()
-            })
-            .unwrap_or_default();
-        report["generation"] = json!(m.generation().unwrap_or(0));
-        report["active_slot"] = json!(m.active_slot().unwrap_or(0));
-        report["counters"] = json!({
-            "events_lost": Maps::sum(&m.stats, stat::EVENTS_LOST),
-            "events_suppressed": Maps::sum(&m.stats, stat::EVENTS_SUPPRESSED),
-            "malformed_dropped": Maps::sum(&m.stats, stat::MALFORMED),
-            "fragments_passed": Maps::sum(&m.stats, stat::FRAGMENTS_PASSED),
-            "banned_dropped": Maps::sum(&m.stats, stat::BANNED_DROPPED),
-        });
-        report["rules"] = json!(rules);
-    }
-    let nft_counters = NftBackend::counters(nft_table);
-    if maps.is_none() && !nft_counters.is_empty() {
-        let hits = |id: u32| {
-            nft_counters
-                .iter()
-                .find(|(i, _)| *i == id)
-                .map(|c| c.1)
-                .unwrap_or(0)
-        };
-        report["enforcing"] = json!(true);
-        report["backend"] = json!("nft");
-        report["nft_table"] = json!(format!("inet {nft_table}"));
-        report["not_enforced"] = json!(crate::enforce::nft::GAPS);
-        report["generation"] = json!(
-            NftBackend::open(nft_table)
-                .map(|b| b.generation())
-                .unwrap_or(0)
-        );
-        let rules: Vec<_> = state.as_ref().map(|s| s.rules.iter().map(|r| json!({
-            "id": r.id, "kind": r.kind, "description": r.description, "origin": r.origin, "hits": hits(r.id),
-        })).collect()).unwrap_or_default();
-        report["rules"] = json!(rules);
-    }
-    let bans: Vec<_> = crate::ban::in_force(pin_dir, nft_table)
-        .into_iter()
-        .map(|(ip, left)| json!({ "source": ip.to_string(), "seconds_left": left.as_secs() }))
-        .collect();
-    report["bans"] = json!(bans);
-    if let Some(s) = &state {
-        // Since the daemon started, as of its last update (the pinned kernel
-        // counter since enforcement started is `counters.events_lost`).
-        report["events"] = json!(s.events);
-        report["policy"] = json!({ "digest": s.digest, "mode": s.mode, "audit": s.audit,
-                                   "sources": s.sources, "ports": s.ports,
-                                   "unresolved_cgroups": s.unresolved_cgroups });
-    }
-    report
-}
-
-fn print_status(r: &serde_json::Value) {
-    println!("enforcing:   {}", r["enforcing"]);
-    if let Some(m) = r["missing_links"].as_array() {
+fn print_status(r: &StatusReport) {
+    println!("enforcing:   {}", r.enforcing);
+    if !r.missing_links.is_empty() {
         println!(
             "missing:     {} (not pinned: detached unless the daemon holds them)",
-            json!(m)
+            r.missing_links.join(" ")
         );
     }
-    if let Some(why) = r["pin_dir_problem"].as_str() {
+    if let Some(why) = &r.pin_dir_problem {
         println!("pin dir:     {why}");
     }
-    println!("backend:     {}", r["backend"].as_str().unwrap_or("none"));
+    println!("backend:     {}", r.backend.as_str());
+    match r.daemon.pid.filter(|_| r.daemon.running) {
+        Some(pid) => println!("daemon:      running (pid {pid})"),
+        None => println!("daemon:      not running (pinned enforcement, if any, stays in force)"),
+    }
+    let Some(generation) = r.generation else {
+        return;
+    };
+    let policy = r.policy.as_ref();
     println!(
-        "daemon:      {}",
-        if r["daemon"]["running"].as_bool() == Some(true) {
-            format!("running (pid {})", r["daemon"]["pid"])
-        } else {
-            "not running (pinned enforcement, if any, stays in force)".into()
-        }
+        "generation:  {generation} (digest {})",
+        policy.map_or("?", |p| p.digest.as_str())
     );
-    if let Some(g) = r.get("generation") {
+    if let Some(p) = policy.filter(|p| p.mode != "enforce") {
         println!(
-            "generation:  {g} (digest {})",
-            r["policy"]["digest"].as_str().unwrap_or("?")
+            "mode:        {}: audit only (not blocked): {}",
+            p.mode,
+            p.audit.join(", ")
         );
-        if let Some(mode) = r["policy"]["mode"].as_str().filter(|m| *m != "enforce") {
-            let audit: Vec<&str> = r["policy"]["audit"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|x| x.as_str())
-                .collect();
-            println!(
-                "mode:        {mode}: audit only (not blocked): {}",
-                audit.join(", ")
-            );
-        }
+    }
+    println!("links:       {}", r.links.join(" "));
+    if let Some(c) = &r.counters {
         println!(
-            "links:       {}",
-            r["links"]
-                .as_array()
-                .map(|l| l
-                    .iter()
-                    .filter_map(|x| x.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" "))
-                .unwrap_or_default()
+            "counters:    {}",
+            serde_json::to_string(c).unwrap_or_default()
         );
-        println!("counters:    {}", r["counters"]);
-        let e = &r["events"];
-        if e.is_object() {
+    }
+    if let Some(e) = &r.events {
+        println!(
+            "events:      {} read, {} lost in the kernel, {} suppressed (flood), {} dropped (queue full), {} folded into aggregates",
+            e.records, e.kernel_lost, e.kernel_suppressed, e.queue_dropped, e.aggregated
+        );
+        for s in &e.sinks {
             println!(
-                "events:      {} read, {} lost in the kernel, {} suppressed (flood), {} dropped (queue full), {} folded into aggregates",
-                e["records"],
-                e["kernel_lost"],
-                e["kernel_suppressed"],
-                e["queue_dropped"],
-                e["aggregated"]
-            );
-            for s in e["sinks"].as_array().into_iter().flatten() {
-                println!(
-                    "  sink {}: {} written, {} dropped, {} failed, {} pending",
-                    s["sink"].as_str().unwrap_or("?"),
-                    s["written"],
-                    s["dropped"],
-                    s["failed"],
-                    s["pending"]
-                );
-            }
-        }
-        for rule in r["rules"].as_array().into_iter().flatten() {
-            println!(
-                "  rule {:>4} {:>10} hits  {} {}",
-                rule["id"],
-                rule["hits"],
-                rule["description"].as_str().unwrap_or(""),
-                rule["origin"].as_str().unwrap_or("")
+                "  sink {}: {} written, {} dropped, {} failed, {} pending",
+                s.sink, s.written, s.dropped, s.failed, s.pending
             );
         }
     }
-}
-
-fn process_is_warden(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "warden")
+    for rule in r.rules.iter().flatten() {
+        println!(
+            "  rule {:>4} {:>10} hits  {} {}",
+            rule.id, rule.hits, rule.description, rule.origin
+        );
+    }
 }
 
 fn down(pin_dir: &Path, run_dir: &Path, nft_table: &str) -> i32 {
     if let Some(state) = DaemonState::read(run_dir)
-        && process_is_warden(state.pid)
+        && status::process_is_warden(state.pid)
     {
         // SAFETY: plain kill(2).
         unsafe { libc::kill(state.pid as i32, libc::SIGTERM) };
         for _ in 0..100 {
-            if !process_is_warden(state.pid) {
+            if !status::process_is_warden(state.pid) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -691,20 +567,9 @@ fn down(pin_dir: &Path, run_dir: &Path, nft_table: &str) -> i32 {
 }
 
 /// An error and its sources, one `: ` apart.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        src = s.source();
-    }
-    out
-}
-
 fn proxy(config: &Path, check: bool) -> i32 {
     let result = if check {
-        crate::proxy::server::check(config).map(|c| {
+        warden_proxy::server::check(config).map(|c| {
             println!(
                 "{}: ok ({} identities)",
                 config.display(),
@@ -712,7 +577,7 @@ fn proxy(config: &Path, check: bool) -> i32 {
             );
         })
     } else {
-        crate::proxy::server::run(config)
+        warden_proxy::server::run(config)
     };
     match result {
         Ok(()) => 0,
@@ -724,7 +589,7 @@ fn proxy(config: &Path, check: bool) -> i32 {
 }
 
 fn token(command: TokenCommand) -> i32 {
-    use crate::proxy::identity;
+    use warden_proxy::identity;
     match command {
         TokenCommand::New { name, expires } => {
             if let Some(e) = &expires

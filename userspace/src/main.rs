@@ -1,3 +1,10 @@
+//! `warden`: the command line over the library crates (see the workspace
+//! README for the layout).
+
+mod ban;
+mod cli;
+mod logs;
+
 fn main() {
-    std::process::exit(warden::cli::main());
+    std::process::exit(cli::main());
 }

@@ -1,10 +1,11 @@
-//! Developer tasks: `cargo xtask setup | build | run | test | vm | demo | bench`.
+//! Developer tasks: `cargo xtask setup | build | run | test | vm | demo | bench | shape`.
 //!
 //! Each task is a module; this file only parses arguments and hands over.
 
 mod cmd;
 mod run;
 mod setup;
+mod shape;
 mod test;
 mod vm;
 
@@ -55,6 +56,12 @@ enum Task {
         #[arg(last = true)]
         filter: Vec<String>,
     },
+    /// The crate graph and the longest functions (the layout's figures).
+    Shape {
+        /// How many functions to list.
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+    },
     /// Setup, fmt check, clippy, unit tests and privileged integration tests.
     Test {
         /// Skip setup (when you know the machine is ready).
@@ -76,6 +83,7 @@ fn main() -> anyhow::Result<()> {
         Task::Demo => run::demo(),
         Task::Deb => run::deb(),
         Task::Bench { names } => run::bench(&names),
+        Task::Shape { top } => shape::run(top),
         Task::Vm {
             kernels,
             tests,

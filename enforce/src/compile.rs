@@ -1,0 +1,753 @@
+//! Compiles a [`Policy`] into the entries every backend loads.
+//!
+//! The compiled form is backend-neutral: protected ports, (port, source prefix)
+//! ingress entries, cgroup grants with ancestors' grants folded in, and egress
+//! prefixes that each carry every rule covering them. Each entry keeps a rule id
+//! that indexes the per-rule counters and names the policy line it came from.
+
+use ipnet::{IpNet, Ipv6Net};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::Ipv6Addr;
+use thiserror::Error;
+use warden_common::{
+    CG_MAY_BIND, CG_MAY_CONNECT, EGRESS_RULES_PER_PREFIX, MAX_RULES, PROTO_TCP, PROTO_UDP,
+    PortRule, RULE_DEFAULT_DENY,
+};
+use warden_policy::{CgroupPath, Located, Mode, Policy, Proto};
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum CompileError {
+    #[error(
+        "{origin}: egress prefix {net} of cgroup {cgroup} is covered by {count} port rules; at most {max} fit (merge port ranges)"
+    )]
+    TooManyEgressRules {
+        origin: String,
+        cgroup: String,
+        net: IpNet,
+        count: usize,
+        max: usize,
+    },
+    #[error("the policy has {0} rules; at most {max} are supported", max = MAX_RULES - 1)]
+    TooManyRules(usize),
+    #[error(
+        "{origin}: [[egress]] for `@pod` is, on this host, the cgroup {cgroup} that another [[egress]] block names; write one block"
+    )]
+    SameEgressCgroup { origin: String, cgroup: String },
+}
+
+/// One policy rule: what a rule id in an event or counter refers to.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RuleInfo {
+    pub id: u32,
+    pub kind: &'static str,
+    pub description: std::sync::Arc<str>,
+    pub origin: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct IngressEntry {
+    pub port: u16,
+    pub net: IpNet,
+    pub rule_id: u32,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CgroupGrant {
+    pub cgroup: CgroupPath,
+    /// `CG_MAY_CONNECT` / `CG_MAY_BIND`, including those of listed ancestors.
+    pub flags: u32,
+    pub rule_id: u32,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct EgressPrefix {
+    pub net: IpNet,
+    #[serde(serialize_with = "ser_port_rules")]
+    pub rules: Vec<PortRule>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CompiledEgress {
+    pub cgroup: CgroupPath,
+    pub prefixes: Vec<EgressPrefix>,
+    /// Denials are reported as `would_deny` and let through.
+    pub audit: bool,
+}
+
+/// What the backends load; `Compiled::rules[i].id == i`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Compiled {
+    pub ports: Vec<u16>,
+    pub interfaces: Vec<String>,
+    pub ingress: Vec<IngressEntry>,
+    pub cgroups: Vec<CgroupGrant>,
+    pub egress: Vec<CompiledEgress>,
+    pub rules: Vec<RuleInfo>,
+    pub digest: String,
+    /// Ingress denials are reported as `would_deny` and let through.
+    pub ingress_audit: bool,
+    /// Local connect and bind denials are reported as `would_deny` and let through.
+    pub local_audit: bool,
+    /// Rules that mean something other than they may seem to, as
+    /// `file:line:col: warning: …` (printed by `policy check`).
+    pub warnings: Vec<String>,
+}
+
+impl Compiled {
+    /// The description of rule `id`, shared (events carry it).
+    pub fn rule_description(&self, id: u32) -> Option<std::sync::Arc<str>> {
+        self.rules.get(id as usize).map(|r| r.description.clone())
+    }
+
+    /// Every interface except loopback when the policy says `*`.
+    pub fn all_interfaces(&self) -> bool {
+        self.interfaces.iter().any(|i| i == "*")
+    }
+
+    /// Every section audits (the daemon's `--audit`): nothing is blocked.
+    pub fn audit_everything(&mut self) {
+        self.ingress_audit = true;
+        self.local_audit = true;
+        for e in &mut self.egress {
+            e.audit = true;
+        }
+    }
+
+    /// The sections that only audit: `ingress`, `local`, `egress:<cgroup>`.
+    pub fn audit_sections(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.ingress_audit {
+            out.push("ingress".to_owned());
+        }
+        if self.local_audit {
+            out.push("local".to_owned());
+        }
+        out.extend(
+            self.egress
+                .iter()
+                .filter(|e| e.audit)
+                .map(|e| format!("egress:{}", e.cgroup)),
+        );
+        out
+    }
+
+    /// `"enforce"`, `"audit"` (every section) or `"mixed"`, for status and logs.
+    pub fn mode(&self) -> &'static str {
+        let audited = self.audit_sections().len();
+        match audited {
+            0 => "enforce",
+            n if n == 2 + self.egress.len() => "audit",
+            _ => "mixed",
+        }
+    }
+}
+
+/// Above this many ingress networks, they share one rule per file.
+pub const MAX_RULES_PER_NETWORK: usize = 16_384;
+
+/// Compiles `policy` for the host it runs on: `pod` is what `@pod` stands for
+/// there ([`warden_runtime::cgroupfs::own_pod`]); without one, `@pod` stays as written and
+/// matches no cgroup. The digest is the policy's, the same on every host.
+pub fn compile(policy: &Policy, pod: Option<&CgroupPath>) -> Result<Compiled, CompileError> {
+    let here = |c: &CgroupPath| match pod {
+        Some(pod) if c.is_own_pod() => pod.clone(),
+        _ => c.clone(),
+    };
+    let mut rules = vec![RuleInfo {
+        id: RULE_DEFAULT_DENY,
+        kind: "default-deny",
+        description: "no rule allows it".into(),
+        origin: String::new(),
+    }];
+    let mut add = |kind: &'static str, description: String, origin: String| {
+        let id = rules.len() as u32;
+        rules.push(RuleInfo {
+            id,
+            kind,
+            description: description.into(),
+            origin,
+        });
+        id
+    };
+
+    // One rule per network gives each deny its exact line; a long list (a
+    // threat-intel feed, a cloud's ranges) gets one rule per file instead, so
+    // the rule table stays bounded (the event still names the source address).
+    let mut ingress = Vec::new();
+    let grouped = policy.ingress.allow.len()
+        + policy
+            .ingress
+            .per_port
+            .iter()
+            .map(|p| p.allow.len())
+            .sum::<usize>()
+        > MAX_RULES_PER_NETWORK;
+    let mut warnings = Vec::new();
+    let mut warn_mapped = |net: &Located<IpNet>| {
+        if covers_mapped(net.value) {
+            warnings.push(format!(
+                "{}: warning: `{}` contains the IPv4-mapped range ::ffff:0:0/96 but matches IPv6 only; IPv4 needs its own rule (e.g. 0.0.0.0/0)",
+                net.origin, net.value
+            ));
+        }
+    };
+    for l in policy
+        .ingress
+        .allow
+        .iter()
+        .chain(policy.ingress.per_port.iter().flat_map(|p| &p.allow))
+    {
+        warn_mapped(l);
+    }
+    for e in &policy.egress {
+        for r in &e.allow {
+            warn_mapped(&Located {
+                value: r.net,
+                origin: r.origin.clone(),
+            });
+        }
+    }
+    let mut group_ids: BTreeMap<(String, Option<u16>), u32> = BTreeMap::new();
+    let mut rule_for = |net: &Located<IpNet>, port: Option<u16>, reach: String| -> u32 {
+        if !grouped {
+            return add(
+                "ingress",
+                format!("{} may reach {reach}", net.value),
+                net.origin.to_string(),
+            );
+        }
+        let file = net.origin.file.display().to_string();
+        *group_ids.entry((file.clone(), port)).or_insert_with(|| {
+            add(
+                "ingress",
+                format!("the ingress allow list of {file} may reach {reach}"),
+                net.origin.to_string(),
+            )
+        })
+    };
+    for l in &policy.ingress.allow {
+        let id = rule_for(l, None, format!("{:?}", policy.ports));
+        for &port in &policy.ports {
+            ingress.extend(ipv6_only(l.value).map(|net| IngressEntry {
+                port,
+                net,
+                rule_id: id,
+            }));
+        }
+    }
+    for p in &policy.ingress.per_port {
+        for l in &p.allow {
+            let id = rule_for(l, Some(p.port), p.port.to_string());
+            ingress.extend(ipv6_only(l.value).map(|net| IngressEntry {
+                port: p.port,
+                net,
+                rule_id: id,
+            }));
+        }
+    }
+
+    // Grants by cgroup path; a path listed twice gets the union.
+    let mut grants: BTreeMap<CgroupPath, (u32, u32)> = BTreeMap::new();
+    for l in &policy.server_cgroups {
+        let id = add(
+            "bind",
+            format!("{} may bind and connect", l.value),
+            l.origin.to_string(),
+        );
+        let g = grants.entry(here(&l.value)).or_insert((0, id));
+        g.0 |= CG_MAY_BIND | CG_MAY_CONNECT;
+    }
+    for l in &policy.local_allow {
+        let id = add(
+            "local",
+            format!("{} may connect", l.value),
+            l.origin.to_string(),
+        );
+        grants.entry(here(&l.value)).or_insert((0, id)).0 |= CG_MAY_CONNECT;
+    }
+    // The kernel matches the deepest listed cgroup, so fold ancestors' flags in.
+    let cgroups = grants
+        .iter()
+        .map(|(path, &(flags, rule_id))| {
+            let inherited = grants
+                .iter()
+                .filter(|(other, _)| other.covers(path))
+                .fold(flags, |acc, (_, (f, _))| acc | f);
+            CgroupGrant {
+                cgroup: path.clone(),
+                flags: inherited,
+                rule_id,
+            }
+        })
+        .collect();
+
+    let mut egress: Vec<CompiledEgress> = Vec::new();
+    for e in &policy.egress {
+        let cgroup = here(&e.cgroup);
+        if let Some(twin) = egress.iter().find(|c| c.cgroup == cgroup) {
+            return Err(CompileError::SameEgressCgroup {
+                origin: e.origin.to_string(),
+                cgroup: twin.cgroup.to_string(),
+            });
+        }
+        let mut port_rules: Vec<(IpNet, PortRule, String)> = Vec::new();
+        for r in &e.allow {
+            let id = add(
+                "egress",
+                format!(
+                    "{} may reach {} {}{}",
+                    e.cgroup,
+                    r.net,
+                    r.proto,
+                    ports_text(&r.ports)
+                ),
+                r.origin.to_string(),
+            );
+            let protos = match r.proto {
+                Proto::Tcp => PROTO_TCP,
+                Proto::Udp => PROTO_UDP,
+                Proto::Any => PROTO_TCP | PROTO_UDP,
+            };
+            let ranges: Vec<(u16, u16)> = if r.ports.is_empty() {
+                vec![(0, u16::MAX)]
+            } else {
+                r.ports.iter().map(|p| (p.lo, p.hi)).collect()
+            };
+            for (net, (lo, hi)) in
+                ipv6_only(r.net).flat_map(|n| ranges.iter().map(move |&r| (n, r)))
+            {
+                port_rules.push((
+                    net,
+                    PortRule {
+                        rule_id: id,
+                        port_lo: lo,
+                        port_hi: hi,
+                        protos,
+                    },
+                    r.origin.to_string(),
+                ));
+            }
+        }
+        let mut folded = fold_egress(&cgroup, &port_rules)?;
+        folded.audit = e.mode == Mode::Audit;
+        egress.push(folded);
+    }
+
+    if rules.len() >= MAX_RULES as usize {
+        return Err(CompileError::TooManyRules(rules.len()));
+    }
+    Ok(Compiled {
+        ports: policy.ports.clone(),
+        interfaces: policy.ingress.interfaces.clone(),
+        ingress,
+        cgroups,
+        egress,
+        rules,
+        digest: policy.digest(),
+        ingress_audit: policy.ingress.mode == Mode::Audit,
+        local_audit: policy.local_mode == Mode::Audit,
+        warnings,
+    })
+}
+
+/// `::ffff:0:0/96`: where the kernel maps keep IPv4 addresses.
+const MAPPED: Ipv6Net = match Ipv6Net::new(Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96) {
+    Ok(n) => n,
+    Err(_) => panic!("a valid prefix"),
+};
+
+/// Whether an IPv6 network contains the IPv4-mapped range (`::/0`, `::/64`).
+fn covers_mapped(net: IpNet) -> bool {
+    matches!(net, IpNet::V6(v6) if v6.contains(&MAPPED))
+}
+
+/// `net` as the kernel maps must hold it for the rule to mean what it says: an
+/// IPv6 network that contains the IPv4-mapped range is that network minus the
+/// range (one sibling prefix per bit between its length and /96), so an IPv6
+/// rule never matches IPv4. Other networks are themselves.
+fn ipv6_only(net: IpNet) -> impl Iterator<Item = IpNet> {
+    let pieces: Vec<IpNet> = match net {
+        IpNet::V6(v6) if v6.contains(&MAPPED) => {
+            let bits = u128::from(MAPPED.addr());
+            (v6.prefix_len()..MAPPED.prefix_len())
+                .map(|len| {
+                    // The first `len` bits of the mapped range, bit `len` flipped.
+                    let keep = if len == 0 { 0 } else { !0u128 << (128 - len) };
+                    let bit = 1u128 << (127 - len);
+                    let sibling = (bits & keep) | (!bits & bit);
+                    IpNet::V6(Ipv6Net::new(Ipv6Addr::from(sibling), len + 1).expect("len < 128"))
+                })
+                .collect()
+        }
+        other => vec![other],
+    };
+    pieces.into_iter()
+}
+
+/// Each distinct prefix carries the rules of every prefix that contains it, so the
+/// kernel's longest-prefix match alone finds every rule that applies.
+fn fold_egress(
+    cgroup: &CgroupPath,
+    rules: &[(IpNet, PortRule, String)],
+) -> Result<CompiledEgress, CompileError> {
+    let mut nets: Vec<IpNet> = rules.iter().map(|(n, _, _)| mapped(*n)).collect();
+    nets.sort();
+    nets.dedup();
+    let mut prefixes = Vec::with_capacity(nets.len());
+    for net in nets {
+        let covering: Vec<PortRule> = rules
+            .iter()
+            .filter(|(n, _, _)| mapped(*n).contains(&net))
+            .map(|(_, r, _)| *r)
+            .collect();
+        if covering.len() > EGRESS_RULES_PER_PREFIX {
+            let origin = rules
+                .iter()
+                .find(|(n, _, _)| mapped(*n) == net)
+                .map(|r| r.2.clone());
+            return Err(CompileError::TooManyEgressRules {
+                origin: origin.unwrap_or_default(),
+                cgroup: cgroup.to_string(),
+                net: unmapped(net),
+                count: covering.len(),
+                max: EGRESS_RULES_PER_PREFIX,
+            });
+        }
+        prefixes.push(EgressPrefix {
+            net: unmapped(net),
+            rules: covering,
+        });
+    }
+    Ok(CompiledEgress {
+        cgroup: cgroup.clone(),
+        prefixes,
+        audit: false,
+    })
+}
+
+/// IPv4 networks as IPv4-mapped IPv6, the form the kernel maps use.
+pub fn mapped(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V4(v4) => IpNet::new(v4.addr().to_ipv6_mapped().into(), 96 + v4.prefix_len())
+            .expect("prefix length of a mapped IPv4 network is at most 128"),
+        v6 => v6,
+    }
+}
+
+fn unmapped(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => IpNet::new(v4.into(), v6.prefix_len() - 96).unwrap_or(net),
+            None => net,
+        },
+        other => other,
+    }
+}
+
+/// The (prefix length, 16 bytes) a kernel LPM key stores for `net`.
+pub fn lpm_addr(net: IpNet) -> (u32, [u8; 16]) {
+    let m = mapped(net);
+    let addr = match m.network() {
+        std::net::IpAddr::V6(a) => a.octets(),
+        std::net::IpAddr::V4(_) => unreachable!("mapped() returns IPv6"),
+    };
+    (m.prefix_len() as u32, addr)
+}
+
+fn ports_text(ports: &[warden_policy::PortRange]) -> String {
+    if ports.is_empty() {
+        return " any port".into();
+    }
+    let list: Vec<String> = ports
+        .iter()
+        .map(|p| {
+            if p.lo == p.hi {
+                p.lo.to_string()
+            } else {
+                format!("{}-{}", p.lo, p.hi)
+            }
+        })
+        .collect();
+    format!(" port {}", list.join(","))
+}
+
+fn ser_port_rules<S: serde::Serializer>(rules: &[PortRule], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(Some(rules.len()))?;
+    for r in rules {
+        let protos = match r.protos {
+            PROTO_TCP => "tcp",
+            PROTO_UDP => "udp",
+            _ => "any",
+        };
+        seq.serialize_element(&serde_json::json!({
+            "rule_id": r.rule_id, "ports": format!("{}-{}", r.port_lo, r.port_hi), "proto": protos,
+        }))?;
+    }
+    seq.end()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn policies_name_no_cgroup_deeper_than_the_programs_walk() {
+        // Level L is matched while the walk visits it: levels 0..MAX_CGROUP_DEPTH.
+        assert_eq!(
+            warden_policy::MAX_CGROUP_DEPTH as u32 + 1,
+            warden_common::MAX_CGROUP_DEPTH
+        );
+    }
+
+    use super::*;
+    use std::path::Path;
+
+    fn policy(text: &str) -> Policy {
+        warden_policy::parse_str(Path::new("t.toml"), text).expect("valid test policy")
+    }
+
+    #[test]
+    fn a_long_ingress_list_shares_one_rule_per_file() {
+        let nets = |n: u32| {
+            (0..n)
+                .map(|i| format!("\"11.{}.{}.0/24\"", i >> 8, i & 255))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let text = |n| {
+            format!(
+                "version = 1\n[service]\nports = [11434]\nserver_cgroups = [\"s\"]\n[ingress]\nallow = [{}]\n",
+                nets(n)
+            )
+        };
+        let small = compile(&policy(&text(3)), None).unwrap();
+        assert_eq!(
+            small.rules.iter().filter(|r| r.kind == "ingress").count(),
+            3
+        );
+        assert_eq!(
+            small.rules[small.ingress[2].rule_id as usize].origin,
+            "t.toml:6:38"
+        );
+        let n = MAX_RULES_PER_NETWORK as u32 + 1;
+        let big = compile(&policy(&text(n)), None).unwrap();
+        assert_eq!(big.ingress.len(), n as usize);
+        let ids: std::collections::BTreeSet<u32> = big.ingress.iter().map(|e| e.rule_id).collect();
+        assert_eq!(ids.len(), 1, "one rule for the whole list");
+        let r = &big.rules[*ids.first().unwrap() as usize];
+        assert_eq!(
+            &*r.description,
+            "the ingress allow list of t.toml may reach [11434]"
+        );
+    }
+
+    #[test]
+    fn pod_reference_is_the_pod_of_this_host() {
+        let p = policy(
+            r#"version = 1
+[service]
+ports = [11434]
+server_cgroups = ["kubepods.slice"]
+[local]
+allow_cgroups = ["@pod"]
+[[egress]]
+cgroup = "@pod"
+allow = []
+"#,
+        );
+        let pod = CgroupPath::new("kubepods.slice/kubepods-pod0.slice").unwrap();
+        let c = compile(&p, Some(&pod)).unwrap();
+        let grant = c.cgroups.iter().find(|g| g.cgroup == pod).unwrap();
+        assert_eq!(
+            grant.flags,
+            CG_MAY_BIND | CG_MAY_CONNECT,
+            "folds in its ancestor"
+        );
+        assert_eq!(c.egress[0].cgroup, pod);
+        assert!(
+            c.rules
+                .iter()
+                .any(|r| &*r.description == "@pod may connect")
+        );
+        assert_eq!(
+            c.digest,
+            compile(&p, None).unwrap().digest,
+            "one digest everywhere"
+        );
+        let elsewhere = compile(&p, None).unwrap();
+        assert!(elsewhere.cgroups.iter().any(|g| g.cgroup.is_own_pod()));
+
+        let twin = policy(
+            r#"version = 1
+[service]
+ports = [11434]
+server_cgroups = []
+[[egress]]
+cgroup = "@pod"
+allow = []
+[[egress]]
+cgroup = "kubepods.slice/kubepods-pod0.slice"
+allow = []
+"#,
+        );
+        let err = compile(&twin, Some(&pod)).unwrap_err().to_string();
+        assert!(err.contains("another [[egress]] block names"), "{err}");
+        assert!(compile(&twin, None).is_ok());
+    }
+
+    #[test]
+    fn ancestors_flags_fold_into_descendants() {
+        let c = compile(
+            &policy(
+                r#"version = 1
+[service]
+ports = [11434]
+server_cgroups = ["a"]
+[local]
+allow_cgroups = ["a/b", "c"]
+"#,
+            ),
+            None,
+        )
+        .unwrap();
+        let flags = |p: &str| {
+            c.cgroups
+                .iter()
+                .find(|g| g.cgroup.as_str() == p)
+                .unwrap()
+                .flags
+        };
+        assert_eq!(flags("a"), CG_MAY_BIND | CG_MAY_CONNECT);
+        assert_eq!(flags("a/b"), CG_MAY_BIND | CG_MAY_CONNECT);
+        assert_eq!(flags("c"), CG_MAY_CONNECT);
+    }
+
+    #[test]
+    fn egress_prefixes_carry_covering_rules_and_ipv4_is_mapped() {
+        let c = compile(
+            &policy(
+                r#"version = 1
+[service]
+ports = [11434]
+server_cgroups = ["s"]
+[[egress]]
+cgroup = "s"
+[[egress.allow]]
+net = "10.0.0.0/8"
+ports = [53]
+proto = "udp"
+[[egress.allow]]
+net = "10.1.0.0/16"
+ports = [443, "8000-8100"]
+proto = "tcp"
+"#,
+            ),
+            None,
+        )
+        .unwrap();
+        let e = &c.egress[0];
+        assert_eq!(e.prefixes.len(), 2);
+        let narrow = e
+            .prefixes
+            .iter()
+            .find(|p| p.net.prefix_len() == 16)
+            .unwrap();
+        assert_eq!(narrow.rules.len(), 3, "the /8 rule covers the /16 too");
+        let wide = e.prefixes.iter().find(|p| p.net.prefix_len() == 8).unwrap();
+        assert_eq!(wide.rules.len(), 1);
+        assert_eq!(lpm_addr("10.1.0.0/16".parse().unwrap()).0, 96 + 16);
+        assert_eq!(lpm_addr("fd00::/8".parse().unwrap()).0, 8);
+    }
+
+    #[test]
+    fn ingress_entries_per_port_and_rule_ids_index_rules() {
+        let c = compile(
+            &policy(
+                r#"version = 1
+[service]
+ports = [11434, 11435]
+server_cgroups = ["s"]
+[ingress]
+allow = ["192.0.2.0/24", "2001:db8::/32"]
+[[ingress.port]]
+port = 11435
+allow = ["198.51.100.7"]
+"#,
+            ),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.ingress.len(), 5);
+        for (i, r) in c.rules.iter().enumerate() {
+            assert_eq!(r.id as usize, i);
+        }
+        assert!(
+            c.ingress
+                .iter()
+                .all(|e| c.rules[e.rule_id as usize].kind == "ingress")
+        );
+    }
+
+    #[test]
+    fn ipv6_networks_never_cover_ipv4() {
+        let pieces: Vec<IpNet> = ipv6_only("::/0".parse().unwrap()).collect();
+        assert_eq!(pieces.len(), 96);
+        let mapped_v4: IpNet = "::ffff:10.0.0.1/128".parse().unwrap();
+        assert!(pieces.iter().all(|p| !p.contains(&mapped_v4)));
+        // Together with the mapped range they cover everything, each address once.
+        for probe in [
+            "::1/128",
+            "2001:db8::1/128",
+            "fd00::/8",
+            "::fffe:0:0/96",
+            "ffff::/16",
+        ] {
+            let probe: IpNet = probe.parse().unwrap();
+            assert_eq!(
+                pieces.iter().filter(|p| p.contains(&probe)).count(),
+                1,
+                "{probe}"
+            );
+        }
+        assert_eq!(ipv6_only("::/64".parse().unwrap()).count(), 32);
+        let plain: IpNet = "2001:db8::/32".parse().unwrap();
+        assert_eq!(ipv6_only(plain).collect::<Vec<_>>(), vec![plain]);
+        let v4: IpNet = "0.0.0.0/0".parse().unwrap();
+        assert_eq!(ipv6_only(v4).collect::<Vec<_>>(), vec![v4]);
+
+        let c = compile(
+            &policy(
+                "version = 1\n[service]\nports = [11434]\nserver_cgroups = []\n[ingress]\nallow = [\"::/0\"]\n[[egress]]\ncgroup = \"m\"\n[[egress.allow]]\nnet = \"::/0\"\nports = [443]\n",
+            ),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.ingress.len(), 96);
+        assert!(
+            c.egress[0]
+                .prefixes
+                .iter()
+                .all(|p| !p.net.contains(&mapped_v4))
+        );
+        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+        assert!(c.warnings[0].contains("`::/0` contains the IPv4-mapped range"));
+    }
+
+    #[test]
+    fn too_many_rules_on_one_prefix_is_an_error() {
+        let mut text = String::from(
+            "version = 1\n[service]\nports = [11434]\nserver_cgroups = [\"s\"]\n[[egress]]\ncgroup = \"s\"\n",
+        );
+        for p in 0..9 {
+            text += &format!(
+                "[[egress.allow]]\nnet = \"10.0.0.0/8\"\nports = [{}]\n",
+                100 + p
+            );
+        }
+        let err = compile(&policy(&text), None).unwrap_err();
+        assert!(
+            matches!(err, CompileError::TooManyEgressRules { count: 9, .. }),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,408 @@
+//! warden's pinned maps, typed, and the double-buffered policy swap.
+//!
+//! A policy is written into the inactive slot, then `STATE[STATE_ACTIVE_SLOT]` is
+//! flipped with one array write, which programs read once per run. After the flip a
+//! global membarrier waits for an RCU grace period, so no program still runs on the
+//! old slot when the next apply starts clearing it.
+
+use super::EnforceError;
+use crate::compile::{Compiled, lpm_addr};
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key};
+use std::path::Path;
+use warden_common::*;
+
+pub struct Maps {
+    pub state: Array<MapData, u32>,
+    pub slot_meta: Array<MapData, SlotMeta>,
+    pub ports: Array<MapData, PortBitmap>,
+    pub ingress: LpmTrie<MapData, IngressKey, IngressRule>,
+    pub ingress_hosts: HashMap<MapData, IngressKey, IngressRule>,
+    pub cgroups: HashMap<MapData, CgroupKey, CgroupRule>,
+    pub egress_cgroups: HashMap<MapData, CgroupKey, EgressPolicyRef>,
+    pub egress: LpmTrie<MapData, EgressKey, EgressEntry>,
+    pub rule_hits: PerCpuArray<MapData, u64>,
+    pub stats: PerCpuArray<MapData, u64>,
+    /// Banned sources and when their bans end (CLOCK_MONOTONIC ns).
+    pub bans: HashMap<MapData, Addr, u64>,
+}
+
+/// A cgroup id resolved from a policy path, with what it is granted.
+pub struct ResolvedGrant {
+    pub cgroup_id: u64,
+    pub rule: CgroupRule,
+}
+
+pub struct ResolvedEgress {
+    pub cgroup_id: Option<u64>,
+}
+
+fn typed<T>(map: Map, name: &str) -> Result<T, EnforceError>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    T::try_from(map).map_err(|e| EnforceError::Map {
+        name: name.into(),
+        source: e,
+    })
+}
+
+impl Maps {
+    /// Takes the maps out of a loaded object (`take(name)` returns the map).
+    pub fn from_source(
+        mut take: impl FnMut(&str) -> Result<Map, EnforceError>,
+    ) -> Result<Self, EnforceError> {
+        Ok(Self {
+            state: typed(take("STATE")?, "STATE")?,
+            slot_meta: typed(take("SLOT_META")?, "SLOT_META")?,
+            ports: typed(take("PORTS")?, "PORTS")?,
+            ingress: typed(take("INGRESS")?, "INGRESS")?,
+            ingress_hosts: typed(take("INGRESS_HOSTS")?, "INGRESS_HOSTS")?,
+            cgroups: typed(take("CGROUPS")?, "CGROUPS")?,
+            egress_cgroups: typed(take("EGRESS_CGROUPS")?, "EGRESS_CGROUPS")?,
+            egress: typed(take("EGRESS")?, "EGRESS")?,
+            rule_hits: typed(take("RULE_HITS")?, "RULE_HITS")?,
+            stats: typed(take("STATS")?, "STATS")?,
+            bans: typed(take("BANS")?, "BANS")?,
+        })
+    }
+
+    /// Opens the maps pinned in `dir` without creating anything.
+    pub fn open_pinned(dir: &Path) -> Result<Self, EnforceError> {
+        Self::from_source(|name| {
+            let data = MapData::from_pin(dir.join(name)).map_err(|e| EnforceError::Map {
+                name: name.into(),
+                source: e,
+            })?;
+            Ok(match name {
+                "STATE" | "SLOT_META" | "PORTS" => Map::Array(data),
+                "INGRESS" | "EGRESS" => Map::LpmTrie(data),
+                "CGROUPS" | "EGRESS_CGROUPS" | "INGRESS_HOSTS" | "BANS" => Map::HashMap(data),
+                _ => Map::PerCpuArray(data),
+            })
+        })
+    }
+
+    fn get_state(&self, index: u32) -> Result<u32, EnforceError> {
+        self.state.get(&index, 0).map_err(|e| EnforceError::Map {
+            name: "STATE".into(),
+            source: e,
+        })
+    }
+
+    pub fn active_slot(&self) -> Result<u32, EnforceError> {
+        Ok(self.get_state(STATE_ACTIVE_SLOT)? & 1)
+    }
+
+    pub fn abi(&self) -> Result<u32, EnforceError> {
+        self.get_state(STATE_ABI)
+    }
+
+    pub fn slot_meta(&self, slot: u32) -> Result<SlotMeta, EnforceError> {
+        self.slot_meta.get(&slot, 0).map_err(|e| EnforceError::Map {
+            name: "SLOT_META".into(),
+            source: e,
+        })
+    }
+
+    /// The generation in force (0 when nothing was ever applied).
+    pub fn generation(&self) -> Result<u32, EnforceError> {
+        self.slot_meta(self.active_slot()?).map(|m| m.generation)
+    }
+
+    /// Writes `compiled` into the inactive slot and makes it the active one.
+    pub fn swap_in(
+        &mut self,
+        compiled: &Compiled,
+        grants: &[ResolvedGrant],
+        egress: &[ResolvedEgress],
+        generation: u32,
+    ) -> Result<u32, EnforceError> {
+        let abi = self.abi()?;
+        if abi != 0 && abi != ABI_VERSION {
+            return Err(EnforceError::AbiMismatch {
+                pinned: abi,
+                ours: ABI_VERSION,
+            });
+        }
+        let slot = 1 - self.active_slot()?;
+        self.clear_slot(slot)?;
+        let err = |name: &str| {
+            let name = name.to_owned();
+            move |e| EnforceError::Map {
+                name: name.clone(),
+                source: e,
+            }
+        };
+
+        let mut ports = PortBitmap::EMPTY;
+        for &p in &compiled.ports {
+            ports.insert(p);
+        }
+        let mut flags = 0;
+        if compiled.ingress_audit {
+            flags |= slot_flags::AUDIT_INGRESS;
+        }
+        if compiled.local_audit {
+            flags |= slot_flags::AUDIT_LOCAL;
+        }
+        for e in &compiled.ingress {
+            let (len, addr) = lpm_addr(e.net);
+            let key = IngressKey {
+                slot_port: (slot << 16 | e.port as u32).to_be_bytes(),
+                addr,
+            };
+            let rule = IngressRule { rule_id: e.rule_id };
+            // A host entry is the longest match there can be: the program looks
+            // hosts up first and walks the trie only when the slot has prefixes.
+            if len == 128 {
+                self.ingress_hosts
+                    .insert(key, rule, 0)
+                    .map_err(err("INGRESS_HOSTS"))?;
+            } else {
+                flags |= slot_flags::INGRESS_PREFIXES;
+                self.ingress
+                    .insert(&Key::new(INGRESS_KEY_FIXED_BITS + len, key), rule, 0)
+                    .map_err(err("INGRESS"))?;
+            }
+        }
+        for g in grants {
+            let key = CgroupKey {
+                slot,
+                _pad: 0,
+                cgroup_id: g.cgroup_id,
+            };
+            self.cgroups
+                .insert(key, g.rule, 0)
+                .map_err(err("CGROUPS"))?;
+        }
+        for (index, (c, r)) in compiled.egress.iter().zip(egress).enumerate() {
+            let Some(cgroup_id) = r.cgroup_id else {
+                continue;
+            };
+            flags |= slot_flags::EGRESS;
+            let key = CgroupKey {
+                slot,
+                _pad: 0,
+                cgroup_id,
+            };
+            self.egress_cgroups
+                .insert(
+                    key,
+                    EgressPolicyRef {
+                        policy: index as u32,
+                        flags: if c.audit { egress_flags::AUDIT } else { 0 },
+                    },
+                    0,
+                )
+                .map_err(err("EGRESS_CGROUPS"))?;
+            let tag = (slot << 24 | index as u32).to_be_bytes();
+            for p in &c.prefixes {
+                let (len, addr) = lpm_addr(p.net);
+                let mut entry = EgressEntry::default();
+                entry.rules[..p.rules.len()].copy_from_slice(&p.rules);
+                entry.len = p.rules.len() as u32;
+                self.egress
+                    .insert(
+                        &Key::new(
+                            EGRESS_KEY_FIXED_BITS + len,
+                            EgressKey {
+                                slot_policy: tag,
+                                addr,
+                            },
+                        ),
+                        entry,
+                        0,
+                    )
+                    .map_err(err("EGRESS"))?;
+            }
+        }
+        self.ports.set(slot, ports, 0).map_err(err("PORTS"))?;
+        self.slot_meta
+            .set(slot, SlotMeta { generation, flags }, 0)
+            .map_err(err("SLOT_META"))?;
+        self.state
+            .set(STATE_ABI, ABI_VERSION, 0)
+            .map_err(err("STATE"))?;
+        // The flip: one 4-byte array write, seen whole by every program run.
+        self.state
+            .set(STATE_ACTIVE_SLOT, slot, 0)
+            .map_err(err("STATE"))?;
+        wait_for_running_programs();
+        Ok(slot)
+    }
+
+    fn clear_slot(&mut self, slot: u32) -> Result<(), EnforceError> {
+        let err = |name: &'static str| {
+            move |e| EnforceError::Map {
+                name: name.into(),
+                source: e,
+            }
+        };
+        let in_slot =
+            |k: &IngressKey| u16::from_be_bytes([k.slot_port[0], k.slot_port[1]]) as u32 == slot;
+        let keys: Vec<_> = self
+            .ingress
+            .keys()
+            // A failed key walk must fail the apply, not leave stale entries behind.
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err("INGRESS"))?
+            .into_iter()
+            .filter(|k: &Key<IngressKey>| in_slot(&k.data()))
+            .collect();
+        for k in keys {
+            self.ingress.remove(&k).map_err(err("INGRESS"))?;
+        }
+        let keys: Vec<_> = self
+            .ingress_hosts
+            .keys()
+            // A failed key walk must fail the apply, not leave stale entries behind.
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err("INGRESS_HOSTS"))?
+            .into_iter()
+            .filter(in_slot)
+            .collect();
+        for k in keys {
+            self.ingress_hosts
+                .remove(&k)
+                .map_err(err("INGRESS_HOSTS"))?;
+        }
+        let keys: Vec<_> = self
+            .egress
+            .keys()
+            // A failed key walk must fail the apply, not leave stale entries behind.
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err("EGRESS"))?
+            .into_iter()
+            .filter(|k: &Key<EgressKey>| (k.data().slot_policy[0] as u32) == slot)
+            .collect();
+        for k in keys {
+            self.egress.remove(&k).map_err(err("EGRESS"))?;
+        }
+        let keys: Vec<_> = self
+            .cgroups
+            .keys()
+            // A failed key walk must fail the apply, not leave stale entries behind.
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err("CGROUPS"))?
+            .into_iter()
+            .filter(|k| k.slot == slot)
+            .collect();
+        for k in keys {
+            self.cgroups.remove(&k).map_err(err("CGROUPS"))?;
+        }
+        let keys: Vec<_> = self
+            .egress_cgroups
+            .keys()
+            // A failed key walk must fail the apply, not leave stale entries behind.
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err("EGRESS_CGROUPS"))?
+            .into_iter()
+            .filter(|k| k.slot == slot)
+            .collect();
+        for k in keys {
+            self.egress_cgroups
+                .remove(&k)
+                .map_err(err("EGRESS_CGROUPS"))?;
+        }
+        self.ports
+            .set(slot, PortBitmap::EMPTY, 0)
+            .map_err(err("PORTS"))?;
+        Ok(())
+    }
+
+    /// Sets how many records each CPU may emit per budget window (0 = no limit).
+    pub fn set_event_budget(&mut self, per_window: u32) -> Result<(), EnforceError> {
+        self.state
+            .set(STATE_EVENT_BUDGET, per_window, 0)
+            .map_err(|e| EnforceError::Map {
+                name: "STATE".into(),
+                source: e,
+            })
+    }
+
+    /// Bans `source` for `duration`; `proxy_port`, when given, is the auth
+    /// proxy's port, which banned sources cannot reach either (besides the
+    /// protected ports).
+    pub fn ban(
+        &mut self,
+        source: std::net::IpAddr,
+        duration: std::time::Duration,
+        proxy_port: Option<u16>,
+    ) -> Result<(), EnforceError> {
+        let err = |e| EnforceError::Map {
+            name: "BANS".into(),
+            source: e,
+        };
+        let until = monotonic_ns().saturating_add(duration.as_nanos() as u64);
+        self.bans.insert(mapped(source), until, 0).map_err(err)?;
+        let old = self.get_state(STATE_BANS)?;
+        let port = proxy_port.map_or(old & 0xffff, u32::from);
+        self.state
+            .set(STATE_BANS, BANS_ON | port, 0)
+            .map_err(|e| EnforceError::Map {
+                name: "STATE".into(),
+                source: e,
+            })
+    }
+
+    /// Lifts a ban; false if `source` was not banned.
+    pub fn unban(&mut self, source: std::net::IpAddr) -> Result<bool, EnforceError> {
+        match self.bans.remove(&mapped(source)) {
+            Ok(()) => Ok(true),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(EnforceError::Map {
+                name: "BANS".into(),
+                source: e,
+            }),
+        }
+    }
+
+    /// Bans in force: the source and the time left. Expired ones are removed.
+    pub fn bans_in_force(&mut self) -> Vec<(std::net::IpAddr, std::time::Duration)> {
+        let now = monotonic_ns();
+        let all: Vec<(Addr, u64)> = self.bans.iter().filter_map(Result::ok).collect();
+        let mut out = Vec::new();
+        for (addr, until) in all {
+            if until <= now {
+                let _ = self.bans.remove(&addr);
+                continue;
+            }
+            let ip = std::net::Ipv6Addr::from(addr);
+            let ip = ip
+                .to_ipv4_mapped()
+                .map_or(std::net::IpAddr::V6(ip), std::net::IpAddr::V4);
+            out.push((ip, std::time::Duration::from_nanos(until - now)));
+        }
+        out.sort();
+        out
+    }
+
+    /// Sum over CPUs of a per-CPU counter.
+    pub fn sum(map: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
+        map.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0)
+    }
+}
+
+/// A source address as the kernel maps key it (IPv4 IPv4-mapped).
+fn mapped(ip: std::net::IpAddr) -> Addr {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => mapped_v4(v4.octets()),
+        std::net::IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (what `bpf_ktime_get_ns` reads).
+use warden_runtime::clock::monotonic_ns;
+
+/// Waits until every BPF program that might have read the old active slot has
+/// returned: MEMBARRIER_CMD_GLOBAL performs `synchronize_rcu()`, and warden's
+/// programs run inside RCU read-side sections (non-sleepable programs).
+pub fn wait_for_running_programs() {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
+    // SAFETY: membarrier takes no pointers.
+    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if rc != 0 {
+        // nohz_full kernels refuse CMD_GLOBAL; programs run for microseconds.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

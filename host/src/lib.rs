@@ -1,0 +1,7 @@
+//! Host tools: this host's sockets, processes and unit files read from /proc
+//! and the unit directories ([`procfs`]); [`discover`] turns them into a
+//! starting policy, [`doctor`] into checks of a running installation.
+
+pub mod discover;
+pub mod doctor;
+pub mod procfs;

@@ -1,0 +1,783 @@
+//! One request, in the order it is judged: framing, canonical target, identity,
+//! where and when, route, authorisation, limits, body, model; then the
+//! canonical request is forwarded and the response relayed.
+//!
+//! Every request gets exactly one audit record, whatever happens to it.
+
+use super::audit::{Audit, Record, now_ms};
+use super::body;
+use super::canon;
+use super::config::Config;
+use super::identity::{AuthFailure, Authenticator};
+use super::limits::{Limiter, Refusal};
+use super::models::ModelName;
+use super::relay::{self, BoxError, Finish, Relay, Upload, read_all};
+use super::routes::{self, Group, ModelIn, NoRoute};
+use super::upstream;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+use warden_events::correlate::ProxyReport;
+use warden_runtime::sync::SharedLock;
+
+pub type RespBody = BoxBody<Bytes, BoxError>;
+
+/// Listings are read whole to be filtered; larger ones are refused.
+const MAX_LISTING: u64 = 32 << 20;
+const MAX_LOGGED_TARGET: usize = 256;
+/// Request header bytes accepted (HTTP/1.1 and HTTP/2 alike).
+const MAX_HEAD_BYTES: usize = 64 << 10;
+/// Bodies up to this size are judged on the async worker (cheaper than a hop).
+const INLINE_BODY: u64 = 64 << 10;
+
+/// One configuration generation and what is built from it.
+pub struct Runtime {
+    pub cfg: Config,
+    pub auth: Authenticator,
+}
+
+/// State shared by every connection.
+pub struct Shared {
+    pub runtime: std::sync::RwLock<Arc<Runtime>>,
+    pub limiter: Limiter,
+    pub audit: Arc<Audit>,
+    /// Reports upstream connections to the daemon (when `report` is set).
+    pub reporter: Option<super::report::Reporter>,
+    /// KiB of request bodies being read whole, across all requests.
+    pub body_budget: Arc<super::budget::Budget>,
+    /// Failed authentications and bans (kept across reloads; `[brute_force]`
+    /// changes apply at restart).
+    pub guard: super::guard::Guard,
+    id_prefix: u32,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(runtime: Runtime, audit: Audit, reporter: Option<super::report::Reporter>) -> Self {
+        let l = &runtime.cfg.limits;
+        let body_budget = super::budget::Budget::new(
+            l.max_buffered,
+            l.max_buffered_per_identity,
+            l.max_buffered_per_source,
+        );
+        let guard = super::guard::Guard::new(runtime.cfg.brute_force.clone());
+        let mut b = [0u8; 4];
+        // SAFETY: valid buffer of 4 bytes.
+        unsafe { libc::getrandom(b.as_mut_ptr().cast(), 4, 0) };
+        Self {
+            runtime: std::sync::RwLock::new(Arc::new(runtime)),
+            limiter: Limiter::default(),
+            audit: Arc::new(audit),
+            reporter,
+            body_budget,
+            guard,
+            id_prefix: u32::from_ne_bytes(b),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.reading().clone()
+    }
+
+    /// A fresh request id (also for records of requests the HTTP layer refused).
+    pub fn new_request_id(&self) -> String {
+        self.request_id()
+    }
+
+    fn request_id(&self) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("{:08x}{:012x}", self.id_prefix, n & 0xffff_ffff_ffff)
+    }
+}
+
+/// What a connection knows about its client.
+pub struct Client {
+    pub addr: SocketAddr,
+    /// The proxy's address the client connected to.
+    pub local: SocketAddr,
+    /// Names of the verified client certificate (empty without one).
+    pub cert_names: Vec<String>,
+    /// When the client certificate expires (unix seconds): checked per request,
+    /// since a connection may outlive its certificate.
+    pub cert_not_after: Option<i64>,
+    pub activity: Arc<relay::Activity>,
+}
+
+/// A refusal: status, message for the client, reason for the audit record.
+struct Refuse {
+    status: StatusCode,
+    message: &'static str,
+    reason: String,
+    close: bool,
+    retry_after: Option<u64>,
+}
+
+fn refuse(status: StatusCode, message: &'static str, reason: impl Into<String>) -> Refuse {
+    Refuse {
+        status,
+        message,
+        reason: reason.into(),
+        close: false,
+        retry_after: None,
+    }
+}
+
+pub async fn handle(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+    client: Arc<Client>,
+) -> Result<Response<RespBody>, std::convert::Infallible> {
+    let started = Instant::now();
+    let rt = shared.runtime();
+    let (req, incoming) = req.into_parts();
+    let mut body = Some(incoming);
+    let record = Record {
+        request_id: shared.request_id(),
+        time_ms: now_ms(),
+        client: Some(client.addr),
+        http_version: match req.version {
+            Version::HTTP_2 => "HTTP/2",
+            Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        },
+        method: req.method.as_str().chars().take(16).collect(),
+        path: logged_target(&req),
+        user_agent: req
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(256).collect()),
+        ..Record::default()
+    };
+    let id = record.request_id.clone();
+    let mut finish = Finish::new(
+        record,
+        started,
+        shared.audit.clone(),
+        client.activity.begin(),
+    );
+    let judged = judge_and_forward(&req, &mut body, &shared, &rt, &client, &mut finish).await;
+    let mut resp = match judged {
+        Ok(resp) => resp,
+        Err(r) => {
+            // Read (a little of) what the client is still sending, so the
+            // refusal reaches it instead of a reset.
+            if let Some(b) = body.take().filter(|_| !r.close) {
+                drain(b).await;
+            }
+            let record = finish.record();
+            record.status = r.status.as_u16();
+            record.refused = Some(r.reason);
+            let body = serde_json::json!({ "error": r.message }).to_string();
+            finish.emit(Some(body.len() as u64), None);
+            let mut resp = Response::new(full(body));
+            *resp.status_mut() = r.status;
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json; charset=utf-8"),
+            );
+            if r.status == StatusCode::UNAUTHORIZED {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(
+                        "Bearer realm=\"ollama-warden\", Basic realm=\"ollama-warden\"",
+                    ),
+                );
+            }
+            if let Some(secs) = r.retry_after {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            if r.close {
+                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut()
+            .insert(HeaderName::from_static("x-request-id"), v);
+    }
+    Ok(resp)
+}
+
+fn full(body: impl Into<Bytes>) -> RespBody {
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+fn logged_target(req: &http::request::Parts) -> String {
+    let t = req.uri.path_and_query().map_or("", |p| p.as_str());
+    t.chars().take(MAX_LOGGED_TARGET).collect()
+}
+
+/// HTTP/1.1 framing a second reader could read differently: refused, and the
+/// connection closed (its next bytes cannot be trusted).
+///
+/// hyper's parser already refuses differing Content-Lengths, a final coding
+/// other than `chunked` and malformed header lines, and when a request has both
+/// Transfer-Encoding and Content-Length it drops the length, reads the body as
+/// chunked and closes the connection after the response (RFC 9112 §6.3). What
+/// is left to refuse here is what hyper accepts but a second reader might not.
+/// Nothing here is forwarded raw: the upstream request is framed anew.
+fn framing_problem(req: &http::request::Parts) -> Option<&'static str> {
+    let h = &req.headers;
+    if req.version != Version::HTTP_2 {
+        let codings: Vec<&HeaderValue> = h.get_all(header::TRANSFER_ENCODING).iter().collect();
+        let only_chunked =
+            codings.len() == 1 && codings[0].as_bytes().eq_ignore_ascii_case(b"chunked");
+        if !codings.is_empty() && !only_chunked {
+            return Some("unsupported Transfer-Encoding");
+        }
+        if req.uri.scheme().is_some() || req.uri.authority().is_some() {
+            return Some("absolute-form request target");
+        }
+        if req.version == Version::HTTP_11 && h.get_all(header::HOST).iter().count() != 1 {
+            return Some("HTTP/1.1 needs exactly one Host");
+        }
+    }
+    if req.method == Method::CONNECT || h.contains_key(header::UPGRADE) {
+        return Some("upgrades are not proxied");
+    }
+    None
+}
+
+async fn judge_and_forward(
+    parts: &http::request::Parts,
+    body_slot: &mut Option<Incoming>,
+    shared: &Shared,
+    rt: &Runtime,
+    client: &Client,
+    fin: &mut Finish,
+) -> Result<Response<RespBody>, Refuse> {
+    let started = fin.started();
+    let record = fin.record();
+    // hyper bounds the head only while it is incomplete: one that arrives
+    // whole in a single read can be larger. The bound is enforced here.
+    let head_bytes: usize = parts
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if head_bytes > MAX_HEAD_BYTES {
+        return Err(Refuse {
+            close: true,
+            ..refuse(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request headers too large",
+                "request headers too large",
+            )
+        });
+    }
+    if let Some(why) = framing_problem(parts) {
+        return Err(Refuse {
+            close: true,
+            ..refuse(StatusCode::BAD_REQUEST, "bad request framing", why)
+        });
+    }
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let canonical = canon::canonicalize(target).map_err(|e| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            "ambiguous request target",
+            e.to_string(),
+        )
+    })?;
+    record.path = canonical.path.clone();
+    record.query = canonical.query.clone();
+
+    // A banned source is refused whatever it sends (and its connection closed).
+    if let Some(left) = shared.guard.banned(client.addr.ip().to_canonical()) {
+        return Err(Refuse {
+            close: true,
+            retry_after: Some(left.as_secs().max(1)),
+            ..refuse(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "source banned (brute force)",
+            )
+        });
+    }
+
+    // Who.
+    let mut authz = parts.headers.get_all(header::AUTHORIZATION).iter();
+    let (first, second) = (authz.next(), authz.next());
+    if second.is_some() {
+        return Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "several Authorization headers",
+        ));
+    }
+    let now_unix = (record.time_ms / 1000) as i64;
+    let cert_names: &[String] = match client.cert_not_after {
+        Some(t) if now_unix > t => &[],
+        _ => &client.cert_names,
+    };
+    let id = rt
+        .auth
+        .authenticate(
+            first.map(HeaderValue::as_bytes),
+            cert_names,
+            now_unix,
+            client.addr.ip().to_canonical(),
+        )
+        .await
+        .map_err(|f| match f {
+            AuthFailure::Busy => Refuse {
+                retry_after: Some(1),
+                ..refuse(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many requests",
+                    f.as_str(),
+                )
+            },
+            // Asking without credentials is how clients learn the scheme; a
+            // wrong credential counts towards a ban.
+            AuthFailure::Missing => refuse(StatusCode::UNAUTHORIZED, "unauthorized", f.as_str()),
+            _ => {
+                let banned = failed_authentication(shared, client, first);
+                Refuse {
+                    close: banned,
+                    ..refuse(StatusCode::UNAUTHORIZED, "unauthorized", f.as_str())
+                }
+            }
+        })?;
+    record.identity = Some(id.name.clone());
+    client.activity.set_authenticated();
+    Limiter::check_where_and_when(&id, client.addr.ip(), now_unix)
+        .map_err(|r| refuse(StatusCode::FORBIDDEN, "forbidden", r.as_str()))?;
+
+    // What.
+    let method = parts.method.as_str().to_owned();
+    let (route, params) = routes::find(&method, &canonical.path).map_err(|e| match e {
+        NoRoute::UnknownPath => refuse(StatusCode::NOT_FOUND, "not found", "no such route"),
+        NoRoute::Method => refuse(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed",
+            "method not allowed on this route",
+        ),
+    })?;
+    match route.group {
+        Group::ModelAdmin | Group::Account if !id.admin => {
+            return Err(refuse(StatusCode::FORBIDDEN, "forbidden", "admin route"));
+        }
+        Group::Inference if route.model == ModelIn::Multipart && !id.admin && !id.all_models() => {
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "multipart bodies are not read: this route needs models = [\"*\"]",
+            ));
+        }
+        _ => {}
+    }
+    if let Some(m) = params.first().filter(|_| route.model == ModelIn::Path) {
+        allowed_model(&id, m, record)?;
+    }
+    let slot = shared.limiter.admit(&id).map_err(|r| match r {
+        Refusal::Rate(wait) => Refuse {
+            retry_after: Some(wait.as_secs_f64().ceil() as u64),
+            ..refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many requests",
+                r.as_str(),
+            )
+        },
+        _ => refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many requests",
+            r.as_str(),
+        ),
+    })?;
+
+    // The body, read before it is judged when it names the model.
+    if parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .is_some_and(|n| n > id.max_body)
+    {
+        return Err(refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large",
+            "request body too large",
+        ));
+    }
+    let cfg = &rt.cfg;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let mut budget = None;
+    let mut upload_failure = None;
+    let (body, uploaded): (upstream::ReqBody, Option<Arc<AtomicU64>>) =
+        if route.model == ModelIn::Body {
+            // Bodies read whole share one memory budget (with a share per
+            // identity and per source): a declared length is reserved up
+            // front, a stream as it arrives.
+            let cap = id.max_body.min(cfg.limits.max_buffered);
+            let mut held = shared
+                .body_budget
+                .reservation(&id.name, client.addr.ip().to_canonical());
+            let busy = |e: super::budget::Exhausted| Refuse {
+                retry_after: Some(1),
+                ..refuse(StatusCode::SERVICE_UNAVAILABLE, "busy", e.as_str())
+            };
+            if let Some(n) = declared {
+                held.cover(n.min(cap)).map_err(busy)?;
+            }
+            let incoming = body_slot.take().expect("body not taken yet");
+            let bytes = read_all(incoming, cap, cfg.limits.body_timeout, &mut held)
+                .await
+                .map_err(body_refusal)?;
+            budget = Some(held);
+            record.bytes_in = bytes.len() as u64;
+            let cap = if id.admin { None } else { id.max_tokens };
+            let sha = cfg.audit_body_sha256;
+            let who = id.clone();
+            let work = move || {
+                let digest = sha.then(|| {
+                    let d = Sha256::digest(&bytes);
+                    d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                });
+                let may_use =
+                    |m: &str| who.admin || ModelName::parse(m).is_some_and(|n| who.may_use(&n));
+                (digest, body::inspect(route, &bytes, cap, may_use))
+            };
+            // A large body is scanned and hashed off the async workers, so it
+            // never stalls other requests.
+            let (digest, inspected) = if record.bytes_in > INLINE_BODY {
+                tokio::task::spawn_blocking(work).await.map_err(|_| {
+                    refuse(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "try again",
+                        "body check failed",
+                    )
+                })?
+            } else {
+                work()
+            };
+            record.body_sha256 = digest;
+            let inspected = inspected.map_err(|e| {
+                refuse(
+                    StatusCode::BAD_REQUEST,
+                    "invalid request body",
+                    e.to_string(),
+                )
+            })?;
+            if let Some(m) = &inspected.model {
+                allowed_model(&id, m, record)?;
+            }
+            (full_req(inspected.body), None)
+        } else {
+            let incoming = body_slot.take().expect("body not taken yet");
+            let up = Upload::new(incoming, id.max_body, cfg.limits.body_timeout);
+            let count = up.count.clone();
+            upload_failure = Some(up.failure.clone());
+            (up.boxed(), Some(count))
+        };
+
+    // Forward exactly what was judged. A streamed upload (blobs) may take
+    // long; its pace is bounded by the body timeout instead.
+    let upstream_req = build_upstream(parts, &canonical.target(), body, cfg)?;
+    fin.uploaded = uploaded;
+    let head_timeout = upload_failure
+        .is_none()
+        .then_some(cfg.limits.upstream_timeout);
+    let report = shared.reporter.as_ref().map(|rep| {
+        let r = fin.record();
+        let (request_id, identity, model) =
+            (r.request_id.clone(), id.name.clone(), r.model.clone());
+        (rep, request_id, identity, model)
+    });
+    let on_connect = |c: &super::audit::UpstreamConn| {
+        if let Some((rep, request_id, identity, model)) = report.filter(|_| c.cookie != 0) {
+            rep.report(ProxyReport {
+                cookie: c.cookie,
+                request_id,
+                identity,
+                model,
+                client: client.addr,
+                listener: client.local,
+                local: c.local,
+                upstream: c.addr,
+                time_ms: now_ms(),
+            });
+        }
+    };
+    let sent = upstream::send(cfg.upstream.addr, upstream_req, head_timeout, on_connect)
+        .await
+        .map_err(|e| match upload_failure.as_ref().and_then(|f| f.get()) {
+            Some(why) => body_refusal(why),
+            None => refuse(
+                StatusCode::BAD_GATEWAY,
+                "upstream unavailable",
+                e.to_string(),
+            ),
+        })?;
+    drop(budget);
+    let record = fin.record();
+    record.upstream = Some(sent.conn);
+    let (mut head, upstream_body) = sent.response.into_parts();
+    record.status = head.status.as_u16();
+    clean_response_headers(&mut head.headers, cfg.pass_cors);
+
+    if route.group == Group::List && parts.method == Method::HEAD {
+        // The upstream's length is the unfiltered listing's.
+        head.headers.remove(header::CONTENT_LENGTH);
+    }
+    if route.group == Group::List && head.status == StatusCode::OK && parts.method != Method::HEAD {
+        let listing = read_listing(upstream_body, cfg).await;
+        sent.task.abort();
+        let listing = listing
+            .map_err(|why| refuse(StatusCode::BAD_GATEWAY, "upstream listing unreadable", why))?;
+        let filtered = filter_listing(&canonical.path, listing, |m| {
+            id.admin || ModelName::parse(m).is_some_and(|n| id.may_use(&n))
+        });
+        head.headers.remove(header::CONTENT_LENGTH);
+        record.ttfb = Some(started.elapsed());
+        fin.emit(Some(filtered.len() as u64), None);
+        drop(slot);
+        return Ok(Response::from_parts(head, full(filtered)));
+    }
+    let finish = fin.take();
+    let relay = Relay::new(
+        upstream_body,
+        finish,
+        cfg.limits.upstream_timeout,
+        cfg.limits.send_timeout,
+        sent.task,
+        slot,
+        client.activity.clone(),
+    );
+    Ok(Response::from_parts(head, relay.boxed()))
+}
+
+/// Records the canonical name of the model a request names, and refuses it
+/// unless the identity may use it.
+/// Counts a failed authentication; reports what it raised (a finding in the
+/// audit, a ban handed to the daemon). True if the source is now banned.
+fn failed_authentication(shared: &Shared, client: &Client, authz: Option<&HeaderValue>) -> bool {
+    let source = client.addr.ip().to_canonical();
+    let claimed = authz.and_then(|v| claimed_user(v.as_bytes()));
+    let mut banned = false;
+    for alert in shared.guard.failed(source, claimed.as_deref()) {
+        shared
+            .audit
+            .finding(super::guard::finding(&alert, client.local));
+        if let super::guard::Alert::Source {
+            ban,
+            failures,
+            window,
+            claimed,
+            ..
+        } = &alert
+            && !ban.is_zero()
+        {
+            banned = true;
+            if let Some(r) = &shared.reporter {
+                r.ban(warden_events::reports::BanRequest {
+                    ban: source,
+                    seconds: ban.as_secs(),
+                    port: client.local.port(),
+                    failures: *failures,
+                    window_seconds: window.as_secs(),
+                    identity: claimed.clone(),
+                });
+            }
+        }
+    }
+    banned
+}
+
+/// The user a basic-auth header names (at most 64 characters), for counting.
+fn claimed_user(header: &[u8]) -> Option<String> {
+    use base64::Engine;
+    let text = std::str::from_utf8(header).ok()?;
+    let (scheme, rest) = text.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(rest.trim())
+        .ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let user = text.split_once(':')?.0;
+    (!user.is_empty()).then(|| user.chars().take(64).collect())
+}
+
+fn allowed_model(
+    id: &super::config::Identity,
+    raw: &str,
+    record: &mut Record,
+) -> Result<(), Refuse> {
+    let name = ModelName::parse(raw).ok_or_else(|| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            "not a model name",
+            "not a model name",
+        )
+    })?;
+    record.model = Some(name.to_string());
+    if !id.admin && !id.may_use(&name) {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "model not allowed",
+            "model not allowed",
+        ));
+    }
+    Ok(())
+}
+
+fn body_refusal(why: &'static str) -> Refuse {
+    match why {
+        relay::TOO_LARGE => refuse(StatusCode::PAYLOAD_TOO_LARGE, "request body too large", why),
+        relay::TIMED_OUT => Refuse {
+            close: true,
+            ..refuse(StatusCode::REQUEST_TIMEOUT, "request body timed out", why)
+        },
+        _ => Refuse {
+            close: true,
+            ..refuse(StatusCode::BAD_REQUEST, "request body broken off", why)
+        },
+    }
+}
+
+/// Reads up to 64 KiB of an unread request body, for at most a second.
+async fn drain(body: Incoming) {
+    let limited = http_body_util::Limited::new(body, 64 << 10);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), limited.collect()).await;
+}
+
+fn full_req(body: Vec<u8>) -> upstream::ReqBody {
+    Full::new(Bytes::from(body))
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// Request headers forwarded upstream: only what Ollama reads. Credentials,
+/// hop-by-hop headers, client-supplied forwarding headers and everything else
+/// stay behind; Host is the upstream's own authority.
+const FORWARDED_REQUEST_HEADERS: &[&str] = &[
+    "content-type",
+    "accept",
+    "user-agent",
+    "anthropic-version",
+    "anthropic-beta",
+];
+
+fn build_upstream(
+    parts: &http::request::Parts,
+    target: &str,
+    body: upstream::ReqBody,
+    cfg: &Config,
+) -> Result<Request<upstream::ReqBody>, Refuse> {
+    let mut req = Request::builder()
+        .method(parts.method.clone())
+        .uri(target)
+        .version(Version::HTTP_11)
+        .body(body)
+        .map_err(|e| refuse(StatusCode::BAD_REQUEST, "bad request", e.to_string()))?;
+    let h = req.headers_mut();
+    for name in FORWARDED_REQUEST_HEADERS {
+        for v in parts.headers.get_all(*name) {
+            h.append(HeaderName::from_static(name), v.clone());
+        }
+    }
+    h.insert(
+        header::HOST,
+        HeaderValue::from_str(&cfg.upstream.host)
+            .map_err(|_| refuse(StatusCode::BAD_GATEWAY, "bad upstream", "bad upstream host"))?,
+    );
+    Ok(req)
+}
+
+/// Response headers not passed back: hop-by-hop, server identification and
+/// (unless configured) CORS.
+fn clean_response_headers(h: &mut HeaderMap, pass_cors: bool) {
+    let listed: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+        .collect();
+    for n in listed {
+        h.remove(n);
+    }
+    for n in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "server",
+        "x-powered-by",
+    ] {
+        h.remove(n);
+    }
+    if !pass_cors {
+        let cors: Vec<HeaderName> = h
+            .keys()
+            .filter(|k| k.as_str().starts_with("access-control-"))
+            .cloned()
+            .collect();
+        for n in cors {
+            h.remove(n);
+        }
+        h.remove(header::VARY);
+    }
+}
+
+async fn read_listing(body: Incoming, cfg: &Config) -> Result<Value, String> {
+    let read = async {
+        let limited = http_body_util::Limited::new(body, MAX_LISTING as usize);
+        limited
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .map_err(|e| e.to_string())
+    };
+    let bytes = tokio::time::timeout(cfg.limits.upstream_timeout, read)
+        .await
+        .map_err(|_| "upstream timed out".to_string())??;
+    serde_json::from_slice(&bytes).map_err(|e| format!("listing is not JSON: {e}"))
+}
+
+/// Keeps the entries of a model listing the identity may use: `/api/tags` and
+/// `/api/ps` (`models[].name`/`model`), `/v1/models` (`data[].id`).
+pub fn filter_listing(path: &str, mut listing: Value, allowed: impl Fn(&str) -> bool) -> Vec<u8> {
+    let (key, fields): (&str, &[&str]) = if path == "/v1/models" {
+        ("data", &["id"])
+    } else {
+        ("models", &["name", "model"])
+    };
+    if let Some(items) = listing.get_mut(key).and_then(Value::as_array_mut) {
+        items.retain(|item| {
+            let names: Vec<&str> = fields
+                .iter()
+                .filter_map(|f| item.get(*f).and_then(Value::as_str))
+                .collect();
+            !names.is_empty() && names.iter().all(|n| allowed(n))
+        });
+    }
+    serde_json::to_vec(&listing).expect("a JSON value serialises")
+}
