@@ -403,7 +403,7 @@ fn policy_show(paths: &[PathBuf], compiled: bool) -> i32 {
                     .and_then(|m| m.strip_prefix("/sys/fs/cgroup").ok().map(Path::to_owned))
                     .unwrap_or_default();
                 let all = |n: usize| vec![true; n];
-                let ruleset = warden_enforce::nft::render(
+                let ruleset = warden_enforce::nft::script(
                     warden_enforce::nft::DEFAULT_TABLE,
                     &prefix,
                     &c,
@@ -412,7 +412,7 @@ fn policy_show(paths: &[PathBuf], compiled: bool) -> i32 {
                     0,
                 );
                 serde_json::to_value(&c).map(|mut v| {
-                    v["nft_ruleset"] = ruleset.into();
+                    v["nft_ruleset"] = ruleset.unwrap_or_else(|e| format!("error: {e}")).into();
                     v
                 })
             } else {
