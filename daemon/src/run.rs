@@ -228,6 +228,14 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         ),
         None => None,
     };
+    let mut kernel_log = match backend.take_kernel_logger() {
+        // SAFETY: the logger owns its ring buffer's fd and keeps it open until dropped.
+        Some(logger) => Some(
+            unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
+                .map_err(|e| DaemonError::Io(e.into()))?,
+        ),
+        None => None,
+    };
     // The nft backend's events come back through NFLOG.
     let mut nflog = match &backend {
         Backend::Nft(_) => match NflogSocket::bind(warden_enforce::nft::LOG_GROUP) {
@@ -348,6 +356,11 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
                     let _ = watch.as_mut().expect("guarded").get_mut().changed();
                     reload_and_report(&opts, key.as_ref(), &mut backend, &mut current, &mut resolved, &mut state, &pipeline, "file change")?;
                 }
+            }
+            guard = async { kernel_log.as_mut().expect("guarded").readable_mut().await }, if kernel_log.is_some() => {
+                let mut guard = guard?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
             }
             guard = async { nflog.as_mut().expect("guarded").readable_mut().await }, if nflog.is_some() => {
                 let mut guard = guard?;

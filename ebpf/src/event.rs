@@ -1,4 +1,8 @@
 //! Ring-buffer records. A failed reservation is counted in `STATS`, never silent.
+//!
+//! Each recorded verdict is also a debug diagnostic (aya-log), off unless the
+//! daemon runs with `--kernel-log-level`: the level is a read-only global the
+//! verifier folds, so with logging off the calls are removed at load.
 
 use crate::maps::{EVENT_BUDGET, EVENTS, RULE_HITS, STATS, count, event_budget};
 use aya_ebpf::helpers::generated::{bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns};
@@ -21,10 +25,33 @@ pub fn record(ev: &FlowEvent, emit: bool) {
             // SAFETY: helper without preconditions.
             ev.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
             entry.write(ev);
+            // SAFETY: the entry was just written whole; it lives in the ring
+            // buffer (not on the stack) until submitted.
+            log_verdict(unsafe { &*entry.as_ptr() });
             entry.submit(0);
         }
         None => count(&STATS, stat::EVENTS_LOST),
     }
+}
+
+/// The debug diagnostic of a recorded verdict, read from its ring-buffer
+/// record. Out of line: the formatting needs stack of its own, which the
+/// hooks' frames cannot spare.
+#[inline(never)]
+fn log_verdict(ev: &FlowEvent) {
+    aya_log_ebpf::debug!(
+        &(),
+        "hook {} verdict {} reason {} rule {} gen {} cgroup {} {:i} -> {:i} port {}",
+        ev.hook,
+        ev.verdict,
+        ev.reason,
+        ev.rule_id,
+        ev.generation,
+        ev.cgroup_id,
+        ev.saddr,
+        ev.daddr,
+        ev.dport
+    );
 }
 
 /// Whether this CPU may emit one more record in the current window. A flood

@@ -7,6 +7,7 @@ use super::maps::{Maps, ResolvedEgress, ResolvedGrant};
 use super::pins::{self, HeldLink};
 use super::{EnforceError, ResolvedCgroups};
 use crate::compile::Compiled;
+use crate::kernel_log::{KernelLogLevel, KernelLogger, ToTracing};
 use aya::maps::{MapData, RingBuf};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{
@@ -42,6 +43,8 @@ pub struct Options {
     pub pin_dir: PathBuf,
     /// Where the cgroup programs attach; `None` = the cgroup2 root (the whole host).
     pub attach_cgroup: Option<PathBuf>,
+    /// The kernel programs' debug diagnostics (off: compiled away at load).
+    pub kernel_log: KernelLogLevel,
 }
 
 impl Default for Options {
@@ -49,6 +52,7 @@ impl Default for Options {
         Self {
             pin_dir: Path::new("/sys/fs/bpf").join(warden_common::PIN_DIR),
             attach_cgroup: None,
+            kernel_log: KernelLogLevel::Off,
         }
     }
 }
@@ -78,6 +82,7 @@ pub struct EbpfBackend {
     ebpf: Ebpf,
     pub maps: Maps,
     events: Option<RingBuf<MapData>>,
+    logger: Option<KernelLogger>,
     pin_dir: PathBuf,
     cgroup2: PathBuf,
     attach_cgroup: PathBuf,
@@ -101,9 +106,18 @@ impl EbpfBackend {
             .attach_cgroup
             .clone()
             .unwrap_or_else(|| cgroup2.clone());
+        let log_level = opts.kernel_log.global();
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&opts.pin_dir)
+            .override_global(aya_log::LEVEL, &log_level, true)
             .load(EBPF_OBJECT)?;
+        let logger = match opts.kernel_log {
+            KernelLogLevel::Off => None,
+            _ => Some(
+                aya_log::EbpfLogger::init_with_logger(&mut ebpf, ToTracing)
+                    .map_err(|e| EnforceError::Bpffs(format!("kernel log: {e}")))?,
+            ),
+        };
         let maps = Maps::from_source(|name| {
             ebpf.take_map(name)
                 .ok_or_else(|| EnforceError::Bpffs(format!("object has no map {name}")))
@@ -120,6 +134,7 @@ impl EbpfBackend {
             ebpf,
             maps,
             events,
+            logger,
             pin_dir: opts.pin_dir.clone(),
             cgroup2,
             attach_cgroup,
@@ -140,6 +155,12 @@ impl EbpfBackend {
 
     pub fn cgroup2_root(&self) -> &Path {
         &self.cgroup2
+    }
+
+    /// The drain of the programs' debug records, when `--kernel-log-level` asked
+    /// for them (taken once, by the daemon's event loop).
+    pub fn take_logger(&mut self) -> Option<KernelLogger> {
+        self.logger.take()
     }
 
     /// The ring buffer of flow events (taken once, by the event reader).

@@ -9,6 +9,7 @@ pub mod ban;
 pub mod compile;
 pub mod ebpf;
 pub mod kernel;
+pub mod kernel_log;
 pub mod maps;
 pub mod nflog;
 pub mod nft;
@@ -234,6 +235,14 @@ impl Backend {
                 b.maps.set_event_budget(per_window)
             }
             Self::Nft(_) => Ok(()),
+        }
+    }
+
+    /// The kernel programs' debug records (eBPF, with `--kernel-log-level`).
+    pub fn take_kernel_logger(&mut self) -> Option<kernel_log::KernelLogger> {
+        match self {
+            Self::Ebpf(b) => b.take_logger(),
+            Self::Nft(_) => None,
         }
     }
 

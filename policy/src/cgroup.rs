@@ -152,7 +152,7 @@ impl CgroupPath {
 
     /// True for `@pod`: a pod's cgroup path changes with every re-creation
     /// (`…-pod<UID>.slice`), so a policy names it by reference and the daemon
-    /// resolves it where it runs (see `warden::cgroupfs::own_pod`).
+    /// resolves it where it runs (see `warden_runtime::cgroupfs::own_pod`).
     pub fn is_own_pod(&self) -> bool {
         self.0 == OWN_POD
     }

@@ -105,6 +105,11 @@ enum Command {
         /// unaffected. 0 = no cap.
         #[arg(long, default_value_t = 100_000, value_name = "N")]
         kernel_event_rate: u32,
+        /// The kernel programs' debug diagnostics, one line per recorded
+        /// verdict in the daemon's log (target `kernel`). Off: removed at load,
+        /// no cost. Applies to programs this daemon attaches, not adopted ones.
+        #[arg(long, value_enum, default_value = "off", value_name = "LEVEL")]
+        kernel_log_level: warden_enforce::kernel_log::KernelLogLevel,
         /// Serve Prometheus metrics at http://ADDR/metrics (per-rule counters,
         /// drops, losses, policy generation, backend); without ADDR, 127.0.0.1:9464.
         #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9464")]
@@ -238,6 +243,7 @@ pub fn main() -> i32 {
             proxy_cgroup,
             proxy_uid,
             kernel_event_rate,
+            kernel_log_level,
             audit,
             metrics,
             ban_allowed_sources,
@@ -258,6 +264,7 @@ pub fn main() -> i32 {
                 ebpf: ebpf::Options {
                     pin_dir: cli.pin_dir,
                     attach_cgroup,
+                    kernel_log: kernel_log_level,
                 },
                 nft_table: cli.nft_table,
                 require_signature,

@@ -17,7 +17,8 @@ use tracing_subscriber::{
 };
 
 /// Installs the subscriber; `level` is an `EnvFilter` directive (`debug`,
-/// `warden::proxy=debug,info`).
+/// `warden_proxy=debug,info`; targets are the crates: `warden_daemon`,
+/// `warden_proxy`, `warden_enforce`, ..., and `kernel` for the programs' records).
 pub fn init(level: Option<&str>) {
     let filter = match level {
         Some(l) => EnvFilter::try_new(l).unwrap_or_else(|e| {
@@ -26,6 +27,9 @@ pub fn init(level: Option<&str>) {
         }),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
+    // The kernel programs' records are switched on by `--kernel-log-level`;
+    // once they are, they are not filtered again here.
+    let filter = filter.add_directive("kernel=trace".parse().expect("a valid directive"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -71,10 +75,10 @@ where
         if self.journal {
             write!(w, "<{}>", priority(level))?;
         } else {
-            let who = if meta.target().starts_with("warden::proxy") {
-                "warden proxy"
-            } else {
-                "warden"
+            let who = match meta.target() {
+                t if t.starts_with("warden_proxy") => "warden proxy",
+                "kernel" => "warden kernel",
+                _ => "warden",
             };
             write!(w, "{who}: {level} ")?;
         }
@@ -173,7 +177,14 @@ mod tests {
 
     #[test]
     fn text_lines_name_the_component_and_level() {
-        let out = logged(false, || tracing::error!(sink = "file:/x", "sink failed"));
-        assert_eq!(out, "warden: ERROR sink failed sink=file:/x\n");
+        let out = logged(false, || {
+            tracing::error!(sink = "file:/x", "sink failed");
+            tracing::warn!(target: "warden_proxy::server", "slow client");
+            tracing::info!(target: "kernel", "hook 2 verdict 1");
+        });
+        assert_eq!(
+            out,
+            "warden: ERROR sink failed sink=file:/x\nwarden proxy: WARN slow client\nwarden kernel: INFO hook 2 verdict 1\n"
+        );
     }
 }

@@ -32,6 +32,10 @@ pub const SMOKE: &[(&str, &[&str])] = &[
         &["restricted_cgroup_reaches_only_its_allowed_destinations"],
     ),
     (
+        "kernel_log",
+        &["kernel_logs_are_absent_unless_asked_for_and_then_name_each_verdict"],
+    ),
+    (
         "bypass",
         &[
             "routing_header_cannot_take_packets_past_the_policy",
