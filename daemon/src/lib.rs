@@ -1,13 +1,17 @@
 //! The enforcing daemon and what reads its state.
 //!
-//! - [`run`]: `warden daemon`'s lifecycle (start, reload, rescan, stop).
+//! - [`run`]: `warden daemon`'s lifecycle (start, the event loop, stop); the
+//!   loop waits on its `inputs` and hands each to the `enforcer`.
 //! - [`state`]: the state file a running daemon keeps for `status` and `down`.
 //! - [`status`]: the typed report `warden status`, metrics and doctor read.
 //! - [`metrics`]: that report as Prometheus text.
 //! - [`signature`]: minisign-signed policy files.
 
+mod enforcer;
+mod inputs;
 pub mod metrics;
 pub mod run;
 pub mod signature;
 pub mod state;
 pub mod status;
+mod summary;

@@ -5,19 +5,59 @@ use std::fmt::Write as _;
 
 use warden_runtime::metrics::{help, label};
 
-use crate::status::StatusReport;
+use warden_events::pipeline::{Losses, SinkLosses};
+
+use crate::status::{KernelCounters, StatusReport};
 
 /// The daemon's metrics, from a status report.
 pub fn render_daemon(r: &StatusReport) -> String {
     let mut o = String::new();
+    enforcement(&mut o, r);
+    if let Some(rules) = &r.rules {
+        rule_hits(&mut o, rules);
+    }
+    if let Some(c) = &r.counters {
+        for (name, text, field) in KERNEL_COUNTERS {
+            counter(&mut o, name, text, field(c));
+        }
+    }
     gauge(
         &mut o,
+        "warden_bans",
+        "Sources banned now",
+        r.bans.len() as u64,
+    );
+    if let Some(e) = &r.events {
+        for (key, text, field) in EVENT_COUNTERS {
+            counter(
+                &mut o,
+                &format!("warden_events_{key}_total"),
+                text,
+                field(e),
+            );
+        }
+        for (key, text, field) in SINK_COUNTERS {
+            let name = format!("warden_sink_{key}_total");
+            help(&mut o, &name, "counter", text);
+            for s in &e.sinks {
+                let _ = writeln!(o, "{name}{{sink=\"{}\"}} {}", label(&s.sink), field(s));
+            }
+        }
+    }
+    o
+}
+
+/// Whether warden enforces, with which backend, and which policy.
+fn enforcement(o: &mut String, r: &StatusReport) {
+    let enforcing = u64::from(r.enforcing);
+    gauge(
+        o,
         "warden_enforcing",
         "1 while warden's enforcement is attached",
-        u64::from(r.enforcing),
+        enforcing,
     );
     help(
-        &mut o,
+        o,
         "warden_backend_info",
         "gauge",
         "The enforcement backend in use",
@@ -29,130 +69,103 @@ pub fn render_daemon(r: &StatusReport) -> String {
     );
     let generation = r.generation.unwrap_or(0).into();
     gauge(
-        &mut o,
+        o,
         "warden_policy_generation",
         "Generation of the policy in force",
         generation,
     );
     if let Some(p) = &r.policy {
-        help(
-            &mut o,
-            "warden_policy_info",
-            "gauge",
-            "The policy in force: digest and mode (enforce, audit, mixed)",
-        );
+        let text = "The policy in force: digest and mode (enforce, audit, mixed)";
+        help(o, "warden_policy_info", "gauge", text);
         let (digest, mode) = (label(&p.digest), label(&p.mode));
         let _ = writeln!(
             o,
             "warden_policy_info{{digest=\"{digest}\",mode=\"{mode}\"}} 1"
         );
     }
-    if let Some(rules) = &r.rules {
-        help(
-            &mut o,
-            "warden_rule_hits_total",
-            "counter",
-            "Verdicts per policy rule (rule 0 is the default deny); packets for XDP and nft, calls for cgroup hooks",
-        );
-        for rule in rules {
-            let (kind, origin) = (label(&rule.kind), label(&rule.origin));
-            let _ = writeln!(
-                o,
-                "warden_rule_hits_total{{rule=\"{}\",kind=\"{kind}\",origin=\"{origin}\"}} {}",
-                rule.id, rule.hits
-            );
-        }
-    }
-    if let Some(c) = &r.counters {
-        for (name, text, v) in [
-            (
-                "warden_kernel_events_lost_total",
-                "Flow records the kernel could not queue (ring buffer full)",
-                c.events_lost,
-            ),
-            (
-                "warden_kernel_events_suppressed_total",
-                "Flow records not emitted because a CPU's event budget was spent",
-                c.events_suppressed,
-            ),
-            (
-                "warden_malformed_dropped_total",
-                "Frames dropped because they could not be classified",
-                c.malformed_dropped,
-            ),
-            (
-                "warden_fragments_passed_total",
-                "Non-first IP fragments passed",
-                c.fragments_passed,
-            ),
-            (
-                "warden_banned_dropped_total",
-                "Packets from banned sources dropped by XDP",
-                c.banned_dropped,
-            ),
-        ] {
-            counter(&mut o, name, text, v);
-        }
-    }
-    gauge(
-        &mut o,
-        "warden_bans",
-        "Sources banned now",
-        r.bans.len() as u64,
-    );
-    if let Some(e) = &r.events {
-        for (key, text, v) in [
-            ("records", "Flow records read from the kernel", e.records),
-            (
-                "queue_dropped",
-                "Records dropped because the encoder's queue was full",
-                e.queue_dropped,
-            ),
-            (
-                "aggregated",
-                "Denies folded into aggregate events",
-                e.aggregated,
-            ),
-            (
-                "proxy_reports",
-                "Reports received from the proxy",
-                e.proxy_reports,
-            ),
-            (
-                "correlated",
-                "Local connections joined with a proxy report",
-                e.correlated,
-            ),
-            (
-                "unattributed",
-                "Local connections to a protected port no proxy report explained",
-                e.unattributed,
-            ),
-        ] {
-            counter(&mut o, &format!("warden_events_{key}_total"), text, v);
-        }
-        type Field = fn(&warden_events::pipeline::SinkLosses) -> u64;
-        let per_sink: [(&str, &str, Field); 3] = [
-            ("written", "Events written, per sink", |s| s.written),
-            (
-                "dropped",
-                "Events dropped because a sink's queue was full, per sink",
-                |s| s.dropped,
-            ),
-            ("failed", "Events lost to write errors, per sink", |s| {
-                s.failed
-            }),
-        ];
-        for (key, text, field) in per_sink {
-            let name = format!("warden_sink_{key}_total");
-            help(&mut o, &name, "counter", text);
-            for s in &e.sinks {
-                let _ = writeln!(o, "{name}{{sink=\"{}\"}} {}", label(&s.sink), field(s));
-            }
-        }
-    }
-    o
 }
+
+fn rule_hits(o: &mut String, rules: &[crate::status::RuleHits]) {
+    let text = "Verdicts per policy rule (rule 0 is the default deny); packets for XDP and nft, calls for cgroup hooks";
+    help(o, "warden_rule_hits_total", "counter", text);
+    for rule in rules {
+        let (kind, origin) = (label(&rule.kind), label(&rule.origin));
+        let _ = writeln!(
+            o,
+            "warden_rule_hits_total{{rule=\"{}\",kind=\"{kind}\",origin=\"{origin}\"}} {}",
+            rule.id, rule.hits
+        );
+    }
+}
+
+type Field<T> = fn(&T) -> u64;
+
+const KERNEL_COUNTERS: [(&str, &str, Field<KernelCounters>); 5] = [
+    (
+        "warden_kernel_events_lost_total",
+        "Flow records the kernel could not queue (ring buffer full)",
+        |c| c.events_lost,
+    ),
+    (
+        "warden_kernel_events_suppressed_total",
+        "Flow records not emitted because a CPU's event budget was spent",
+        |c| c.events_suppressed,
+    ),
+    (
+        "warden_malformed_dropped_total",
+        "Frames dropped because they could not be classified",
+        |c| c.malformed_dropped,
+    ),
+    (
+        "warden_fragments_passed_total",
+        "Non-first IP fragments passed",
+        |c| c.fragments_passed,
+    ),
+    (
+        "warden_banned_dropped_total",
+        "Packets from banned sources dropped by XDP",
+        |c| c.banned_dropped,
+    ),
+];
+
+const EVENT_COUNTERS: [(&str, &str, Field<Losses>); 6] = [
+    ("records", "Flow records read from the kernel", |e| {
+        e.records
+    }),
+    (
+        "queue_dropped",
+        "Records dropped because the encoder's queue was full",
+        |e| e.queue_dropped,
+    ),
+    ("aggregated", "Denies folded into aggregate events", |e| {
+        e.aggregated
+    }),
+    ("proxy_reports", "Reports received from the proxy", |e| {
+        e.proxy_reports
+    }),
+    (
+        "correlated",
+        "Local connections joined with a proxy report",
+        |e| e.correlated,
+    ),
+    (
+        "unattributed",
+        "Local connections to a protected port no proxy report explained",
+        |e| e.unattributed,
+    ),
+];
+
+const SINK_COUNTERS: [(&str, &str, Field<SinkLosses>); 3] = [
+    ("written", "Events written, per sink", |s| s.written),
+    (
+        "dropped",
+        "Events dropped because a sink's queue was full, per sink",
+        |s| s.dropped,
+    ),
+    ("failed", "Events lost to write errors, per sink", |s| {
+        s.failed
+    }),
+];
 
 fn gauge(o: &mut String, name: &str, text: &str, v: u64) {
     help(o, name, "gauge", text);

@@ -154,120 +154,138 @@ pub fn compile(policy: &Policy, pod: Option<&CgroupPath>) -> Result<Compiled, Co
         Some(pod) if c.is_own_pod() => pod.clone(),
         _ => c.clone(),
     };
-    let mut rules = vec![RuleInfo {
-        id: RULE_DEFAULT_DENY,
-        kind: "default-deny",
-        description: "no rule allows it".into(),
-        origin: String::new(),
-    }];
-    let mut add = |kind: &'static str, description: String, origin: String| {
-        let id = rules.len() as u32;
-        rules.push(RuleInfo {
+    let mut rules = RuleTable::default();
+    let ingress = compile_ingress(policy, &mut rules);
+    let cgroups = compile_grants(policy, &here, &mut rules);
+    let egress = compile_egress(policy, &here, &mut rules)?;
+    if rules.0.len() >= MAX_RULES as usize {
+        return Err(CompileError::TooManyRules(rules.0.len()));
+    }
+    Ok(Compiled {
+        ports: policy.ports.clone(),
+        interfaces: policy.ingress.interfaces.clone(),
+        ingress,
+        cgroups,
+        egress,
+        rules: rules.0,
+        digest: policy.digest(),
+        ingress_audit: policy.ingress.mode == Mode::Audit,
+        local_audit: policy.local_mode == Mode::Audit,
+        warnings: mapped_range_warnings(policy),
+    })
+}
+
+/// The rules verdicts are attributed to; rule 0 is the default deny.
+struct RuleTable(Vec<RuleInfo>);
+
+impl Default for RuleTable {
+    fn default() -> Self {
+        Self(vec![RuleInfo {
+            id: RULE_DEFAULT_DENY,
+            kind: "default-deny",
+            description: "no rule allows it".into(),
+            origin: String::new(),
+        }])
+    }
+}
+
+impl RuleTable {
+    fn add(&mut self, kind: &'static str, description: String, origin: String) -> u32 {
+        let id = self.0.len() as u32;
+        self.0.push(RuleInfo {
             id,
             kind,
             description: description.into(),
             origin,
         });
         id
-    };
+    }
+}
 
-    // One rule per network gives each deny its exact line; a long list (a
-    // threat-intel feed, a cloud's ranges) gets one rule per file instead, so
-    // the rule table stays bounded (the event still names the source address).
-    let mut ingress = Vec::new();
-    let grouped = policy.ingress.allow.len()
-        + policy
-            .ingress
-            .per_port
-            .iter()
-            .map(|p| p.allow.len())
-            .sum::<usize>()
-        > MAX_RULES_PER_NETWORK;
-    let mut warnings = Vec::new();
-    let mut warn_mapped = |net: &Located<IpNet>| {
-        if covers_mapped(net.value) {
-            warnings.push(format!(
-                "{}: warning: `{}` contains the IPv4-mapped range ::ffff:0:0/96 but matches IPv6 only; IPv4 needs its own rule (e.g. 0.0.0.0/0)",
-                net.origin, net.value
-            ));
-        }
-    };
-    for l in policy
+/// An IPv6 rule that contains the IPv4-mapped range matches IPv6 only: said
+/// where it is written.
+fn mapped_range_warnings(policy: &Policy) -> Vec<String> {
+    let ingress = policy
         .ingress
         .allow
         .iter()
         .chain(policy.ingress.per_port.iter().flat_map(|p| &p.allow))
-    {
-        warn_mapped(l);
-    }
-    for e in &policy.egress {
-        for r in &e.allow {
-            warn_mapped(&Located {
-                value: r.net,
-                origin: r.origin.clone(),
-            });
-        }
-    }
+        .map(|l| (l.value, &l.origin));
+    let egress = policy
+        .egress
+        .iter()
+        .flat_map(|e| &e.allow)
+        .map(|r| (r.net, &r.origin));
+    ingress
+        .chain(egress)
+        .filter(|(net, _)| covers_mapped(*net))
+        .map(|(net, origin)| {
+            format!(
+                "{origin}: warning: `{net}` contains the IPv4-mapped range ::ffff:0:0/96 but matches IPv6 only; IPv4 needs its own rule (e.g. 0.0.0.0/0)"
+            )
+        })
+        .collect()
+}
+
+/// Ingress entries, one per (port, network). One rule per network gives each
+/// deny its exact line; a long list (a threat-intel feed, a cloud's ranges)
+/// gets one rule per file instead, so the rule table stays bounded (the event
+/// still names the source address).
+fn compile_ingress(policy: &Policy, rules: &mut RuleTable) -> Vec<IngressEntry> {
+    let per_port = policy.ingress.per_port.iter().map(|p| p.allow.len());
+    let grouped = policy.ingress.allow.len() + per_port.sum::<usize>() > MAX_RULES_PER_NETWORK;
     let mut group_ids: BTreeMap<(String, Option<u16>), u32> = BTreeMap::new();
     let mut rule_for = |net: &Located<IpNet>, port: Option<u16>, reach: String| -> u32 {
         if !grouped {
-            return add(
-                "ingress",
-                format!("{} may reach {reach}", net.value),
-                net.origin.to_string(),
-            );
+            let description = format!("{} may reach {reach}", net.value);
+            return rules.add("ingress", description, net.origin.to_string());
         }
         let file = net.origin.file.display().to_string();
         *group_ids.entry((file.clone(), port)).or_insert_with(|| {
-            add(
-                "ingress",
-                format!("the ingress allow list of {file} may reach {reach}"),
-                net.origin.to_string(),
-            )
+            let description = format!("the ingress allow list of {file} may reach {reach}");
+            rules.add("ingress", description, net.origin.to_string())
         })
     };
+    let mut ingress = Vec::new();
     for l in &policy.ingress.allow {
-        let id = rule_for(l, None, format!("{:?}", policy.ports));
+        let rule_id = rule_for(l, None, format!("{:?}", policy.ports));
         for &port in &policy.ports {
-            ingress.extend(ipv6_only(l.value).map(|net| IngressEntry {
-                port,
-                net,
-                rule_id: id,
-            }));
+            ingress.extend(ipv6_only(l.value).map(|net| IngressEntry { port, net, rule_id }));
         }
     }
     for p in &policy.ingress.per_port {
         for l in &p.allow {
-            let id = rule_for(l, Some(p.port), p.port.to_string());
-            ingress.extend(ipv6_only(l.value).map(|net| IngressEntry {
-                port: p.port,
-                net,
-                rule_id: id,
-            }));
+            let rule_id = rule_for(l, Some(p.port), p.port.to_string());
+            let port = p.port;
+            ingress.extend(ipv6_only(l.value).map(|net| IngressEntry { port, net, rule_id }));
         }
     }
+    ingress
+}
 
-    // Grants by cgroup path; a path listed twice gets the union.
+/// Grants by cgroup path; a path listed twice gets the union. The kernel
+/// matches the deepest listed cgroup, so each grant folds its listed
+/// ancestors' flags in.
+fn compile_grants(
+    policy: &Policy,
+    here: &impl Fn(&CgroupPath) -> CgroupPath,
+    rules: &mut RuleTable,
+) -> Vec<CgroupGrant> {
     let mut grants: BTreeMap<CgroupPath, (u32, u32)> = BTreeMap::new();
     for l in &policy.server_cgroups {
-        let id = add(
-            "bind",
-            format!("{} may bind and connect", l.value),
-            l.origin.to_string(),
-        );
-        let g = grants.entry(here(&l.value)).or_insert((0, id));
-        g.0 |= CG_MAY_BIND | CG_MAY_CONNECT;
+        let description = format!("{} may bind and connect", l.value);
+        let id = rules.add("bind", description, l.origin.to_string());
+        grants.entry(here(&l.value)).or_insert((0, id)).0 |= CG_MAY_BIND | CG_MAY_CONNECT;
     }
     for l in &policy.local_allow {
-        let id = add(
+        let id = rules.add(
             "local",
             format!("{} may connect", l.value),
             l.origin.to_string(),
         );
         grants.entry(here(&l.value)).or_insert((0, id)).0 |= CG_MAY_CONNECT;
     }
-    // The kernel matches the deepest listed cgroup, so fold ancestors' flags in.
-    let cgroups = grants
+    grants
         .iter()
         .map(|(path, &(flags, rule_id))| {
             let inherited = grants
@@ -280,8 +298,15 @@ pub fn compile(policy: &Policy, pod: Option<&CgroupPath>) -> Result<Compiled, Co
                 rule_id,
             }
         })
-        .collect();
+        .collect()
+}
 
+/// Each restricted cgroup's allowlist, folded per prefix for the kernel's trie.
+fn compile_egress(
+    policy: &Policy,
+    here: &impl Fn(&CgroupPath) -> CgroupPath,
+    rules: &mut RuleTable,
+) -> Result<Vec<CompiledEgress>, CompileError> {
     let mut egress: Vec<CompiledEgress> = Vec::new();
     for e in &policy.egress {
         let cgroup = here(&e.cgroup);
@@ -291,64 +316,54 @@ pub fn compile(policy: &Policy, pod: Option<&CgroupPath>) -> Result<Compiled, Co
                 cgroup: twin.cgroup.to_string(),
             });
         }
-        let mut port_rules: Vec<(IpNet, PortRule, String)> = Vec::new();
-        for r in &e.allow {
-            let id = add(
-                "egress",
-                format!(
-                    "{} may reach {} {}{}",
-                    e.cgroup,
-                    r.net,
-                    r.proto,
-                    ports_text(&r.ports)
-                ),
-                r.origin.to_string(),
-            );
-            let protos = match r.proto {
-                Proto::Tcp => PROTO_TCP,
-                Proto::Udp => PROTO_UDP,
-                Proto::Any => PROTO_TCP | PROTO_UDP,
-            };
-            let ranges: Vec<(u16, u16)> = if r.ports.is_empty() {
-                vec![(0, u16::MAX)]
-            } else {
-                r.ports.iter().map(|p| (p.lo, p.hi)).collect()
-            };
-            for (net, (lo, hi)) in
-                ipv6_only(r.net).flat_map(|n| ranges.iter().map(move |&r| (n, r)))
-            {
-                port_rules.push((
-                    net,
-                    PortRule {
-                        rule_id: id,
-                        port_lo: lo,
-                        port_hi: hi,
-                        protos,
-                    },
-                    r.origin.to_string(),
-                ));
-            }
-        }
+        let port_rules: Vec<(IpNet, PortRule, String)> = e
+            .allow
+            .iter()
+            .flat_map(|r| egress_port_rules(&e.cgroup, r, rules))
+            .collect();
         let mut folded = fold_egress(&cgroup, &port_rules)?;
         folded.audit = e.mode == Mode::Audit;
         egress.push(folded);
     }
+    Ok(egress)
+}
 
-    if rules.len() >= MAX_RULES as usize {
-        return Err(CompileError::TooManyRules(rules.len()));
-    }
-    Ok(Compiled {
-        ports: policy.ports.clone(),
-        interfaces: policy.ingress.interfaces.clone(),
-        ingress,
-        cgroups,
-        egress,
-        rules,
-        digest: policy.digest(),
-        ingress_audit: policy.ingress.mode == Mode::Audit,
-        local_audit: policy.local_mode == Mode::Audit,
-        warnings,
-    })
+/// One egress rule as (network, ports and protocols) entries, one per
+/// network and port range.
+fn egress_port_rules(
+    cgroup: &CgroupPath,
+    r: &warden_policy::EgressRule,
+    rules: &mut RuleTable,
+) -> Vec<(IpNet, PortRule, String)> {
+    let description = format!(
+        "{cgroup} may reach {} {}{}",
+        r.net,
+        r.proto,
+        ports_text(&r.ports)
+    );
+    let rule_id = rules.add("egress", description, r.origin.to_string());
+    let protos = match r.proto {
+        Proto::Tcp => PROTO_TCP,
+        Proto::Udp => PROTO_UDP,
+        Proto::Any => PROTO_TCP | PROTO_UDP,
+    };
+    let ranges: Vec<(u16, u16)> = if r.ports.is_empty() {
+        vec![(0, u16::MAX)]
+    } else {
+        r.ports.iter().map(|p| (p.lo, p.hi)).collect()
+    };
+    ipv6_only(r.net)
+        .flat_map(|net| ranges.iter().map(move |&range| (net, range)))
+        .map(|(net, (port_lo, port_hi))| {
+            let rule = PortRule {
+                rule_id,
+                port_lo,
+                port_hi,
+                protos,
+            };
+            (net, rule, r.origin.to_string())
+        })
+        .collect()
 }
 
 /// `::ffff:0:0/96`: where the kernel maps keep IPv4 addresses.

@@ -231,83 +231,23 @@ impl Maps {
         Ok(slot)
     }
 
+    /// Empties a slot before a policy is written into it.
     fn clear_slot(&mut self, slot: u32) -> Result<(), EnforceError> {
-        let err = |name: &'static str| {
-            move |e| EnforceError::Map {
-                name: name.into(),
-                source: e,
-            }
+        let ingress_slot = |k: &IngressKey| {
+            u32::from(u16::from_be_bytes([k.slot_port[0], k.slot_port[1]])) == slot
         };
-        let in_slot =
-            |k: &IngressKey| u16::from_be_bytes([k.slot_port[0], k.slot_port[1]]) as u32 == slot;
-        let keys: Vec<_> = self
-            .ingress
-            .keys()
-            // A failed key walk must fail the apply, not leave stale entries behind.
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(err("INGRESS"))?
-            .into_iter()
-            .filter(|k: &Key<IngressKey>| in_slot(&k.data()))
-            .collect();
-        for k in keys {
-            self.ingress.remove(&k).map_err(err("INGRESS"))?;
-        }
-        let keys: Vec<_> = self
-            .ingress_hosts
-            .keys()
-            // A failed key walk must fail the apply, not leave stale entries behind.
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(err("INGRESS_HOSTS"))?
-            .into_iter()
-            .filter(in_slot)
-            .collect();
-        for k in keys {
-            self.ingress_hosts
-                .remove(&k)
-                .map_err(err("INGRESS_HOSTS"))?;
-        }
-        let keys: Vec<_> = self
-            .egress
-            .keys()
-            // A failed key walk must fail the apply, not leave stale entries behind.
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(err("EGRESS"))?
-            .into_iter()
-            .filter(|k: &Key<EgressKey>| (k.data().slot_policy[0] as u32) == slot)
-            .collect();
-        for k in keys {
-            self.egress.remove(&k).map_err(err("EGRESS"))?;
-        }
-        let keys: Vec<_> = self
-            .cgroups
-            .keys()
-            // A failed key walk must fail the apply, not leave stale entries behind.
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(err("CGROUPS"))?
-            .into_iter()
-            .filter(|k| k.slot == slot)
-            .collect();
-        for k in keys {
-            self.cgroups.remove(&k).map_err(err("CGROUPS"))?;
-        }
-        let keys: Vec<_> = self
-            .egress_cgroups
-            .keys()
-            // A failed key walk must fail the apply, not leave stale entries behind.
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(err("EGRESS_CGROUPS"))?
-            .into_iter()
-            .filter(|k| k.slot == slot)
-            .collect();
-        for k in keys {
-            self.egress_cgroups
-                .remove(&k)
-                .map_err(err("EGRESS_CGROUPS"))?;
-        }
+        clear_trie(&mut self.ingress, "INGRESS", ingress_slot)?;
+        clear_hash(&mut self.ingress_hosts, "INGRESS_HOSTS", ingress_slot)?;
+        clear_trie(&mut self.egress, "EGRESS", |k| {
+            u32::from(k.slot_policy[0]) == slot
+        })?;
+        clear_hash(&mut self.cgroups, "CGROUPS", |k| k.slot == slot)?;
+        clear_hash(&mut self.egress_cgroups, "EGRESS_CGROUPS", |k| {
+            k.slot == slot
+        })?;
         self.ports
             .set(slot, PortBitmap::EMPTY, 0)
-            .map_err(err("PORTS"))?;
-        Ok(())
+            .map_err(map_error("PORTS"))
     }
 
     /// Sets how many records each CPU may emit per budget window (0 = no limit).
@@ -393,6 +333,46 @@ fn mapped(ip: std::net::IpAddr) -> Addr {
 
 /// CLOCK_MONOTONIC in nanoseconds (what `bpf_ktime_get_ns` reads).
 use warden_runtime::clock::monotonic_ns;
+
+fn map_error(name: &'static str) -> impl Fn(aya::maps::MapError) -> EnforceError {
+    move |source| EnforceError::Map {
+        name: name.into(),
+        source,
+    }
+}
+
+/// Removes the keys `in_slot` selects from a hash map. A failed key walk
+/// fails the apply rather than leave stale entries behind.
+fn clear_hash<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    name: &'static str,
+    in_slot: impl Fn(&K) -> bool,
+) -> Result<(), EnforceError> {
+    let keys = map
+        .keys()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(map_error(name))?;
+    for k in keys.iter().filter(|k| in_slot(k)) {
+        map.remove(k).map_err(map_error(name))?;
+    }
+    Ok(())
+}
+
+/// [`clear_hash`] for an LPM trie.
+fn clear_trie<K: aya::Pod, V: aya::Pod>(
+    map: &mut LpmTrie<MapData, K, V>,
+    name: &'static str,
+    in_slot: impl Fn(&K) -> bool,
+) -> Result<(), EnforceError> {
+    let keys = map
+        .keys()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(map_error(name))?;
+    for k in keys.iter().filter(|k| in_slot(&k.data())) {
+        map.remove(k).map_err(map_error(name))?;
+    }
+    Ok(())
+}
 
 /// Waits until every BPF program that might have read the old active slot has
 /// returned: MEMBARRIER_CMD_GLOBAL performs `synchronize_rcu()`, and warden's

@@ -6,8 +6,9 @@
 
 use super::audit::{Audit, Record, now_ms};
 use super::body;
+use super::budget::Reservation;
 use super::canon;
-use super::config::Config;
+use super::config::{Config, Identity};
 use super::identity::{AuthFailure, Authenticator};
 use super::limits::{Limiter, Refusal};
 use super::models::ModelName;
@@ -261,9 +262,62 @@ async fn judge_and_forward(
     fin: &mut Finish,
 ) -> Result<Response<RespBody>, Refuse> {
     let started = fin.started();
+    check_head(parts)?;
+    let canonical = canonical_target(parts, fin.record())?;
+    refuse_banned(shared, client)?;
+    let id = authenticate(parts, shared, rt, client, fin.record()).await?;
+    let route = authorize(parts, &canonical, &id, fin.record())?;
+    let slot = shared.limiter.admit(&id).map_err(limit_refusal)?;
+    let body = judged_body(
+        parts,
+        body_slot,
+        route,
+        &id,
+        shared,
+        rt,
+        client,
+        fin.record(),
+    )
+    .await?;
+    fin.uploaded = body.uploaded.clone();
+    let sent = forward(parts, &canonical, body, &id, shared, rt, client, fin).await?;
     let record = fin.record();
-    // hyper bounds the head only while it is incomplete: one that arrives
-    // whole in a single read can be larger. The bound is enforced here.
+    record.upstream = Some(sent.conn);
+    let (mut head, upstream_body) = sent.response.into_parts();
+    record.status = head.status.as_u16();
+    clean_response_headers(&mut head.headers, rt.cfg.pass_cors);
+    if route.group == Group::List {
+        if parts.method == Method::HEAD {
+            // The upstream's length is the unfiltered listing's.
+            head.headers.remove(header::CONTENT_LENGTH);
+        } else if head.status == StatusCode::OK {
+            let listing = read_listing(upstream_body, &rt.cfg).await;
+            sent.task.abort();
+            let filtered = filtered_listing(&canonical.path, listing, &id)?;
+            head.headers.remove(header::CONTENT_LENGTH);
+            fin.record().ttfb = Some(started.elapsed());
+            fin.emit(Some(filtered.len() as u64), None);
+            drop(slot);
+            return Ok(Response::from_parts(head, full(filtered)));
+        }
+    }
+    let limits = &rt.cfg.limits;
+    let relay = Relay::new(
+        upstream_body,
+        fin.take(),
+        limits.upstream_timeout,
+        limits.send_timeout,
+        sent.task,
+        slot,
+        client.activity.clone(),
+    );
+    Ok(Response::from_parts(head, relay.boxed()))
+}
+
+/// The head as a whole: its size (hyper bounds it only while it is
+/// incomplete: one that arrives whole in a single read can be larger) and its
+/// framing. Either refusal closes the connection.
+fn check_head(parts: &http::request::Parts) -> Result<(), Refuse> {
     let head_bytes: usize = parts
         .headers
         .iter()
@@ -285,6 +339,14 @@ async fn judge_and_forward(
             ..refuse(StatusCode::BAD_REQUEST, "bad request framing", why)
         });
     }
+    Ok(())
+}
+
+/// The request target read the way Ollama's router reads it, or a refusal.
+fn canonical_target(
+    parts: &http::request::Parts,
+    record: &mut Record,
+) -> Result<canon::Canonical, Refuse> {
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let canonical = canon::canonicalize(target).map_err(|e| {
         refuse(
@@ -295,10 +357,13 @@ async fn judge_and_forward(
     })?;
     record.path = canonical.path.clone();
     record.query = canonical.query.clone();
+    Ok(canonical)
+}
 
-    // A banned source is refused whatever it sends (and its connection closed).
-    if let Some(left) = shared.guard.banned(client.addr.ip().to_canonical()) {
-        return Err(Refuse {
+/// A banned source is refused whatever it sends (and its connection closed).
+fn refuse_banned(shared: &Shared, client: &Client) -> Result<(), Refuse> {
+    match shared.guard.banned(client.addr.ip().to_canonical()) {
+        Some(left) => Err(Refuse {
             close: true,
             retry_after: Some(left.as_secs().max(1)),
             ..refuse(
@@ -306,10 +371,20 @@ async fn judge_and_forward(
                 "forbidden",
                 "source banned (brute force)",
             )
-        });
+        }),
+        None => Ok(()),
     }
+}
 
-    // Who.
+/// Who: one `Authorization` header and/or a client certificate still valid,
+/// then where and when the identity may connect from.
+async fn authenticate(
+    parts: &http::request::Parts,
+    shared: &Shared,
+    rt: &Runtime,
+    client: &Client,
+    record: &mut Record,
+) -> Result<Arc<Identity>, Refuse> {
     let mut authz = parts.headers.get_all(header::AUTHORIZATION).iter();
     let (first, second) = (authz.next(), authz.next());
     if second.is_some() {
@@ -324,50 +399,69 @@ async fn judge_and_forward(
         Some(t) if now_unix > t => &[],
         _ => &client.cert_names,
     };
+    let source = client.addr.ip().to_canonical();
     let id = rt
         .auth
         .authenticate(
             first.map(HeaderValue::as_bytes),
             cert_names,
             now_unix,
-            client.addr.ip().to_canonical(),
+            source,
         )
         .await
-        .map_err(|f| match f {
-            AuthFailure::Busy => Refuse {
-                retry_after: Some(1),
-                ..refuse(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too many requests",
-                    f.as_str(),
-                )
-            },
-            // Asking without credentials is how clients learn the scheme; a
-            // wrong credential counts towards a ban.
-            AuthFailure::Missing => refuse(StatusCode::UNAUTHORIZED, "unauthorized", f.as_str()),
-            _ => {
-                let banned = failed_authentication(shared, client, first);
-                Refuse {
-                    close: banned,
-                    ..refuse(StatusCode::UNAUTHORIZED, "unauthorized", f.as_str())
-                }
-            }
-        })?;
+        .map_err(|f| auth_refusal(f, shared, client, first))?;
     record.identity = Some(id.name.clone());
     client.activity.set_authenticated();
     Limiter::check_where_and_when(&id, client.addr.ip(), now_unix)
         .map_err(|r| refuse(StatusCode::FORBIDDEN, "forbidden", r.as_str()))?;
+    Ok(id)
+}
 
-    // What.
-    let method = parts.method.as_str().to_owned();
-    let (route, params) = routes::find(&method, &canonical.path).map_err(|e| match e {
-        NoRoute::UnknownPath => refuse(StatusCode::NOT_FOUND, "not found", "no such route"),
-        NoRoute::Method => refuse(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed",
-            "method not allowed on this route",
-        ),
-    })?;
+fn auth_refusal(
+    f: AuthFailure,
+    shared: &Shared,
+    client: &Client,
+    authz: Option<&HeaderValue>,
+) -> Refuse {
+    match f {
+        AuthFailure::Busy => Refuse {
+            retry_after: Some(1),
+            ..refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many requests",
+                f.as_str(),
+            )
+        },
+        // Asking without credentials is how clients learn the scheme; a
+        // wrong credential counts towards a ban.
+        AuthFailure::Missing => refuse(StatusCode::UNAUTHORIZED, "unauthorized", f.as_str()),
+        _ => {
+            let banned = failed_authentication(shared, client, authz);
+            Refuse {
+                close: banned,
+                ..refuse(StatusCode::UNAUTHORIZED, "unauthorized", f.as_str())
+            }
+        }
+    }
+}
+
+/// What: the route, whether the identity may call it, and the model its path
+/// names (a model named in the body is judged once the body is read).
+fn authorize(
+    parts: &http::request::Parts,
+    canonical: &canon::Canonical,
+    id: &Identity,
+    record: &mut Record,
+) -> Result<&'static routes::Route, Refuse> {
+    let (route, params) =
+        routes::find(parts.method.as_str(), &canonical.path).map_err(|e| match e {
+            NoRoute::UnknownPath => refuse(StatusCode::NOT_FOUND, "not found", "no such route"),
+            NoRoute::Method => refuse(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed",
+                "method not allowed on this route",
+            ),
+        })?;
     match route.group {
         Group::ModelAdmin | Group::Account if !id.admin => {
             return Err(refuse(StatusCode::FORBIDDEN, "forbidden", "admin route"));
@@ -382,123 +476,165 @@ async fn judge_and_forward(
         _ => {}
     }
     if let Some(m) = params.first().filter(|_| route.model == ModelIn::Path) {
-        allowed_model(&id, m, record)?;
+        allowed_model(id, m, record)?;
     }
-    let slot = shared.limiter.admit(&id).map_err(|r| match r {
-        Refusal::Rate(wait) => Refuse {
-            retry_after: Some(wait.as_secs_f64().ceil() as u64),
-            ..refuse(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many requests",
-                r.as_str(),
-            )
-        },
-        _ => refuse(
+    Ok(route)
+}
+
+fn limit_refusal(r: Refusal) -> Refuse {
+    let retry_after = match r {
+        Refusal::Rate(wait) => Some(wait.as_secs_f64().ceil() as u64),
+        _ => None,
+    };
+    Refuse {
+        retry_after,
+        ..refuse(
             StatusCode::TOO_MANY_REQUESTS,
             "too many requests",
             r.as_str(),
-        ),
-    })?;
+        )
+    }
+}
 
-    // The body, read before it is judged when it names the model.
-    if parts
+/// The request body as it will be forwarded.
+struct JudgedBody {
+    body: upstream::ReqBody,
+    /// Bytes of a streamed upload sent so far (bodies read whole: `None`).
+    uploaded: Option<Arc<AtomicU64>>,
+    /// Why a streamed upload stopped, when it did.
+    upload_failure: Option<Arc<std::sync::OnceLock<&'static str>>>,
+    /// The share of the body budget a body read whole holds until it is sent.
+    budget: Option<Reservation>,
+}
+
+/// The body: read whole and judged when it names the model (within the
+/// shared budget), streamed with its own limits otherwise.
+#[allow(clippy::too_many_arguments)]
+async fn judged_body(
+    parts: &http::request::Parts,
+    body_slot: &mut Option<Incoming>,
+    route: &'static routes::Route,
+    id: &Arc<Identity>,
+    shared: &Shared,
+    rt: &Runtime,
+    client: &Client,
+    record: &mut Record,
+) -> Result<JudgedBody, Refuse> {
+    let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        .is_some_and(|n| n > id.max_body)
-    {
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > id.max_body) {
         return Err(refuse(
             StatusCode::PAYLOAD_TOO_LARGE,
             "request body too large",
             "request body too large",
         ));
     }
-    let cfg = &rt.cfg;
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let mut budget = None;
-    let mut upload_failure = None;
-    let (body, uploaded): (upstream::ReqBody, Option<Arc<AtomicU64>>) =
-        if route.model == ModelIn::Body {
-            // Bodies read whole share one memory budget (with a share per
-            // identity and per source): a declared length is reserved up
-            // front, a stream as it arrives.
-            let cap = id.max_body.min(cfg.limits.max_buffered);
-            let mut held = shared
-                .body_budget
-                .reservation(&id.name, client.addr.ip().to_canonical());
-            let busy = |e: super::budget::Exhausted| Refuse {
-                retry_after: Some(1),
-                ..refuse(StatusCode::SERVICE_UNAVAILABLE, "busy", e.as_str())
-            };
-            if let Some(n) = declared {
-                held.cover(n.min(cap)).map_err(busy)?;
-            }
-            let incoming = body_slot.take().expect("body not taken yet");
-            let bytes = read_all(incoming, cap, cfg.limits.body_timeout, &mut held)
-                .await
-                .map_err(body_refusal)?;
-            budget = Some(held);
-            record.bytes_in = bytes.len() as u64;
-            let cap = if id.admin { None } else { id.max_tokens };
-            let sha = cfg.audit_body_sha256;
-            let who = id.clone();
-            let work = move || {
-                let digest = sha.then(|| {
-                    let d = Sha256::digest(&bytes);
-                    d.iter().map(|b| format!("{b:02x}")).collect::<String>()
-                });
-                let may_use =
-                    |m: &str| who.admin || ModelName::parse(m).is_some_and(|n| who.may_use(&n));
-                (digest, body::inspect(route, &bytes, cap, may_use))
-            };
-            // A large body is scanned and hashed off the async workers, so it
-            // never stalls other requests.
-            let (digest, inspected) = if record.bytes_in > INLINE_BODY {
-                tokio::task::spawn_blocking(work).await.map_err(|_| {
-                    refuse(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "try again",
-                        "body check failed",
-                    )
-                })?
-            } else {
-                work()
-            };
-            record.body_sha256 = digest;
-            let inspected = inspected.map_err(|e| {
-                refuse(
-                    StatusCode::BAD_REQUEST,
-                    "invalid request body",
-                    e.to_string(),
-                )
-            })?;
-            if let Some(m) = &inspected.model {
-                allowed_model(&id, m, record)?;
-            }
-            (full_req(inspected.body), None)
-        } else {
-            let incoming = body_slot.take().expect("body not taken yet");
-            let up = Upload::new(incoming, id.max_body, cfg.limits.body_timeout);
-            let count = up.count.clone();
-            upload_failure = Some(up.failure.clone());
-            (up.boxed(), Some(count))
-        };
+    let incoming = body_slot.take().expect("body not taken yet");
+    let limits = &rt.cfg.limits;
+    if route.model != ModelIn::Body {
+        let up = Upload::new(incoming, id.max_body, limits.body_timeout);
+        return Ok(JudgedBody {
+            uploaded: Some(up.count.clone()),
+            upload_failure: Some(up.failure.clone()),
+            body: up.boxed(),
+            budget: None,
+        });
+    }
+    // Bodies read whole share one memory budget (with a share per identity
+    // and per source): a declared length is reserved up front, a stream as it
+    // arrives.
+    let cap = id.max_body.min(limits.max_buffered);
+    let mut held = shared
+        .body_budget
+        .reservation(&id.name, client.addr.ip().to_canonical());
+    if let Some(n) = declared {
+        held.cover(n.min(cap)).map_err(|e| Refuse {
+            retry_after: Some(1),
+            ..refuse(StatusCode::SERVICE_UNAVAILABLE, "busy", e.as_str())
+        })?;
+    }
+    let bytes = read_all(incoming, cap, limits.body_timeout, &mut held)
+        .await
+        .map_err(body_refusal)?;
+    record.bytes_in = bytes.len() as u64;
+    let (digest, inspected) = inspect_body(bytes, route, id, &rt.cfg).await?;
+    record.body_sha256 = digest;
+    let inspected = inspected.map_err(|e| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid request body",
+            e.to_string(),
+        )
+    })?;
+    if let Some(m) = &inspected.model {
+        allowed_model(id, m, record)?;
+    }
+    Ok(JudgedBody {
+        body: full_req(inspected.body),
+        uploaded: None,
+        upload_failure: None,
+        budget: Some(held),
+    })
+}
 
-    // Forward exactly what was judged. A streamed upload (blobs) may take
-    // long; its pace is bounded by the body timeout instead.
-    let upstream_req = build_upstream(parts, &canonical.target(), body, cfg)?;
-    fin.uploaded = uploaded;
-    let head_timeout = upload_failure
+/// The body's digest (when audited) and what it names, read the way Go's
+/// decoder reads it. A large body is scanned and hashed off the async
+/// workers, so it never stalls other requests.
+async fn inspect_body(
+    bytes: Bytes,
+    route: &'static routes::Route,
+    id: &Arc<Identity>,
+    cfg: &Config,
+) -> Result<(Option<String>, Result<body::Inspected, body::BodyError>), Refuse> {
+    let cap = if id.admin { None } else { id.max_tokens };
+    let sha = cfg.audit_body_sha256;
+    let who = id.clone();
+    let large = bytes.len() as u64 > INLINE_BODY;
+    let work = move || {
+        let digest = sha.then(|| {
+            let d = Sha256::digest(&bytes);
+            d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        });
+        let may_use = |m: &str| who.admin || ModelName::parse(m).is_some_and(|n| who.may_use(&n));
+        (digest, body::inspect(route, &bytes, cap, may_use))
+    };
+    if !large {
+        return Ok(work());
+    }
+    tokio::task::spawn_blocking(work).await.map_err(|_| {
+        refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "try again",
+            "body check failed",
+        )
+    })
+}
+
+/// Forwards exactly what was judged, reporting the upstream socket to the
+/// daemon as it connects. A streamed upload (blobs) may take long; its pace
+/// is bounded by the body timeout instead of the upstream timeout.
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    parts: &http::request::Parts,
+    canonical: &canon::Canonical,
+    body: JudgedBody,
+    id: &Identity,
+    shared: &Shared,
+    rt: &Runtime,
+    client: &Client,
+    fin: &mut Finish,
+) -> Result<upstream::Sent, Refuse> {
+    let cfg = &rt.cfg;
+    let upstream_req = build_upstream(parts, &canonical.target(), body.body, cfg)?;
+    let head_timeout = body
+        .upload_failure
         .is_none()
         .then_some(cfg.limits.upstream_timeout);
     let report = shared.reporter.as_ref().map(|rep| {
         let r = fin.record();
-        let (request_id, identity, model) =
-            (r.request_id.clone(), id.name.clone(), r.model.clone());
-        (rep, request_id, identity, model)
+        (rep, r.request_id.clone(), id.name.clone(), r.model.clone())
     });
     let on_connect = |c: &super::audit::UpstreamConn| {
         if let Some((rep, request_id, identity, model)) = report.filter(|_| c.cookie != 0) {
@@ -517,54 +653,33 @@ async fn judge_and_forward(
     };
     let sent = upstream::send(cfg.upstream.addr, upstream_req, head_timeout, on_connect)
         .await
-        .map_err(|e| match upload_failure.as_ref().and_then(|f| f.get()) {
-            Some(why) => body_refusal(why),
-            None => refuse(
-                StatusCode::BAD_GATEWAY,
-                "upstream unavailable",
-                e.to_string(),
-            ),
-        })?;
-    drop(budget);
-    let record = fin.record();
-    record.upstream = Some(sent.conn);
-    let (mut head, upstream_body) = sent.response.into_parts();
-    record.status = head.status.as_u16();
-    clean_response_headers(&mut head.headers, cfg.pass_cors);
-
-    if route.group == Group::List && parts.method == Method::HEAD {
-        // The upstream's length is the unfiltered listing's.
-        head.headers.remove(header::CONTENT_LENGTH);
-    }
-    if route.group == Group::List && head.status == StatusCode::OK && parts.method != Method::HEAD {
-        let listing = read_listing(upstream_body, cfg).await;
-        sent.task.abort();
-        let listing = listing
-            .map_err(|why| refuse(StatusCode::BAD_GATEWAY, "upstream listing unreadable", why))?;
-        let filtered = filter_listing(&canonical.path, listing, |m| {
-            id.admin || ModelName::parse(m).is_some_and(|n| id.may_use(&n))
-        });
-        head.headers.remove(header::CONTENT_LENGTH);
-        record.ttfb = Some(started.elapsed());
-        fin.emit(Some(filtered.len() as u64), None);
-        drop(slot);
-        return Ok(Response::from_parts(head, full(filtered)));
-    }
-    let finish = fin.take();
-    let relay = Relay::new(
-        upstream_body,
-        finish,
-        cfg.limits.upstream_timeout,
-        cfg.limits.send_timeout,
-        sent.task,
-        slot,
-        client.activity.clone(),
-    );
-    Ok(Response::from_parts(head, relay.boxed()))
+        .map_err(
+            |e| match body.upload_failure.as_ref().and_then(|f| f.get()) {
+                Some(why) => body_refusal(why),
+                None => refuse(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream unavailable",
+                    e.to_string(),
+                ),
+            },
+        )?;
+    drop(body.budget);
+    Ok(sent)
 }
 
-/// Records the canonical name of the model a request names, and refuses it
-/// unless the identity may use it.
+/// A listing with only the models the identity may use.
+fn filtered_listing(
+    path: &str,
+    listing: Result<Value, String>,
+    id: &Identity,
+) -> Result<Vec<u8>, Refuse> {
+    let listing = listing
+        .map_err(|why| refuse(StatusCode::BAD_GATEWAY, "upstream listing unreadable", why))?;
+    Ok(filter_listing(path, listing, |m| {
+        id.admin || ModelName::parse(m).is_some_and(|n| id.may_use(&n))
+    }))
+}
+
 /// Counts a failed authentication; reports what it raised (a finding in the
 /// audit, a ban handed to the daemon). True if the source is now banned.
 fn failed_authentication(shared: &Shared, client: &Client, authz: Option<&HeaderValue>) -> bool {
@@ -616,6 +731,8 @@ fn claimed_user(header: &[u8]) -> Option<String> {
     (!user.is_empty()).then(|| user.chars().take(64).collect())
 }
 
+/// Records the canonical name of the model a request names, and refuses it
+/// unless the identity may use it.
 fn allowed_model(
     id: &super::config::Identity,
     raw: &str,

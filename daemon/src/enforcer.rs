@@ -1,0 +1,299 @@
+//! The running daemon's state and what it does on each input: reload, follow
+//! cgroups and interfaces, enforce the proxy's bans, read the kernel's
+//! records, account for losses, stop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aya::maps::{MapData, RingBuf};
+use serde_json::json;
+use warden_common::FlowEvent;
+use warden_enforce::compile::Compiled;
+use warden_enforce::ebpf::{Applied, Attachment};
+use warden_enforce::nflog::NflogSocket;
+use warden_enforce::{Backend, KernelCounters};
+use warden_events::pipeline::{KernelLosses, Pipeline};
+use warden_policy::Policy;
+
+use crate::inputs::Inputs;
+use crate::run::{DaemonError, Options, load_for};
+use crate::signature::PolicyKey;
+use crate::state::DaemonState;
+use crate::summary::{applied_event, print_summary};
+
+pub struct Enforcer {
+    pub opts: Options,
+    key: Option<PolicyKey>,
+    pub backend: Backend,
+    /// The policy in force.
+    pub current: Arc<Compiled>,
+    /// The cgroup ids the policy in force was applied with.
+    resolved: Vec<Option<u64>>,
+    state: DaemonState,
+    pub pipeline: Pipeline,
+    /// Pinned counters outlive daemons: losses are reported since this one started.
+    at_start: KernelCounters,
+    nflog_lost: u64,
+}
+
+impl Enforcer {
+    /// The daemon once its backend enforces `compiled`: the state file
+    /// written, the start reported.
+    #[allow(clippy::too_many_arguments)]
+    pub fn started(
+        opts: Options,
+        key: Option<PolicyKey>,
+        backend: Backend,
+        pipeline: Pipeline,
+        policy: &Policy,
+        compiled: Compiled,
+        applied: &Applied,
+        attachments: &[Attachment],
+    ) -> Result<Self, DaemonError> {
+        let state = DaemonState::new(
+            &opts,
+            backend.name(),
+            policy,
+            &compiled,
+            applied,
+            attachments,
+        );
+        state.write(&opts.run_dir)?;
+        print_summary(policy, &compiled, applied, attachments, backend.gaps());
+        pipeline.lifecycle(
+            "start",
+            json!({ "backend": backend.name(), "attachments": attachments, "gaps": backend.gaps() }),
+        );
+        pipeline.lifecycle("policy_applied", applied_event(&compiled, applied, policy));
+        Ok(Self {
+            at_start: backend.kernel_losses(),
+            opts,
+            key,
+            backend,
+            current: Arc::new(compiled),
+            resolved: applied.resolved_ids.clone(),
+            state,
+            pipeline,
+            nflog_lost: 0,
+        })
+    }
+
+    /// Reloads the policy; a rejected one is reported and the running one stays.
+    pub fn reload_and_report(&mut self, trigger: &str) -> Result<(), DaemonError> {
+        match self.reload() {
+            Ok(None) => self.pipeline.lifecycle(
+                "policy_unchanged",
+                json!({ "trigger": trigger, "digest": self.current.digest, "generation": self.state.generation }),
+            ),
+            Ok(Some((policy, compiled, applied, timing))) => {
+                self.current = Arc::new(compiled);
+                self.resolved = applied.resolved_ids.clone();
+                let mut fields = applied_event(&self.current, &applied, &policy);
+                fields["trigger"] = trigger.into();
+                fields["load_ms"] = timing.0.into();
+                fields["apply_ms"] = timing.1.into();
+                self.pipeline.lifecycle("policy_applied", fields);
+                self.state.policy_applied(&policy, &self.current, &applied);
+                self.state.write(&self.opts.run_dir)?;
+            }
+            Err(e) => {
+                let generation_in_force = self.state.generation;
+                tracing::warn!(
+                    %trigger,
+                    generation_in_force,
+                    "policy rejected ({trigger}), previous policy stays in force: {e}"
+                );
+                self.pipeline.lifecycle(
+                    "policy_rejected",
+                    json!({ "error": e.to_string(), "trigger": trigger, "generation_in_force": generation_in_force }),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-reads the policy and swaps it in; `None` when it is the one in force.
+    fn reload(&mut self) -> Result<Option<(Policy, Compiled, Applied, Timing)>, DaemonError> {
+        let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1000.0;
+        let started = std::time::Instant::now();
+        let (policy, compiled) = load_for(&self.opts, self.key.as_ref())?;
+        if compiled == *self.current {
+            return Ok(None);
+        }
+        let load_ms = ms(started);
+        let swap = std::time::Instant::now();
+        let applied = self.backend.apply_next(&compiled)?;
+        let apply_ms = ms(swap);
+        // The swap happened: from here on this policy is the one in force, whatever
+        // the interface sync says (its problems are reported, not a rejection).
+        if let Err(e) = self.backend.sync_interfaces(&compiled) {
+            tracing::warn!("interfaces of the new policy: {e}");
+        }
+        Ok(Some((policy, compiled, applied, (load_ms, apply_ms))))
+    }
+
+    /// Re-applies the policy when a cgroup it names appeared, went away or was
+    /// re-created (its id changed).
+    pub fn follow_cgroups(&mut self) -> Result<(), DaemonError> {
+        if self.backend.resolve_ids(&self.current) == self.resolved {
+            return Ok(());
+        }
+        match self.backend.apply_next(&self.current) {
+            Ok(applied) => {
+                self.resolved = applied.resolved_ids.clone();
+                self.pipeline.lifecycle(
+                    "cgroups_resolved",
+                    json!({ "generation": applied.generation, "unresolved": applied.unresolved }),
+                );
+                self.state.generation = applied.generation;
+                self.state.write(&self.opts.run_dir)?;
+            }
+            Err(e) => tracing::error!("re-applying after cgroup change failed: {e}"),
+        }
+        Ok(())
+    }
+
+    /// Attaches XDP to interfaces that appeared, detaches from those gone.
+    pub fn follow_interfaces(&mut self) {
+        match self.backend.sync_interfaces(&self.current) {
+            Ok(changes) => {
+                let changes: Vec<&Attachment> =
+                    changes.iter().filter(|a| a.state != "adopted").collect();
+                if !changes.is_empty() {
+                    self.pipeline
+                        .lifecycle("attachments_changed", json!({ "attachments": changes }));
+                }
+            }
+            Err(e) => tracing::warn!("XDP attach: {e}"),
+        }
+    }
+
+    /// The periodic backstop: pins removed are pinned again, and cgroups and
+    /// interfaces the watches could not see are followed.
+    pub fn rescan(&mut self) -> Result<(), DaemonError> {
+        let restored = self.backend.restore_pins();
+        if !restored.is_empty() {
+            tracing::warn!(
+                "pins were removed and are pinned again: {}",
+                restored.join(", ")
+            );
+            self.pipeline
+                .lifecycle("pins_restored", json!({ "pins": restored }));
+        }
+        self.follow_cgroups()?;
+        self.follow_interfaces();
+        Ok(())
+    }
+
+    /// Enforces a ban the proxy asked for in the kernel, unless the policy
+    /// allows the source explicitly (then only with `--ban-allowed-sources`).
+    pub fn apply_ban(&mut self, ban: &warden_events::reports::BanRequest, pid: u32) {
+        let source = ban.ban.to_canonical();
+        let allowed_by = self
+            .current
+            .ingress
+            .iter()
+            .find(|e| e.net.contains(&source))
+            .and_then(|e| self.current.rules.get(e.rule_id as usize))
+            .map(|r| r.origin.clone());
+        let mut fields = json!({
+            "source": source.to_string(), "seconds": ban.seconds, "failures": ban.failures,
+            "window_seconds": ban.window_seconds, "identity": ban.identity, "proxy_port": ban.port,
+            "proxy_pid": pid,
+        });
+        if let (Some(origin), false) = (&allowed_by, self.opts.ban_allowed_sources) {
+            fields["enforced"] = json!(false);
+            fields["reason"] = json!(format!(
+                "the policy allows this source ({origin}); the proxy still refuses it"
+            ));
+        } else {
+            match self
+                .backend
+                .ban(source, Duration::from_secs(ban.seconds), Some(ban.port))
+            {
+                Ok(()) => fields["enforced"] = json!(self.backend.name()),
+                Err(e) => {
+                    fields["enforced"] = json!(false);
+                    fields["error"] = json!(e.to_string());
+                }
+            }
+        }
+        self.pipeline.lifecycle("ban", fields);
+    }
+
+    /// Reads up to `max` records; returns how many were read.
+    pub fn drain(&self, ring: &mut RingBuf<MapData>, max: usize) -> usize {
+        let mut n = 0;
+        while n < max {
+            let Some(item) = ring.next() else { break };
+            n += 1;
+            if item.len() < std::mem::size_of::<FlowEvent>() {
+                continue;
+            }
+            // SAFETY: the kernel wrote a whole FlowEvent; read unaligned as plain data.
+            let ev: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            self.pipeline
+                .flow(ev, self.current.rule_description(ev.rule_id));
+        }
+        n
+    }
+
+    /// The nft backend's records, read back through NFLOG.
+    pub fn read_nflog(&mut self, sock: &mut NflogSocket) {
+        for ev in sock.read() {
+            self.pipeline
+                .flow(ev, self.current.rule_description(ev.rule_id));
+        }
+        self.nflog_lost = sock.lost();
+    }
+
+    /// What the kernel lost since this daemon started.
+    fn kernel_lost(&self) -> KernelLosses {
+        let now = self.backend.kernel_losses();
+        KernelLosses {
+            lost: now.lost.saturating_sub(self.at_start.lost) + self.nflog_lost,
+            suppressed: now.suppressed.saturating_sub(self.at_start.suppressed),
+        }
+    }
+
+    /// Reports new losses; the state file follows (status lags behind,
+    /// enforcement and events go on).
+    pub fn report_losses(&mut self) {
+        let losses = self.pipeline.report_losses(self.kernel_lost());
+        if losses != self.state.events {
+            self.state.events = losses;
+            if let Err(e) = self.state.write(&self.opts.run_dir) {
+                tracing::error!("cannot update the state file: {e}");
+            }
+        }
+    }
+
+    /// Reads what is left, reports the last losses and leaves enforcement
+    /// pinned.
+    pub fn stop(mut self, mut inputs: Inputs) -> Result<(), DaemonError> {
+        if let Some(ring) = inputs.ring.as_mut() {
+            self.drain(ring.get_mut(), usize::MAX);
+        }
+        if let Some(nflog) = inputs.nflog.as_mut() {
+            self.read_nflog(nflog.get_mut());
+        }
+        let kernel_lost = self.kernel_lost();
+        self.pipeline.report_losses(kernel_lost);
+        let last = self.pipeline.shutdown(
+            json!({ "enforcement": "stays pinned; `warden down` removes it" }),
+            kernel_lost,
+        );
+        if last.total() > self.state.events.total() {
+            tracing::warn!("events lost while stopping: {}", json!(last));
+        }
+        self.state.events = last;
+        self.state.write(&self.opts.run_dir)?;
+        if let Some(r) = &self.opts.proxy_reports {
+            let _ = std::fs::remove_file(&r.socket);
+        }
+        Ok(())
+    }
+}
+
+/// Milliseconds spent reading and compiling a policy, and swapping it in.
+type Timing = (f64, f64);
