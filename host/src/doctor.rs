@@ -1,12 +1,12 @@
 //! `warden doctor`: the smoke tests of the Ollama hardening guides as automatic
 //! checks, each passed or failed with the fix. Exit status 1 when any fails.
 
+use crate::https;
 use crate::procfs::{self, Process, UnitFile, is_loopback};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use warden_daemon::status::StatusReport;
 
 pub struct Options {
@@ -343,34 +343,6 @@ fn gpu_groups() -> Check {
     .fix("gpasswd -d <user> <group> for each; people reach the model through the proxy")
 }
 
-/// `curl -sk` status of `method url` without credentials (None: no answer).
-fn http_status(method: &str, url: &str) -> Option<u16> {
-    let out = Command::new("curl")
-        .args([
-            "-sk",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "5",
-            "-X",
-            method,
-            "-H",
-            "Content-Type: application/json",
-            "--data",
-            "{}",
-            url,
-        ])
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .ok()
-        .filter(|c| *c != 0)
-}
-
 fn proxy(config: &Path) -> Check {
     if !config.exists() {
         return check(
@@ -403,11 +375,9 @@ fn proxy(config: &Path) -> Check {
         IpAddr::V6(v) if v.is_unspecified() => IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
         ip => ip,
     };
-    let base = format!("https://{}", SocketAddr::new(ip, cfg.listen.port()));
-    if Command::new("curl").arg("--version").output().is_err() {
-        return check("proxy", Status::Skip, "curl is not installed");
-    }
-    let tags = http_status("GET", &format!("{base}/api/tags"));
+    let addr = SocketAddr::new(ip, cfg.listen.port());
+    let base = format!("https://{addr}");
+    let tags = https::status("GET", addr, "/api/tags");
     match tags {
         None => {
             return check(
@@ -437,7 +407,7 @@ fn proxy(config: &Path) -> Check {
     let open: Vec<String> = admin
         .iter()
         .filter_map(|(m, p)| {
-            let code = http_status(m, &format!("{base}{p}"));
+            let code = https::status(m, addr, p);
             (!matches!(code, Some(401 | 403))).then(|| format!("{m} {p}: {code:?}"))
         })
         .collect();
