@@ -121,6 +121,8 @@ pub mod hook {
     pub const SKB_EGRESS: u8 = 10;
     /// cgroup_skb ingress: a packet delivered to a socket, judged by its cgroup.
     pub const SKB_INGRESS: u8 = 11;
+    /// Never sent: what userspace reads a code it does not know as.
+    pub const UNKNOWN: u8 = 0;
 }
 
 pub mod verdict {
@@ -159,6 +161,8 @@ pub mod reason {
     /// The source is banned (brute force seen by the proxy, or an operator's
     /// `warden ban add`) until its ban expires.
     pub const BANNED: u8 = 13;
+    /// Never sent: what userspace reads a code it does not know as.
+    pub const UNKNOWN: u8 = 0;
 }
 
 /// Indices of the per-CPU `STATS` counters.
@@ -323,6 +327,9 @@ pub fn mapped_v4(octets: [u8; 4]) -> Addr {
         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
     ]
 }
+
+#[cfg(feature = "user")]
+pub mod kinds;
 
 #[cfg(feature = "user")]
 mod pod {

@@ -9,7 +9,7 @@ use aya::maps::{MapData, RingBuf};
 use serde_json::json;
 use warden_common::FlowEvent;
 use warden_enforce::compile::Compiled;
-use warden_enforce::ebpf::{Applied, Attachment};
+use warden_enforce::ebpf::{Applied, AttachState, Attachment};
 use warden_enforce::nflog::NflogSocket;
 use warden_enforce::{Backend, KernelCounters};
 use warden_events::pipeline::{KernelLosses, Pipeline};
@@ -157,8 +157,10 @@ impl Enforcer {
     pub fn follow_interfaces(&mut self) {
         match self.backend.sync_interfaces(&self.current) {
             Ok(changes) => {
-                let changes: Vec<&Attachment> =
-                    changes.iter().filter(|a| a.state != "adopted").collect();
+                let changes: Vec<&Attachment> = changes
+                    .iter()
+                    .filter(|a| a.state != AttachState::Adopted)
+                    .collect();
                 if !changes.is_empty() {
                     self.pipeline
                         .lifecycle("attachments_changed", json!({ "attachments": changes }));

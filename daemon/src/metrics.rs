@@ -77,7 +77,7 @@ fn enforcement(o: &mut String, r: &StatusReport) {
     if let Some(p) = &r.policy {
         let text = "The policy in force: digest and mode (enforce, audit, mixed)";
         help(o, "warden_policy_info", "gauge", text);
-        let (digest, mode) = (label(&p.digest), label(&p.mode));
+        let (digest, mode) = (label(&p.digest), p.mode.as_str());
         let _ = writeln!(
             o,
             "warden_policy_info{{digest=\"{digest}\",mode=\"{mode}\"}} 1"

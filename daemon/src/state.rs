@@ -4,7 +4,7 @@
 use crate::run::Options;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use warden_enforce::compile::{Compiled, RuleInfo};
+use warden_enforce::compile::{Compiled, PolicyMode, RuleInfo};
 use warden_enforce::ebpf::{Applied, Attachment};
 use warden_policy::Policy;
 
@@ -16,9 +16,9 @@ pub struct DaemonState {
     pub pin_dir: PathBuf,
     pub generation: u32,
     pub digest: String,
-    /// `enforce`, `audit` or `mixed`; the auditing sections.
+    /// Whether the policy blocks; the auditing sections.
     #[serde(default)]
-    pub mode: String,
+    pub mode: PolicyMode,
     #[serde(default)]
     pub audit: Vec<String>,
     pub sources: Vec<String>,
@@ -66,7 +66,7 @@ impl DaemonState {
             pin_dir: opts.ebpf.pin_dir.clone(),
             generation: 0,
             digest: String::new(),
-            mode: String::new(),
+            mode: PolicyMode::Enforce,
             audit: Vec::new(),
             sources: Vec::new(),
             ports: Vec::new(),
@@ -85,7 +85,7 @@ impl DaemonState {
     pub fn policy_applied(&mut self, policy: &Policy, c: &Compiled, applied: &Applied) {
         self.generation = applied.generation;
         self.digest = c.digest.clone();
-        self.mode = c.mode().into();
+        self.mode = c.mode();
         self.audit = c.audit_sections();
         self.sources = policy
             .sources

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use warden_common::stat;
+use warden_enforce::compile::PolicyMode;
 use warden_enforce::maps::Maps;
 use warden_enforce::nft::NftBackend;
 use warden_enforce::{ebpf, pins};
@@ -108,8 +109,7 @@ pub struct Ban {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PolicyInForce {
     pub digest: String,
-    /// `enforce`, `audit` or `mixed`.
-    pub mode: String,
+    pub mode: PolicyMode,
     /// The sections that only audit.
     pub audit: Vec<String>,
     pub sources: Vec<String>,
@@ -231,7 +231,7 @@ fn bans(pin_dir: &Path, nft_table: &str) -> Vec<Ban> {
 fn policy_in_force(s: &DaemonState) -> PolicyInForce {
     PolicyInForce {
         digest: s.digest.clone(),
-        mode: s.mode.clone(),
+        mode: s.mode,
         audit: s.audit.clone(),
         sources: s.sources.clone(),
         ports: s.ports.clone(),

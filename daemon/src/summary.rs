@@ -2,7 +2,7 @@
 //! the `policy_applied` event's fields.
 
 use serde_json::{Value, json};
-use warden_enforce::compile::Compiled;
+use warden_enforce::compile::{Compiled, PolicyMode};
 use warden_enforce::ebpf::{Applied, Attachment};
 use warden_policy::Policy;
 
@@ -40,9 +40,10 @@ pub fn print_summary(
     );
     tracing::info!("protected ports: {:?}", c.ports);
     match c.mode() {
-        "enforce" => {}
+        PolicyMode::Enforce => {}
         mode => tracing::warn!(
-            "mode: {mode}: AUDIT ONLY (reported as would_deny, not blocked): {}",
+            "mode: {}: AUDIT ONLY (reported as would_deny, not blocked): {}",
+            mode.as_str(),
             c.audit_sections().join(", ")
         ),
     }
@@ -85,8 +86,10 @@ pub fn print_summary(
             "{} on {}: {}{}",
             a.program,
             a.target,
-            a.state,
-            a.mode.map(|m| format!(" ({m})")).unwrap_or_default()
+            a.state.as_str(),
+            a.mode
+                .map(|m| format!(" ({})", m.as_str()))
+                .unwrap_or_default()
         );
     }
 }

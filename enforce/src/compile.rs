@@ -133,12 +133,33 @@ impl Compiled {
     }
 
     /// `"enforce"`, `"audit"` (every section) or `"mixed"`, for status and logs.
-    pub fn mode(&self) -> &'static str {
+    pub fn mode(&self) -> PolicyMode {
         let audited = self.audit_sections().len();
         match audited {
-            0 => "enforce",
-            n if n == 2 + self.egress.len() => "audit",
-            _ => "mixed",
+            0 => PolicyMode::Enforce,
+            n if n == 2 + self.egress.len() => PolicyMode::Audit,
+            _ => PolicyMode::Mixed,
+        }
+    }
+}
+
+/// Whether a policy blocks: every section enforces, every section audits
+/// (reports `would_deny`, blocks nothing), or some of each.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyMode {
+    #[default]
+    Enforce,
+    Audit,
+    Mixed,
+}
+
+impl PolicyMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enforce => "enforce",
+            Self::Audit => "audit",
+            Self::Mixed => "mixed",
         }
     }
 }

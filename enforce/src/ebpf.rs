@@ -73,9 +73,54 @@ pub struct Applied {
 pub struct Attachment {
     pub program: String,
     pub target: String,
-    /// "attached", "adopted" (pinned by an earlier run) or "detached".
-    pub state: &'static str,
-    pub mode: Option<&'static str>,
+    pub state: AttachState,
+    /// How XDP runs on the interface (XDP attachments this daemon made).
+    pub mode: Option<XdpAttachMode>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachState {
+    /// Attached by this daemon.
+    Attached,
+    /// Pinned by an earlier run and held as it is.
+    Adopted,
+    /// Detached from an interface that went away.
+    Detached,
+    /// Not an Ethernet interface: XDP's parser cannot read its frames.
+    Unsupported,
+    /// The attach failed (another XDP program?); the other interfaces go on.
+    Failed,
+}
+
+impl AttachState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Attached => "attached",
+            Self::Adopted => "adopted",
+            Self::Detached => "detached",
+            Self::Unsupported => "unsupported",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpAttachMode {
+    /// In the driver.
+    Native,
+    /// In the kernel's generic (skb) path, where the driver has no XDP.
+    Generic,
+}
+
+impl XdpAttachMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Generic => "generic",
+        }
+    }
 }
 
 pub struct EbpfBackend {
@@ -210,7 +255,7 @@ impl EbpfBackend {
                 out.push(Attachment {
                     program: name.into(),
                     target,
-                    state: "adopted",
+                    state: AttachState::Adopted,
                     mode: None,
                 });
                 continue;
@@ -258,7 +303,7 @@ impl EbpfBackend {
             out.push(Attachment {
                 program: name.into(),
                 target,
-                state: "attached",
+                state: AttachState::Attached,
                 mode: None,
             });
         }
@@ -270,7 +315,7 @@ impl EbpfBackend {
         ifindex: u32,
         name: &str,
         pin: &Path,
-    ) -> Result<&'static str, EnforceError> {
+    ) -> Result<XdpAttachMode, EnforceError> {
         let perr = |e| EnforceError::Program {
             name: XDP_PROGRAM.into(),
             source: e,
@@ -285,14 +330,14 @@ impl EbpfBackend {
             prog.load().map_err(perr)?;
         }
         let (id, mode) = match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
-            Ok(id) => (id, "native"),
+            Ok(id) => (id, XdpAttachMode::Native),
             Err(_) => (
                 prog.attach_to_if_index(ifindex, XdpMode::Skb)
                     .map_err(|e| EnforceError::Interface {
                         iface: name.to_owned(),
                         reason: format!("cannot attach XDP (another XDP program?): {e}"),
                     })?,
-                "generic",
+                XdpAttachMode::Generic,
             ),
         };
         let link = FdLink::try_from(prog.take_link(id).map_err(perr)?).map_err(|e| {
@@ -342,7 +387,7 @@ impl EbpfBackend {
                 out.push(Attachment {
                     program: XDP_PROGRAM.into(),
                     target: name,
-                    state: "detached",
+                    state: AttachState::Detached,
                     mode: None,
                 });
             }
@@ -353,24 +398,24 @@ impl EbpfBackend {
                 if !self.held.iter().any(|h| h.pin == pin) {
                     self.hold(&pin)?;
                 }
-                ("adopted", None)
+                (AttachState::Adopted, None)
             } else if !is_ethernet(&name) {
                 // The parser expects an Ethernet header; tun/wireguard/ipip/IPoIB
                 // frames would be misread (and pass), so say so instead.
                 tracing::warn!(
                     "{name} is not an Ethernet interface; XDP ingress does not cover it"
                 );
-                ("unsupported", None)
+                (AttachState::Unsupported, None)
             } else {
                 // One interface failing must not leave the others unprotected.
                 match self.attach_xdp(ifindex, &name, &pin) {
                     Ok(mode) => {
                         self.hold(&pin)?;
-                        ("attached", Some(mode))
+                        (AttachState::Attached, Some(mode))
                     }
                     Err(e) => {
                         tracing::warn!("XDP not attached to {name}: {e}");
-                        ("failed", None)
+                        (AttachState::Failed, None)
                     }
                 }
             };

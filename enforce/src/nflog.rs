@@ -6,7 +6,7 @@
 //! cgroup id or socket cookie; uid/gid come with locally generated packets.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use warden_common::{FlowEvent, hook, mapped_v4, reason, verdict};
+use warden_common::{FlowEvent, mapped_v4};
 
 const NETLINK_NETFILTER: i32 = 12;
 const NFNL_SUBSYS_ULOG: u16 = 4;
@@ -233,27 +233,24 @@ fn parse_packet(mut attrs: &[u8]) -> Option<FlowEvent> {
     }
     let prefix = prefix?;
     let (kind, rule) = prefix.trim().rsplit_once(' ')?;
+    use warden_common::kinds::{Hook, Reason, Verdict};
     let (hook_id, verdict_id, reason_id) = match kind {
-        INGRESS_ALLOW => (hook::NFT_INPUT, verdict::ALLOW, reason::INGRESS_ALLOWED),
-        INGRESS_DENY => (hook::NFT_INPUT, verdict::DENY, reason::INGRESS_NOT_ALLOWED),
-        LOCAL_ALLOW => (hook::NFT_OUTPUT, verdict::ALLOW, reason::LOCAL_ALLOWED),
-        LOCAL_DENY => (hook::NFT_OUTPUT, verdict::DENY, reason::LOCAL_NOT_ALLOWED),
-        EGRESS_DENY => (hook::NFT_OUTPUT, verdict::DENY, reason::EGRESS_NOT_ALLOWED),
-        BANNED => (hook::NFT_INPUT, verdict::DENY, reason::BANNED),
+        INGRESS_ALLOW => (Hook::NftInput, Verdict::Allow, Reason::IngressAllowed),
+        INGRESS_DENY => (Hook::NftInput, Verdict::Deny, Reason::IngressNotAllowed),
+        LOCAL_ALLOW => (Hook::NftOutput, Verdict::Allow, Reason::LocalAllowed),
+        LOCAL_DENY => (Hook::NftOutput, Verdict::Deny, Reason::LocalNotAllowed),
+        EGRESS_DENY => (Hook::NftOutput, Verdict::Deny, Reason::EgressNotAllowed),
+        BANNED => (Hook::NftInput, Verdict::Deny, Reason::Banned),
         INGRESS_WOULD_DENY => (
-            hook::NFT_INPUT,
-            verdict::WOULD_DENY,
-            reason::INGRESS_NOT_ALLOWED,
+            Hook::NftInput,
+            Verdict::WouldDeny,
+            Reason::IngressNotAllowed,
         ),
-        LOCAL_WOULD_DENY => (
-            hook::NFT_OUTPUT,
-            verdict::WOULD_DENY,
-            reason::LOCAL_NOT_ALLOWED,
-        ),
+        LOCAL_WOULD_DENY => (Hook::NftOutput, Verdict::WouldDeny, Reason::LocalNotAllowed),
         EGRESS_WOULD_DENY => (
-            hook::NFT_OUTPUT,
-            verdict::WOULD_DENY,
-            reason::EGRESS_NOT_ALLOWED,
+            Hook::NftOutput,
+            Verdict::WouldDeny,
+            Reason::EgressNotAllowed,
         ),
         _ => return None,
     };
@@ -261,9 +258,9 @@ fn parse_packet(mut attrs: &[u8]) -> Option<FlowEvent> {
         rule_id: rule.parse().ok()?,
         ..zero()
     };
-    ev.hook = hook_id;
-    ev.verdict = verdict_id;
-    ev.reason = reason_id;
+    ev.hook = hook_id.code();
+    ev.verdict = verdict_id.code();
+    ev.reason = reason_id.code();
     ev.uid = uid;
     ev.gid = gid;
     ev.ifindex = ifindex;

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use warden_common::{FlowEvent, verdict};
+use warden_common::FlowEvent;
 
 /// Kinds of deny tracked at once.
 pub const MAX_KEYS: usize = 16_384;
@@ -34,7 +34,7 @@ struct Key {
 
 impl Key {
     fn of(ev: &FlowEvent) -> Self {
-        let packet = super::is_packet_hook(ev.hook);
+        let packet = ev.hook().is_packet();
         Self {
             hook: ev.hook,
             verdict: ev.verdict,
@@ -97,7 +97,7 @@ impl<T: Clone> Aggregator<T> {
     /// Whether `ev` is reported now or counted into an open window.
     pub fn offer(&mut self, ev: &FlowEvent, context: &T, now: Instant) -> Verdict<T> {
         let report = Verdict::Report { closed: None };
-        if self.window.is_zero() || ev.verdict == verdict::ALLOW {
+        if self.window.is_zero() || ev.verdict() == warden_common::kinds::Verdict::Allow {
             return report;
         }
         let key = Key::of(ev);
@@ -177,15 +177,15 @@ impl<T: Clone> Aggregator<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use warden_common::hook;
-    use warden_common::{mapped_v4, reason};
+    use warden_common::kinds::{Hook, Reason, Verdict as Kernel};
+    use warden_common::mapped_v4;
 
     fn deny(src: [u8; 4], ts_ns: u64) -> FlowEvent {
         // SAFETY: FlowEvent is plain data.
         let mut ev: FlowEvent = unsafe { std::mem::zeroed() };
-        ev.hook = hook::XDP;
-        ev.verdict = verdict::DENY;
-        ev.reason = reason::INGRESS_NOT_ALLOWED;
+        ev.hook = Hook::Xdp.code();
+        ev.verdict = Kernel::Deny.code();
+        ev.reason = Reason::IngressNotAllowed.code();
         ev.proto = 6;
         ev.saddr = mapped_v4(src);
         ev.daddr = mapped_v4([10, 0, 0, 1]);
@@ -251,7 +251,7 @@ mod tests {
         let t0 = Instant::now();
         let mut a = Aggregator::new(Duration::from_secs(10));
         let mut ok = deny([1, 2, 3, 4], 1);
-        ok.verdict = verdict::ALLOW;
+        ok.verdict = Kernel::Allow.code();
         assert!(report(a.offer(&ok, &(), t0)));
         assert!(report(a.offer(&ok, &(), t0)));
         let mut off = Aggregator::new(Duration::ZERO);

@@ -227,13 +227,12 @@ impl<T: Joinable> Correlator<T> {
 /// went through (the kernel's view of somebody reaching Ollama), allowed or let
 /// through by audit mode.
 pub fn is_local_access(ev: &FlowEvent) -> bool {
-    use warden_common::{hook, reason, verdict};
-    matches!(ev.hook, hook::CONNECT4 | hook::CONNECT6)
-        && match ev.verdict {
-            verdict::ALLOW => ev.reason == reason::LOCAL_ALLOWED,
-            verdict::WOULD_DENY => ev.reason == reason::LOCAL_NOT_ALLOWED,
-            _ => false,
-        }
+    use warden_common::kinds::{Reason, Verdict};
+    ev.hook().is_connect()
+        && matches!(
+            (ev.verdict(), ev.reason()),
+            (Verdict::Allow, Reason::LocalAllowed) | (Verdict::WouldDeny, Reason::LocalNotAllowed)
+        )
 }
 
 #[cfg(test)]

@@ -1,17 +1,18 @@
 //! ECS encoding (Elastic Common Schema 8.11) of flow records.
 
 use super::community_id::community_id;
-use super::{Flow, addr, boot_ns_to_unix_ms, hook_name, reason_name};
+use super::{Flow, addr, boot_ns_to_unix_ms};
 use serde_json::{Value, json};
-use warden_common::verdict;
+use warden_common::kinds::Verdict;
 
 pub const ECS_VERSION: &str = "8.11.0";
 
 pub fn network_event(f: &Flow, event_uid: &str) -> Value {
     let ev = f.ev;
-    let would_block = ev.verdict == verdict::WOULD_DENY;
-    let allowed = ev.verdict == verdict::ALLOW || would_block;
-    let inbound = super::is_inbound(ev.hook);
+    let hook = ev.hook();
+    let would_block = ev.verdict() == Verdict::WouldDeny;
+    let allowed = ev.verdict().let_through();
+    let inbound = hook.is_inbound();
     let transport = super::proto_name(ev.proto);
     let dst = addr(ev.daddr, ev.family);
     let mut o = json!({
@@ -22,7 +23,7 @@ pub fn network_event(f: &Flow, event_uid: &str) -> Value {
             "category": ["network"],
             "type": ["connection", if allowed { "allowed" } else { "denied" }],
             "outcome": if allowed { "success" } else { "failure" },
-            "action": reason_name(ev.reason),
+            "action": ev.reason().as_str(),
             "id": event_uid,
             "module": "ollama_warden",
             "dataset": "ollama_warden.flow",
@@ -35,7 +36,7 @@ pub fn network_event(f: &Flow, event_uid: &str) -> Value {
         },
         "destination": { "ip": dst.to_string(), "port": ev.dport },
         "rule": { "id": ev.rule_id.to_string() },
-        "ollama_warden": { "hook": hook_name(ev.hook), "policy_generation": ev.generation },
+        "ollama_warden": { "hook": hook.as_str(), "policy_generation": ev.generation },
     });
     if let Some(rule) = f.rule {
         o["rule"]["name"] = rule.into();
@@ -43,7 +44,7 @@ pub fn network_event(f: &Flow, event_uid: &str) -> Value {
     if would_block {
         o["ollama_warden"]["would_block"] = true.into();
     }
-    if super::is_packet_hook(ev.hook) {
+    if hook.is_packet() {
         let src = addr(ev.saddr, ev.family);
         o["source"] = json!({ "ip": src.to_string(), "port": ev.sport });
         if ev.sport != 0 && matches!(ev.proto, 6 | 17) {

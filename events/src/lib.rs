@@ -16,47 +16,10 @@ pub mod syslog;
 
 use serde_json::{Value, json};
 use std::net::{IpAddr, Ipv6Addr};
-use warden_common::{FlowEvent, hook, reason, verdict};
+use warden_common::FlowEvent;
+use warden_common::kinds::Hook;
 
-pub fn hook_name(h: u8) -> &'static str {
-    match h {
-        hook::XDP => "xdp",
-        hook::CONNECT4 => "connect4",
-        hook::CONNECT6 => "connect6",
-        hook::SENDMSG4 => "sendmsg4",
-        hook::SENDMSG6 => "sendmsg6",
-        hook::BIND4 => "bind4",
-        hook::BIND6 => "bind6",
-        hook::NFT_INPUT => "nft-input",
-        hook::NFT_OUTPUT => "nft-output",
-        hook::SKB_EGRESS => "skb-egress",
-        hook::SKB_INGRESS => "skb-ingress",
-        _ => "unknown",
-    }
-}
-
-/// Hooks that judge packets (both ends' addresses and ports), not system calls.
-pub fn is_packet_hook(h: u8) -> bool {
-    matches!(
-        h,
-        hook::XDP | hook::NFT_INPUT | hook::NFT_OUTPUT | hook::SKB_EGRESS | hook::SKB_INGRESS
-    )
-}
-
-/// Packet hooks that know the local socket's owner (uid), not its process.
-pub fn has_socket_owner(h: u8) -> bool {
-    matches!(h, hook::NFT_OUTPUT | hook::SKB_EGRESS | hook::SKB_INGRESS)
-}
-
-/// Whether the judged flow comes in (its destination is this host).
-pub fn is_inbound(h: u8) -> bool {
-    matches!(
-        h,
-        hook::XDP | hook::NFT_INPUT | hook::SKB_INGRESS | hook::BIND4 | hook::BIND6
-    )
-}
-
-/// The IANA keyword of an IP protocol number, for the protocols warden meets.
+/// The IANA protocol number's name, as events write it.
 pub fn proto_name(p: u8) -> &'static str {
     match p {
         1 => "icmp",
@@ -64,25 +27,6 @@ pub fn proto_name(p: u8) -> &'static str {
         17 => "udp",
         58 => "ipv6-icmp",
         _ => "other",
-    }
-}
-
-pub fn reason_name(r: u8) -> &'static str {
-    match r {
-        reason::INGRESS_ALLOWED => "ingress_allowed",
-        reason::INGRESS_NOT_ALLOWED => "ingress_not_allowed",
-        reason::MALFORMED => "malformed",
-        reason::LOCAL_ALLOWED => "local_allowed",
-        reason::LOCAL_NOT_ALLOWED => "local_not_allowed",
-        reason::BIND_ALLOWED => "bind_allowed",
-        reason::BIND_NOT_ALLOWED => "bind_not_allowed",
-        reason::EGRESS_ALLOWED => "egress_allowed",
-        reason::EGRESS_NOT_ALLOWED => "egress_not_allowed",
-        reason::SOURCE_ROUTED => "source_routed",
-        reason::NOT_SERVER_SOCKET => "not_server_socket",
-        reason::INBOUND_NOT_ALLOWED => "inbound_not_allowed",
-        reason::BANNED => "banned",
-        _ => "unknown",
     }
 }
 
@@ -120,7 +64,7 @@ impl<'a> Flow<'a> {
             ev,
             rule,
             process: from_process.then(|| e.process(ev.tgid, ev.pid, &comm(&ev.comm))),
-            user: (from_process || has_socket_owner(ev.hook))
+            user: (from_process || ev.hook().has_socket_owner())
                 .then(|| e.user_name(ev.uid))
                 .flatten(),
             cgroup: (ev.cgroup_id != 0).then(|| e.cgroup(ev.cgroup_id, ev.tgid)),
@@ -296,24 +240,16 @@ fn event_uid(seq: u64) -> String {
     format!("{start}-{seq}")
 }
 
-/// `allow`, `deny`, or `would_deny` (denied by a section in audit mode, let through).
-pub fn verdict_name(v: u8) -> &'static str {
-    match v {
-        verdict::ALLOW => "allow",
-        verdict::WOULD_DENY => "would_deny",
-        _ => "deny",
-    }
-}
-
 /// The JSON record of one kernel flow event.
 pub fn flow_json(ev: &FlowEvent, rule: Option<&str>) -> Value {
-    let is_bind = matches!(ev.hook, hook::BIND4 | hook::BIND6);
+    let hook = ev.hook();
+    let is_bind = hook.is_bind();
     let mut v = json!({
         "type": "flow",
         "time_ms": boot_ns_to_unix_ms(ev.ts_ns),
-        "hook": hook_name(ev.hook),
-        "verdict": verdict_name(ev.verdict),
-        "reason": reason_name(ev.reason),
+        "hook": hook.as_str(),
+        "verdict": ev.verdict().as_str(),
+        "reason": ev.reason().as_str(),
         "rule_id": ev.rule_id,
         "generation": ev.generation,
         "family": if ev.family == 10 { "ipv6" } else { "ipv4" },
@@ -325,16 +261,16 @@ pub fn flow_json(ev: &FlowEvent, rule: Option<&str>) -> Value {
     if let Some(rule) = rule {
         o.insert("rule".into(), rule.into());
     }
-    if is_packet_hook(ev.hook) && ev.hook != hook::XDP {
+    if hook.is_packet() && hook != Hook::Xdp {
         // Packets, not system calls: addresses, ports and (locally) uid/gid only.
         o.insert(
             "src_addr".into(),
             addr(ev.saddr, ev.family).to_string().into(),
         );
         o.insert("src_port".into(), ev.sport.into());
-        if ev.hook == hook::NFT_INPUT {
+        if hook == Hook::NftInput {
             o.insert("ifindex".into(), ev.ifindex.into());
-        } else if ev.hook == hook::NFT_OUTPUT {
+        } else if hook == Hook::NftOutput {
             o.insert("uid".into(), ev.uid.into());
             o.insert("gid".into(), ev.gid.into());
         } else {
@@ -344,7 +280,7 @@ pub fn flow_json(ev: &FlowEvent, rule: Option<&str>) -> Value {
             o.insert("cgroup_id".into(), ev.cgroup_id.into());
             o.insert("socket_cookie".into(), ev.cookie.into());
         }
-    } else if ev.hook == hook::XDP {
+    } else if hook == Hook::Xdp {
         o.insert(
             "src_addr".into(),
             addr(ev.saddr, ev.family).to_string().into(),
@@ -383,6 +319,7 @@ pub fn lifecycle(kind: &str, fields: Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use warden_common::kinds::{Reason, Verdict};
     use warden_common::mapped_v4;
 
     #[test]
@@ -396,11 +333,11 @@ mod tests {
     fn bind_events_name_the_bound_address() {
         // SAFETY: FlowEvent is plain data; all zeroes is a valid value.
         let mut ev: FlowEvent = unsafe { std::mem::zeroed() };
-        ev.hook = hook::BIND4;
+        ev.hook = Hook::Bind4.code();
         ev.family = 2;
         ev.proto = 6;
-        ev.verdict = verdict::DENY;
-        ev.reason = reason::BIND_NOT_ALLOWED;
+        ev.verdict = Verdict::Deny.code();
+        ev.reason = Reason::BindNotAllowed.code();
         ev.daddr = mapped_v4([0, 0, 0, 0]);
         ev.dport = 11434;
         ev.comm[..3].copy_from_slice(b"nc\0");
@@ -416,11 +353,11 @@ mod tests {
     fn audit_verdicts_are_allowed_and_marked_would_block_in_every_format() {
         // SAFETY: FlowEvent is plain data; all zeroes is a valid value.
         let mut ev: FlowEvent = unsafe { std::mem::zeroed() };
-        ev.hook = hook::XDP;
+        ev.hook = Hook::Xdp.code();
         ev.family = 2;
         ev.proto = 6;
-        ev.verdict = verdict::WOULD_DENY;
-        ev.reason = reason::INGRESS_NOT_ALLOWED;
+        ev.verdict = Verdict::WouldDeny.code();
+        ev.reason = Reason::IngressNotAllowed.code();
         ev.saddr = mapped_v4([10, 0, 0, 9]);
         ev.daddr = mapped_v4([10, 0, 0, 1]);
         ev.sport = 40000;
@@ -443,7 +380,7 @@ mod tests {
         assert_eq!(e["event"]["type"], json!(["connection", "allowed"]));
         assert_eq!(e["ollama_warden"]["would_block"], true);
         let mut denied = ev;
-        denied.verdict = verdict::DENY;
+        denied.verdict = Verdict::Deny.code();
         let f = Flow { ev: &denied, ..f };
         let o = ocsf::network_activity(&f, "u");
         assert_eq!(

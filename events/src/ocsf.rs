@@ -3,9 +3,9 @@
 //! cookie) go under `unmapped.warden`, where OCSF puts producer extensions.
 
 use super::community_id::community_id;
-use super::{Flow, addr, boot_ns_to_unix_ms, hook_name, reason_name};
+use super::{Flow, addr, boot_ns_to_unix_ms};
 use serde_json::{Value, json};
-use warden_common::{hook, verdict};
+use warden_common::kinds::Verdict;
 
 pub const OCSF_VERSION: &str = "1.8.0";
 
@@ -20,10 +20,11 @@ pub fn network_activity(f: &Flow, event_uid: &str) -> Value {
     let ev = f.ev;
     // Audit mode: the flow went through (Allowed) and would have been blocked
     // (disposition Detected, `unmapped.warden.would_block`).
-    let would_block = ev.verdict == verdict::WOULD_DENY;
-    let allowed = ev.verdict == verdict::ALLOW || would_block;
-    let is_bind = matches!(ev.hook, hook::BIND4 | hook::BIND6);
-    let inbound = super::is_inbound(ev.hook);
+    let hook = ev.hook();
+    let would_block = ev.verdict() == Verdict::WouldDeny;
+    let allowed = ev.verdict().let_through();
+    let is_bind = hook.is_bind();
+    let inbound = hook.is_inbound();
     let activity = match (allowed, is_bind) {
         (false, _) => REFUSE,
         (true, true) => LISTEN,
@@ -49,7 +50,7 @@ pub fn network_activity(f: &Flow, event_uid: &str) -> Value {
         "status_id": if allowed { 1 } else { 2 },
         "action_id": if allowed { 1 } else { 2 },
         "disposition_id": match (allowed, would_block) { (_, true) => DETECTED, (true, _) => 1, _ => 2 },
-        "message": format!("{} {} ({})", hook_name(ev.hook), if would_block { "would be blocked (audit)" } else if allowed { "allowed" } else { "blocked" }, reason_name(ev.reason)),
+        "message": format!("{} {} ({})", hook.as_str(), if would_block { "would be blocked (audit)" } else if allowed { "allowed" } else { "blocked" }, ev.reason().as_str()),
         "metadata": {
             "uid": event_uid,
             "version": OCSF_VERSION,
@@ -61,8 +62,8 @@ pub fn network_activity(f: &Flow, event_uid: &str) -> Value {
         "dst_endpoint": { "ip": dst.to_string(), "port": ev.dport },
     });
     let mut warden = json!({
-        "hook": hook_name(ev.hook),
-        "reason": reason_name(ev.reason),
+        "hook": hook.as_str(),
+        "reason": ev.reason().as_str(),
         "rule_id": ev.rule_id,
         "policy_generation": ev.generation,
     });
@@ -73,7 +74,7 @@ pub fn network_activity(f: &Flow, event_uid: &str) -> Value {
         warden["would_block"] = true.into();
     }
     // Packets carry a source; system calls carry a process.
-    if super::is_packet_hook(ev.hook) {
+    if hook.is_packet() {
         let src = addr(ev.saddr, ev.family);
         o["src_endpoint"] = json!({ "ip": src.to_string(), "port": ev.sport });
         if ev.sport != 0 && matches!(ev.proto, 6 | 17) {
@@ -84,10 +85,10 @@ pub fn network_activity(f: &Flow, event_uid: &str) -> Value {
             warden["ifindex"] = ev.ifindex.into();
         }
     }
-    if super::has_socket_owner(ev.hook) {
+    if hook.has_socket_owner() {
         // nftables and the packet hooks see a local packet's owner, not its process.
         o["actor"] = json!({ "user": user(f) });
-    } else if !super::is_packet_hook(ev.hook) {
+    } else if !hook.is_packet() {
         o["actor"] = json!({ "process": process(f) });
     }
     if ev.cookie != 0 {

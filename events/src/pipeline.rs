@@ -30,7 +30,7 @@ use std::sync::mpsc::{
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use warden_common::{FlowEvent, verdict};
+use warden_common::FlowEvent;
 use warden_runtime::sync::Locked;
 
 /// Kernel records waiting for the encoder (112 bytes each).
@@ -567,7 +567,7 @@ impl Encoding {
     /// Offers a flow event to every sink; a full queue drops it (counted), except
     /// while stopping, when it waits for room until the deadline.
     fn publish_flow(&mut self, v: Value, ev: &FlowEvent) {
-        let sev = if ev.verdict == verdict::ALLOW {
+        let sev = if ev.verdict() == warden_common::kinds::Verdict::Allow {
             severity::INFO
         } else {
             severity::WARNING

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use warden_daemon::status::StatusReport;
+use warden_enforce::compile::PolicyMode;
 
 pub struct Options {
     pub port: u16,
@@ -472,7 +473,7 @@ fn enforcement(report: &StatusReport, port: u16) -> Check {
     match report
         .policy
         .as_ref()
-        .filter(|p| p.mode == "audit" || p.mode == "mixed")
+        .filter(|p| p.mode != PolicyMode::Enforce)
     {
         Some(p) => check(
             "warden",

@@ -6,6 +6,7 @@ use std::time::Duration;
 use warden_daemon::run::{self as daemon, BackendChoice};
 use warden_daemon::state::DaemonState;
 use warden_daemon::status::{self, BackendKind, StatusReport};
+use warden_enforce::compile::PolicyMode;
 use warden_enforce::{ebpf, nft::NftBackend};
 
 #[derive(Parser)]
@@ -382,8 +383,8 @@ fn policy_check(paths: &[PathBuf], require_signature: Option<&str>) -> i32 {
                 c.cgroups.len(),
                 c.egress.len(),
                 match c.mode() {
-                    "enforce" => "enforce".to_owned(),
-                    m => format!("{m} (audit: {})", c.audit_sections().join(", ")),
+                    PolicyMode::Enforce => "enforce".to_owned(),
+                    m => format!("{} (audit: {})", m.as_str(), c.audit_sections().join(", ")),
                 },
                 c.digest
             );
@@ -500,10 +501,10 @@ fn print_status(r: &StatusReport) {
         "generation:  {generation} (digest {})",
         policy.map_or("?", |p| p.digest.as_str())
     );
-    if let Some(p) = policy.filter(|p| p.mode != "enforce") {
+    if let Some(p) = policy.filter(|p| p.mode != PolicyMode::Enforce) {
         println!(
             "mode:        {}: audit only (not blocked): {}",
-            p.mode,
+            p.mode.as_str(),
             p.audit.join(", ")
         );
     }

@@ -396,7 +396,7 @@ allow = []
         // Egress audits: logged, and back to the output chain.
         assert!(s.contains("counter log prefix \"warden egress-would-deny 0\" group 11434 return comment \"rule 0\""));
         assert!(!s.contains("egress-deny"));
-        assert_eq!(c.mode(), "mixed");
+        assert_eq!(c.mode(), crate::compile::PolicyMode::Mixed);
         assert_eq!(c.audit_sections(), ["ingress", "egress:s"]);
     }
 
