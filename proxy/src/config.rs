@@ -650,91 +650,19 @@ impl Reader<'_, '_> {
     fn identity(&mut self, t: TableRef<'_>, have_client_ca: bool) -> Option<Identity> {
         t.check_keys(&mut self.ctx, IDENTITY_KEYS, "in [[identity]]");
         let before = self.ctx.diagnostics.len();
-        let name = self.required(t, "name", |r, e| {
-            let s = r.string(e)?;
-            let ok = !s.is_empty()
-                && s.len() <= 64
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b));
-            if !ok {
-                r.err(
-                    e,
-                    format!(
-                        "identity name `{s}` must be 1-64 characters of letters, digits, . _ @ -"
-                    ),
-                );
-            }
-            ok.then(|| s.to_owned())
-        });
+        let name = self.required(t, "name", |r, e| r.identity_name(e));
         let tokens = t.get("tokens").map(|e| self.tokens(e)).unwrap_or_default();
-        let basic = t.get("basic").and_then(|e| {
-            let s = self.string(e)?;
-            let params = |h: &argon2::PasswordHash<'_>| {
-                argon2::Params::try_from(h).is_ok_and(|p| p.m_cost() <= 256 * 1024 && p.t_cost() <= 10 && p.p_cost() <= 4)
-            };
-            match argon2::PasswordHash::new(s) {
-                Ok(h) if h.algorithm.as_str() == "argon2id" && params(&h) => Some(s.to_owned()),
-                _ => {
-                    self.err(e, "`basic` must be an argon2id hash ($argon2id$v=19$...) with at most 256 MiB, 10 passes and 4 lanes, as printed by `warden token basic NAME`");
-                    None
-                }
-            }
-        });
-        let mtls: Vec<String> = t
+        let basic = t.get("basic").and_then(|e| self.basic_hash(e));
+        let mtls = t
             .get("mtls")
-            .map(|e| {
-                let names: Vec<String> = self
-                    .strings(e)
-                    .into_iter()
-                    .map(|(s, _)| s.to_owned())
-                    .collect();
-                if !have_client_ca && !names.is_empty() {
-                    self.err(
-                        e,
-                        "`mtls` needs `client_ca` in [tls] to verify client certificates",
-                    );
-                }
-                names
-            })
+            .map(|e| self.mtls_names(e, have_client_ca))
             .unwrap_or_default();
-        let models = t
-            .get("models")
-            .map(|e| {
-                self.strings(e)
-                    .into_iter()
-                    .filter_map(|(s, at)| {
-                        ModelGlob::parse(s).map_err(|m| self.ctx.error(at, m)).ok()
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let models = self.parsed_list(t, "models", ModelGlob::parse);
         let admin = t.get("admin").and_then(|e| self.bool(e)).unwrap_or(false);
-        let sources = t
-            .get("sources")
-            .map(|e| {
-                self.strings(e)
-                    .into_iter()
-                    .filter_map(|(s, at)| {
-                        parse_net(s)
-                            .map_err(|m| self.ctx.error(at, m.to_string()))
-                            .ok()
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let windows = t
-            .get("windows")
-            .map(|e| {
-                self.strings(e)
-                    .into_iter()
-                    .filter_map(|(s, at)| {
-                        parse_window(s)
-                            .map_err(|m| self.ctx.error(at, format!("window `{s}`: {m}")))
-                            .ok()
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let sources = self.parsed_list(t, "sources", |s| parse_net(s).map_err(|m| m.to_string()));
+        let windows = self.parsed_list(t, "windows", |s| {
+            parse_window(s).map_err(|m| format!("window `{s}`: {m}"))
+        });
         let rate = t.get("rate").and_then(|e| {
             let s = self.string(e)?;
             parse_rate(s)
@@ -747,25 +675,14 @@ impl Reader<'_, '_> {
             .map(|n| n as u32);
         let max_body = t
             .get("max_body")
-            .and_then(|e| match e.value() {
-                Some(Value::Integer(n)) if *n.value() > 0 => Some(*n.value() as u64),
-                _ => {
-                    let s = self.string(e)?;
-                    parse_size(s)
-                        .map_err(|m| self.err(e, format!("max_body `{s}`: {m}")))
-                        .ok()
-                }
-            })
+            .and_then(|e| self.size(e, "max_body"))
             .unwrap_or(DEFAULT_MAX_BODY);
         let max_tokens = t
             .get("max_tokens")
             .and_then(|e| self.int(e, 1, i64::MAX))
             .map(|n| n as u64);
-        if tokens.is_empty()
-            && basic.is_none()
-            && mtls.is_empty()
-            && self.ctx.diagnostics.len() == before
-        {
+        let no_credentials = tokens.is_empty() && basic.is_none() && mtls.is_empty();
+        if no_credentials && self.ctx.diagnostics.len() == before {
             self.ctx.error(
                 t.span(),
                 "identity has no credentials: give `tokens`, `basic` or `mtls`",
@@ -785,6 +702,81 @@ impl Reader<'_, '_> {
             max_body,
             max_tokens,
         })
+    }
+
+    fn identity_name(&mut self, e: Entry<'_>) -> Option<String> {
+        let s = self.string(e)?;
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b));
+        if !ok {
+            let msg =
+                format!("identity name `{s}` must be 1-64 characters of letters, digits, . _ @ -");
+            self.err(e, msg);
+        }
+        ok.then(|| s.to_owned())
+    }
+
+    /// An argon2id hash within bounds a login can afford.
+    fn basic_hash(&mut self, e: Entry<'_>) -> Option<String> {
+        let s = self.string(e)?;
+        let affordable = |h: &argon2::PasswordHash<'_>| {
+            argon2::Params::try_from(h)
+                .is_ok_and(|p| p.m_cost() <= 256 * 1024 && p.t_cost() <= 10 && p.p_cost() <= 4)
+        };
+        match argon2::PasswordHash::new(s) {
+            Ok(h) if h.algorithm.as_str() == "argon2id" && affordable(&h) => Some(s.to_owned()),
+            _ => {
+                self.err(e, "`basic` must be an argon2id hash ($argon2id$v=19$...) with at most 256 MiB, 10 passes and 4 lanes, as printed by `warden token basic NAME`");
+                None
+            }
+        }
+    }
+
+    fn mtls_names(&mut self, e: Entry<'_>, have_client_ca: bool) -> Vec<String> {
+        let names: Vec<String> = self
+            .strings(e)
+            .into_iter()
+            .map(|(s, _)| s.to_owned())
+            .collect();
+        if !have_client_ca && !names.is_empty() {
+            self.err(
+                e,
+                "`mtls` needs `client_ca` in [tls] to verify client certificates",
+            );
+        }
+        names
+    }
+
+    /// The array of strings at `key`, each parsed; each that does not parse is
+    /// an error at its place.
+    fn parsed_list<T>(
+        &mut self,
+        t: TableRef<'_>,
+        key: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Vec<T> {
+        let Some(e) = t.get(key) else {
+            return Vec::new();
+        };
+        self.strings(e)
+            .into_iter()
+            .filter_map(|(s, at)| parse(s).map_err(|m| self.ctx.error(at, m)).ok())
+            .collect()
+    }
+
+    /// A size: an integer of bytes, or a string such as `16MiB`.
+    fn size(&mut self, e: Entry<'_>, what: &str) -> Option<u64> {
+        match e.value() {
+            Some(Value::Integer(n)) if *n.value() > 0 => Some(*n.value() as u64),
+            _ => {
+                let s = self.string(e)?;
+                parse_size(s)
+                    .map_err(|m| self.err(e, format!("{what} `{s}`: {m}")))
+                    .ok()
+            }
+        }
     }
 
     fn tokens(&mut self, e: Entry<'_>) -> Vec<Token> {

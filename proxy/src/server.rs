@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ServerConfig;
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -173,11 +173,10 @@ async fn serve(path: &Path, cfg: Config) -> Result<(Arc<Shared>, Arc<Stats>, boo
         .with_context(|| format!("listen on {}", cfg.listen))?;
     let audit = Audit::start(&cfg.audit).context("audit sink")?;
     // Connection limits are read at start (a change needs a restart).
-    let max_connections = cfg.limits.max_connections;
-    let per_ip_max = cfg.limits.max_connections_per_ip;
-    let slots = Arc::new(Semaphore::new(max_connections));
-    let per_ip: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
-    let open: Arc<Mutex<Open>> = Arc::default();
+    let slots = Slots::new(
+        cfg.limits.max_connections,
+        cfg.limits.max_connections_per_ip,
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut watch = PolicyWatch::new(&watched(path, &cfg)).context("watch config files")?;
     tracing::info!(
@@ -191,106 +190,15 @@ async fn serve(path: &Path, cfg: Config) -> Result<(Arc<Shared>, Arc<Stats>, boo
     let shared = Arc::new(Shared::new(runtime(cfg), audit, reporter));
     let stats = Arc::new(Stats::default());
     if let Some(addr) = metrics_addr {
-        let (shared, stats) = (shared.clone(), stats.clone());
-        let render = move || {
-            let c = &shared.audit.counters;
-            shared.audit.metrics.render(&[
-                (
-                    "warden_proxy_audit_written_total",
-                    "Audit records written",
-                    c.written.load(Ordering::Relaxed),
-                ),
-                (
-                    "warden_proxy_audit_dropped_total",
-                    "Audit records dropped (queue full)",
-                    c.dropped.load(Ordering::Relaxed),
-                ),
-                (
-                    "warden_proxy_audit_failed_total",
-                    "Audit records lost to write errors",
-                    c.failed.load(Ordering::Relaxed),
-                ),
-                (
-                    "warden_proxy_connections_refused_total",
-                    "Connections refused by the connection limits",
-                    stats.refused_connections.load(Ordering::Relaxed),
-                ),
-                (
-                    "warden_proxy_handshakes_failed_total",
-                    "TLS handshakes that failed",
-                    stats.failed_handshakes.load(Ordering::Relaxed),
-                ),
-                (
-                    "warden_proxy_connections_deadline_closed_total",
-                    "Connections dropped at a deadline (no request in time, not closed within the grace)",
-                    stats.deadline_closed.load(Ordering::Relaxed),
-                ),
-                (
-                    "warden_proxy_connections_banned_total",
-                    "Connections from banned sources, closed at accept",
-                    stats.banned_connections.load(Ordering::Relaxed),
-                ),
-                (
-                    "warden_proxy_connections_evicted_total",
-                    "Unauthenticated connections evicted to make room for new ones",
-                    stats.evicted.load(Ordering::Relaxed),
-                ),
-            ])
-        };
-        match warden_runtime::metrics::serve(addr, render) {
-            Ok(a) => tracing::info!("metrics on http://{a}/metrics"),
-            Err(e) => tracing::warn!("metrics on {addr}: {e}; serving without"),
-        }
+        serve_metrics(addr, shared.clone(), stats.clone());
     }
     let mut tick = tokio::time::interval(WATCH_EVERY);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, peer)) = accepted else { continue };
-                let ip = peer.ip().to_canonical();
-                if shared.guard.banned(ip).is_some() {
-                    // Closed before the handshake: a banned source costs nothing more.
-                    stats.banned_connections.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                {
-                    let mut m = per_ip.locked();
-                    let n = m.entry(ip).or_default();
-                    if *n >= per_ip_max {
-                        stats.refused_connections.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    *n += 1;
-                }
                 let acceptor = TlsAcceptor::from(tls_config.reading().clone());
-                let (shared, stats, per_ip, stop, slots, open) = (shared.clone(), stats.clone(), per_ip.clone(), stop_rx.clone(), slots.clone(), open.clone());
-                tokio::spawn(async move {
-                    // Full: the oldest connection that never authenticated makes room.
-                    let permit = match slots.clone().try_acquire_owned() {
-                        Ok(p) => Some(p),
-                        Err(_) if open.locked().evict_oldest_unauthenticated() => {
-                            stats.evicted.fetch_add(1, Ordering::Relaxed);
-                            tokio::time::timeout(EVICT_WAIT, slots.acquire_owned()).await.ok().and_then(Result::ok)
-                        }
-                        Err(_) => None,
-                    };
-                    if let Some(permit) = permit {
-                        let activity = Activity::new();
-                        let key = open.locked().add(activity.clone());
-                        connection(stream, peer, acceptor, shared, &stats, stop, activity).await;
-                        open.locked().conns.remove(&key);
-                        drop(permit);
-                    } else {
-                        stats.refused_connections.fetch_add(1, Ordering::Relaxed);
-                    }
-                    let mut m = per_ip.locked();
-                    if let Some(n) = m.get_mut(&ip) {
-                        *n -= 1;
-                        if *n == 0 {
-                            m.remove(&ip);
-                        }
-                    }
-                });
+                accept(stream, peer, acceptor, &slots, &shared, &stats, &stop_rx);
             }
             _ = hup.recv() => reload(path, &shared, &tls_config, &mut watch, "SIGHUP"),
             _ = tick.tick() => {
@@ -305,10 +213,171 @@ async fn serve(path: &Path, cfg: Config) -> Result<(Arc<Shared>, Arc<Stats>, boo
     drop(listener);
     // Open connections finish what they are doing and close.
     let _ = stop_tx.send(true);
-    let drained = tokio::time::timeout(DRAIN, slots.acquire_many(max_connections as u32))
-        .await
-        .is_ok();
+    let drained = slots.all_free_within(DRAIN).await;
     Ok((shared, stats, drained))
+}
+
+/// Takes a connection in: a banned source is closed before the handshake (it
+/// costs nothing more), a source over its share is refused, the rest wait
+/// for a slot and are served on a task of their own.
+fn accept(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    slots: &Slots,
+    shared: &Arc<Shared>,
+    stats: &Arc<Stats>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) {
+    let ip = peer.ip().to_canonical();
+    if shared.guard.banned(ip).is_some() {
+        stats.banned_connections.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    if !slots.enter(ip) {
+        stats.refused_connections.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let (slots, shared, stats, stop) = (slots.clone(), shared.clone(), stats.clone(), stop.clone());
+    tokio::spawn(async move {
+        match slots.take(&stats).await {
+            Some(permit) => {
+                let activity = Activity::new();
+                let key = slots.open.locked().add(activity.clone());
+                connection(stream, peer, acceptor, shared, &stats, stop, activity).await;
+                slots.open.locked().conns.remove(&key);
+                drop(permit);
+            }
+            None => {
+                stats.refused_connections.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        slots.leave(ip);
+    });
+}
+
+/// Connection slots, per source and in total.
+#[derive(Clone)]
+struct Slots {
+    total: Arc<Semaphore>,
+    max: usize,
+    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    per_ip_max: usize,
+    open: Arc<Mutex<Open>>,
+}
+
+impl Slots {
+    fn new(max: usize, per_ip_max: usize) -> Self {
+        Self {
+            total: Arc::new(Semaphore::new(max)),
+            max,
+            per_ip: Arc::default(),
+            per_ip_max,
+            open: Arc::default(),
+        }
+    }
+
+    /// Counts a connection from `ip`; false when that source has its share.
+    fn enter(&self, ip: IpAddr) -> bool {
+        let mut m = self.per_ip.locked();
+        let n = m.entry(ip).or_default();
+        if *n >= self.per_ip_max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn leave(&self, ip: IpAddr) {
+        let mut m = self.per_ip.locked();
+        if let Some(n) = m.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&ip);
+            }
+        }
+    }
+
+    /// A slot; when all are taken, the oldest connection that never
+    /// authenticated makes room.
+    async fn take(&self, stats: &Stats) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        match self.total.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) if self.open.locked().evict_oldest_unauthenticated() => {
+                stats.evicted.fetch_add(1, Ordering::Relaxed);
+                let wait = self.total.clone().acquire_owned();
+                tokio::time::timeout(EVICT_WAIT, wait).await.ok()?.ok()
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Whether every connection closed within `limit`.
+    async fn all_free_within(&self, limit: Duration) -> bool {
+        let all = self.total.acquire_many(self.max as u32);
+        tokio::time::timeout(limit, all).await.is_ok()
+    }
+}
+
+/// A counter's value, read at scrape time.
+type Read = fn(&Shared, &Stats) -> u64;
+
+/// The proxy's counters beyond its request metrics.
+const PROXY_COUNTERS: [(&str, &str, Read); 8] = [
+    (
+        "warden_proxy_audit_written_total",
+        "Audit records written",
+        |sh, _| sh.audit.counters.written.load(Ordering::Relaxed),
+    ),
+    (
+        "warden_proxy_audit_dropped_total",
+        "Audit records dropped (queue full)",
+        |sh, _| sh.audit.counters.dropped.load(Ordering::Relaxed),
+    ),
+    (
+        "warden_proxy_audit_failed_total",
+        "Audit records lost to write errors",
+        |sh, _| sh.audit.counters.failed.load(Ordering::Relaxed),
+    ),
+    (
+        "warden_proxy_connections_refused_total",
+        "Connections refused by the connection limits",
+        |_, st| st.refused_connections.load(Ordering::Relaxed),
+    ),
+    (
+        "warden_proxy_handshakes_failed_total",
+        "TLS handshakes that failed",
+        |_, st| st.failed_handshakes.load(Ordering::Relaxed),
+    ),
+    (
+        "warden_proxy_connections_deadline_closed_total",
+        "Connections dropped at a deadline (no request in time, not closed within the grace)",
+        |_, st| st.deadline_closed.load(Ordering::Relaxed),
+    ),
+    (
+        "warden_proxy_connections_banned_total",
+        "Connections from banned sources, closed at accept",
+        |_, st| st.banned_connections.load(Ordering::Relaxed),
+    ),
+    (
+        "warden_proxy_connections_evicted_total",
+        "Unauthenticated connections evicted to make room for new ones",
+        |_, st| st.evicted.load(Ordering::Relaxed),
+    ),
+];
+
+fn serve_metrics(addr: SocketAddr, shared: Arc<Shared>, stats: Arc<Stats>) {
+    let render = move || {
+        let extra: Vec<_> = PROXY_COUNTERS
+            .iter()
+            .map(|(name, text, value)| (*name, *text, value(&shared, &stats)))
+            .collect();
+        shared.audit.metrics.render(&extra)
+    };
+    match warden_runtime::metrics::serve(addr, render) {
+        Ok(a) => tracing::info!("metrics on http://{a}/metrics"),
+        Err(e) => tracing::warn!("metrics on {addr}: {e}; serving without"),
+    }
 }
 
 fn runtime(cfg: Config) -> Runtime {

@@ -11,7 +11,7 @@ const DURATION_EXAMPLE: &str = "e.g. 500ms, 10s, 5m, 1h";
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
-    let not_a_size = || format!("`{s}` is not a size ({SIZE_EXAMPLE})");
+    let not_a_size = || format!("not a size ({SIZE_EXAMPLE})");
     let n: u64 = n.parse().map_err(|_| not_a_size())?;
     let shift = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 0,
@@ -21,9 +21,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         _ => return Err(not_a_size()),
     };
     match n.checked_mul(1 << shift) {
-        Some(0) => Err(format!("`{s}`: must be more than zero")),
+        Some(0) => Err("must be more than zero".into()),
         Some(b) => Ok(b),
-        None => Err(format!("`{s}` is out of range")),
+        None => Err("out of range".into()),
     }
 }
 

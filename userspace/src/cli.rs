@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use warden_daemon::run::{self as daemon, BackendChoice};
+use warden_daemon::run as daemon;
 use warden_daemon::state::DaemonState;
 use warden_daemon::status::{self, BackendKind, StatusReport};
 use warden_enforce::compile::PolicyMode;
@@ -52,79 +52,7 @@ enum Command {
         command: PolicyCommand,
     },
     /// Enforce a policy (the embedded default when no --policy is given).
-    Daemon {
-        /// Policy file or directory (policy.d); repeatable.
-        #[arg(long)]
-        policy: Vec<PathBuf>,
-        #[arg(long, value_enum, default_value = "auto")]
-        backend: BackendChoice,
-        /// Event sink, repeatable: stdout, PATH, file://PATH?max_bytes=100M&keep=5,
-        /// syslog, syslog+unix://PATH, syslog+udp://HOST:PORT, syslog+tcp://HOST:PORT,
-        /// udp://HOST:PORT, tcp://HOST:PORT (syslog specs take ?facility=NAME).
-        #[arg(long, default_value = "stdout", value_name = "SINK")]
-        events: Vec<warden_events::sink::SinkSpec>,
-        /// Encoding of flow events.
-        #[arg(long, value_enum, default_value = "ocsf")]
-        event_format: warden_events::EventFormat,
-        /// Cgroup where the cgroup programs attach (default: the cgroup2 root, i.e. the whole host).
-        #[arg(long)]
-        attach_cgroup: Option<PathBuf>,
-        /// Accept only policy files signed (minisign, FILE.minisig) by this public key (file or base64).
-        #[arg(long, value_name = "PUBKEY")]
-        require_signature: Option<String>,
-        /// Seconds within which repeated denies (same source, destination and reason)
-        /// are reported as one event with a count; the first is always reported at once. 0 = off.
-        #[arg(long, default_value_t = 10.0, value_name = "SECS")]
-        aggregate_secs: f64,
-        /// Seconds between checks for lost events (reported as `loss` events when there are new ones).
-        #[arg(long, default_value_t = 10.0, value_name = "SECS")]
-        loss_report_secs: f64,
-        /// Seconds between scans for new interfaces and newly created policy cgroups.
-        #[arg(long, default_value_t = 1.0)]
-        rescan_secs: f64,
-        /// Seconds a local connection to a protected port waits for the proxy's report
-        /// that explains it (then it is reported as unattributed). 0 = no proxy channel.
-        #[arg(long, default_value_t = 2.0, value_name = "SECS")]
-        correlate_secs: f64,
-        /// The socket where `warden proxy` reports its upstream connections
-        /// (default: RUN_DIR/proxy.sock).
-        #[arg(long, value_name = "PATH")]
-        proxy_socket: Option<PathBuf>,
-        /// The proxy's cgroup (relative to the cgroup2 root): only processes in it may report;
-        /// `@pod` = the Kubernetes pod warden runs in (the proxy as a second container).
-        #[arg(
-            long,
-            default_value = "system.slice/ollama-warden-proxy.service",
-            value_name = "CGROUP"
-        )]
-        proxy_cgroup: String,
-        /// Also require reports to come from this uid.
-        #[arg(long, value_name = "UID")]
-        proxy_uid: Option<u32>,
-        /// Flow records each CPU may emit per second (eBPF backend); under a flood
-        /// the rest are counted as `kernel_suppressed`, verdicts and rule counters
-        /// unaffected. 0 = no cap.
-        #[arg(long, default_value_t = 100_000, value_name = "N")]
-        kernel_event_rate: u32,
-        /// The kernel programs' debug diagnostics, one line per recorded
-        /// verdict in the daemon's log (target `kernel`). Off: removed at load,
-        /// no cost. Applies to programs this daemon attaches, not adopted ones.
-        #[arg(long, value_enum, default_value = "off", value_name = "LEVEL")]
-        kernel_log_level: warden_enforce::kernel_log::KernelLogLevel,
-        /// Serve Prometheus metrics at http://ADDR/metrics (per-rule counters,
-        /// drops, losses, policy generation, backend); without ADDR, 127.0.0.1:9464.
-        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9464")]
-        metrics: Option<std::net::SocketAddr>,
-        /// Audit every section whatever the policy says: evaluate and report
-        /// (`would_deny`), block nothing. For a first deployment; the policy's
-        /// `mode` keys do the same per section, switchable by a reload.
-        #[arg(long)]
-        audit: bool,
-        /// Bans the proxy asks for also apply to sources the ingress policy
-        /// allows explicitly (by default those are only refused by the proxy).
-        #[arg(long)]
-        ban_allowed_sources: bool,
-    },
+    Daemon(crate::daemon_cmd::DaemonArgs),
     /// Sources banned from the protected ports and the proxy (brute force, or by hand).
     Ban {
         #[command(subcommand)]
@@ -157,20 +85,7 @@ enum Command {
         port: u16,
     },
     /// Check this host against the Ollama hardening guides; exit 1 if a check fails.
-    Doctor {
-        #[arg(long, default_value_t = 11434)]
-        port: u16,
-        #[arg(long, default_value = "/etc/ollama-warden/proxy.toml")]
-        proxy_config: PathBuf,
-        /// Where to look for unit files; repeatable (default: systemd's system unit path).
-        #[arg(long, value_name = "DIR")]
-        unit_dir: Vec<PathBuf>,
-        /// Ollama's systemd unit (default: the unit of the process listening on the port).
-        #[arg(long, value_name = "UNIT")]
-        ollama_unit: Option<String>,
-        #[arg(long)]
-        json: bool,
-    },
+    Doctor(DoctorArgs),
     /// Credentials for proxy identities.
     Token {
         #[command(subcommand)]
@@ -214,6 +129,52 @@ enum PolicyCommand {
     },
 }
 
+#[derive(clap::Args)]
+struct DoctorArgs {
+    #[arg(long, default_value_t = 11434)]
+    port: u16,
+    #[arg(long, default_value = "/etc/ollama-warden/proxy.toml")]
+    proxy_config: PathBuf,
+    /// Where to look for unit files; repeatable (default: systemd's system unit path).
+    #[arg(long, value_name = "DIR")]
+    unit_dir: Vec<PathBuf>,
+    /// Ollama's systemd unit (default: the unit of the process listening on the port).
+    #[arg(long, value_name = "UNIT")]
+    ollama_unit: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+fn doctor(args: DoctorArgs, pin_dir: PathBuf, run_dir: PathBuf, nft_table: String) -> i32 {
+    use warden_host::doctor;
+    let unit_dirs = match args.unit_dir.is_empty() {
+        true => warden_host::procfs::UNIT_DIRS
+            .iter()
+            .map(PathBuf::from)
+            .collect(),
+        false => args.unit_dir,
+    };
+    let opts = doctor::Options {
+        port: args.port,
+        proxy_config: args.proxy_config,
+        unit_dirs,
+        ollama_unit: args.ollama_unit,
+        pin_dir,
+        run_dir,
+        nft_table,
+    };
+    let checks = doctor::run(&opts);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&checks).unwrap_or_default()
+        );
+    } else {
+        doctor::print(&checks);
+    }
+    i32::from(checks.iter().any(|c| c.status == doctor::Status::Fail))
+}
+
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
@@ -229,75 +190,8 @@ pub fn main() -> i32 {
         Command::Policy {
             command: PolicyCommand::Show { compiled, paths },
         } => policy_show(&paths, compiled),
-        Command::Daemon {
-            policy,
-            backend,
-            events,
-            event_format,
-            attach_cgroup,
-            require_signature,
-            rescan_secs,
-            aggregate_secs,
-            loss_report_secs,
-            correlate_secs,
-            proxy_socket,
-            proxy_cgroup,
-            proxy_uid,
-            kernel_event_rate,
-            kernel_log_level,
-            audit,
-            metrics,
-            ban_allowed_sources,
-        } => {
-            let correlate =
-                Duration::try_from_secs_f64(correlate_secs.max(0.0)).unwrap_or(Duration::ZERO);
-            let proxy_reports = (!correlate.is_zero()).then(|| warden_events::reports::Options {
-                socket: proxy_socket.unwrap_or_else(|| cli.run_dir.join("proxy.sock")),
-                cgroup: match (proxy_cgroup.as_str(), warden_runtime::cgroupfs::own_pod()) {
-                    (warden_policy::OWN_POD, Ok(pod)) => pod.to_string(),
-                    (c, _) => c.trim_matches('/').to_owned(),
-                },
-                uid: proxy_uid,
-            });
-            let opts = daemon::Options {
-                policy,
-                backend,
-                ebpf: ebpf::Options {
-                    pin_dir: cli.pin_dir,
-                    attach_cgroup,
-                    kernel_log: kernel_log_level,
-                },
-                nft_table: cli.nft_table,
-                require_signature,
-                events,
-                event_format,
-                aggregate: Duration::try_from_secs_f64(aggregate_secs.max(0.0))
-                    .unwrap_or(Duration::ZERO),
-                loss_report: Duration::try_from_secs_f64(loss_report_secs.max(0.1))
-                    .unwrap_or(Duration::from_secs(10)),
-                run_dir: cli.run_dir,
-                rescan: Duration::try_from_secs_f64(rescan_secs.max(0.05))
-                    .unwrap_or(Duration::from_secs(1)),
-                proxy_reports,
-                correlate,
-                kernel_event_rate,
-                audit,
-                metrics,
-                ban_allowed_sources,
-            };
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
-            match rt
-                .map_err(daemon::DaemonError::from)
-                .and_then(|rt| rt.block_on(daemon::run(opts)))
-            {
-                Ok(()) => 0,
-                Err(e) => {
-                    tracing::error!("{}", warden_runtime::error_chain(&e));
-                    e.exit_code()
-                }
-            }
+        Command::Daemon(args) => {
+            crate::daemon_cmd::run(args, cli.pin_dir, cli.run_dir, cli.nft_table)
         }
         Command::Status {
             json,
@@ -318,44 +212,7 @@ pub fn main() -> i32 {
             );
             0
         }
-        Command::Doctor {
-            port,
-            proxy_config,
-            unit_dir,
-            ollama_unit,
-            json,
-        } => {
-            let opts = warden_host::doctor::Options {
-                port,
-                proxy_config,
-                unit_dirs: if unit_dir.is_empty() {
-                    warden_host::procfs::UNIT_DIRS
-                        .iter()
-                        .map(PathBuf::from)
-                        .collect()
-                } else {
-                    unit_dir
-                },
-                ollama_unit,
-                pin_dir: cli.pin_dir,
-                run_dir: cli.run_dir,
-                nft_table: cli.nft_table,
-            };
-            let checks = warden_host::doctor::run(&opts);
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&checks).unwrap_or_default()
-                );
-            } else {
-                warden_host::doctor::print(&checks);
-            }
-            i32::from(
-                checks
-                    .iter()
-                    .any(|c| c.status == warden_host::doctor::Status::Fail),
-            )
-        }
+        Command::Doctor(args) => doctor(args, cli.pin_dir, cli.run_dir, cli.nft_table),
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod ban;
 mod cli;
+mod daemon_cmd;
 mod logs;
 
 fn main() {
