@@ -126,18 +126,6 @@ impl Maps {
         }
         let slot = 1 - self.active_slot()?;
         self.clear_slot(slot)?;
-        let err = |name: &str| {
-            let name = name.to_owned();
-            move |e| EnforceError::Map {
-                name: name.clone(),
-                source: e,
-            }
-        };
-
-        let mut ports = PortBitmap::EMPTY;
-        for &p in &compiled.ports {
-            ports.insert(p);
-        }
         let mut flags = 0;
         if compiled.ingress_audit {
             flags |= slot_flags::AUDIT_INGRESS;
@@ -145,6 +133,34 @@ impl Maps {
         if compiled.local_audit {
             flags |= slot_flags::AUDIT_LOCAL;
         }
+        flags |= self.write_ingress(slot, compiled)?;
+        self.write_grants(slot, grants)?;
+        flags |= self.write_egress(slot, compiled, egress)?;
+        let mut ports = PortBitmap::EMPTY;
+        for &p in &compiled.ports {
+            ports.insert(p);
+        }
+        self.ports.set(slot, ports, 0).map_err(map_error("PORTS"))?;
+        self.slot_meta
+            .set(slot, SlotMeta { generation, flags }, 0)
+            .map_err(map_error("SLOT_META"))?;
+        self.state
+            .set(STATE_ABI, ABI_VERSION, 0)
+            .map_err(map_error("STATE"))?;
+        // The flip: one 4-byte array write, seen whole by every program run.
+        self.state
+            .set(STATE_ACTIVE_SLOT, slot, 0)
+            .map_err(map_error("STATE"))?;
+        wait_for_running_programs();
+        Ok(slot)
+    }
+
+    /// The ingress allowlist; returns the slot flag telling the programs
+    /// whether the trie is worth a walk. A host entry is the longest match
+    /// there can be: the program looks hosts up first and walks the trie only
+    /// when the slot has prefixes.
+    fn write_ingress(&mut self, slot: u32, compiled: &Compiled) -> Result<u32, EnforceError> {
+        let mut flags = 0;
         for e in &compiled.ingress {
             let (len, addr) = lpm_addr(e.net);
             let key = IngressKey {
@@ -152,19 +168,22 @@ impl Maps {
                 addr,
             };
             let rule = IngressRule { rule_id: e.rule_id };
-            // A host entry is the longest match there can be: the program looks
-            // hosts up first and walks the trie only when the slot has prefixes.
             if len == 128 {
                 self.ingress_hosts
                     .insert(key, rule, 0)
-                    .map_err(err("INGRESS_HOSTS"))?;
+                    .map_err(map_error("INGRESS_HOSTS"))?;
             } else {
                 flags |= slot_flags::INGRESS_PREFIXES;
                 self.ingress
                     .insert(&Key::new(INGRESS_KEY_FIXED_BITS + len, key), rule, 0)
-                    .map_err(err("INGRESS"))?;
+                    .map_err(map_error("INGRESS"))?;
             }
         }
+        Ok(flags)
+    }
+
+    /// The cgroups that may connect to (and bind) the protected ports.
+    fn write_grants(&mut self, slot: u32, grants: &[ResolvedGrant]) -> Result<(), EnforceError> {
         for g in grants {
             let key = CgroupKey {
                 slot,
@@ -173,8 +192,20 @@ impl Maps {
             };
             self.cgroups
                 .insert(key, g.rule, 0)
-                .map_err(err("CGROUPS"))?;
+                .map_err(map_error("CGROUPS"))?;
         }
+        Ok(())
+    }
+
+    /// Each restricted cgroup's policy and its prefixes; returns the slot flag
+    /// telling the programs whether any cgroup is restricted.
+    fn write_egress(
+        &mut self,
+        slot: u32,
+        compiled: &Compiled,
+        egress: &[ResolvedEgress],
+    ) -> Result<u32, EnforceError> {
+        let mut flags = 0;
         for (index, (c, r)) in compiled.egress.iter().zip(egress).enumerate() {
             let Some(cgroup_id) = r.cgroup_id else {
                 continue;
@@ -185,50 +216,26 @@ impl Maps {
                 _pad: 0,
                 cgroup_id,
             };
+            let policy = EgressPolicyRef {
+                policy: index as u32,
+                flags: if c.audit { egress_flags::AUDIT } else { 0 },
+            };
             self.egress_cgroups
-                .insert(
-                    key,
-                    EgressPolicyRef {
-                        policy: index as u32,
-                        flags: if c.audit { egress_flags::AUDIT } else { 0 },
-                    },
-                    0,
-                )
-                .map_err(err("EGRESS_CGROUPS"))?;
-            let tag = (slot << 24 | index as u32).to_be_bytes();
+                .insert(key, policy, 0)
+                .map_err(map_error("EGRESS_CGROUPS"))?;
+            let slot_policy = (slot << 24 | index as u32).to_be_bytes();
             for p in &c.prefixes {
                 let (len, addr) = lpm_addr(p.net);
                 let mut entry = EgressEntry::default();
                 entry.rules[..p.rules.len()].copy_from_slice(&p.rules);
                 entry.len = p.rules.len() as u32;
+                let key = Key::new(EGRESS_KEY_FIXED_BITS + len, EgressKey { slot_policy, addr });
                 self.egress
-                    .insert(
-                        &Key::new(
-                            EGRESS_KEY_FIXED_BITS + len,
-                            EgressKey {
-                                slot_policy: tag,
-                                addr,
-                            },
-                        ),
-                        entry,
-                        0,
-                    )
-                    .map_err(err("EGRESS"))?;
+                    .insert(&key, entry, 0)
+                    .map_err(map_error("EGRESS"))?;
             }
         }
-        self.ports.set(slot, ports, 0).map_err(err("PORTS"))?;
-        self.slot_meta
-            .set(slot, SlotMeta { generation, flags }, 0)
-            .map_err(err("SLOT_META"))?;
-        self.state
-            .set(STATE_ABI, ABI_VERSION, 0)
-            .map_err(err("STATE"))?;
-        // The flip: one 4-byte array write, seen whole by every program run.
-        self.state
-            .set(STATE_ACTIVE_SLOT, slot, 0)
-            .map_err(err("STATE"))?;
-        wait_for_running_programs();
-        Ok(slot)
+        Ok(flags)
     }
 
     /// Empties a slot before a policy is written into it.

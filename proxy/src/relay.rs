@@ -263,6 +263,17 @@ impl Finish {
         if let Some(n) = &self.uploaded {
             r.bytes_in = n.load(Ordering::Relaxed);
         }
+        // The audit record is the request's account; this line is for the
+        // operator following one request through the proxy's log.
+        tracing::debug!(
+            request_id = %r.request_id,
+            identity = r.identity.as_deref().unwrap_or("-"),
+            status = r.status,
+            refused = r.refused.as_deref().unwrap_or("-"),
+            "{} {}",
+            r.method,
+            r.path
+        );
         self.audit.emit(r);
     }
 }

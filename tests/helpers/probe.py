@@ -2,7 +2,8 @@
 """A network prober the lab starts inside a network namespace and cgroup.
 
 Reads one command per line on stdin and answers one word per line on stdout:
-  connect HOST PORT [TIMEOUT]  TCP connect  -> connected | refused | denied | timeout | error:ERRNO
+  connect HOST PORT [TIMEOUT [fresh]]  TCP connect (fresh: from a port bound first)
+                               -> connected | refused | denied | timeout | error:ERRNO
   hold HOST PORT               TCP connect, kept open -> connected | ...
   connectn HOST PORT N         N TCP connects -> JSON {"verdicts": {word: count}, "p50_us", "p99_us"}
   udpsend HOST PORT            unconnected UDP sendto -> ok | denied | error:ERRNO
@@ -235,6 +236,12 @@ def handle(words):
     if cmd == "connect":
         s = socket.socket(family(host), socket.SOCK_STREAM)
         s.settimeout(wait(float(words[3]) if len(words) > 3 else 1.0))
+        if len(words) > 4 and words[4] == "fresh":
+            # A port of its own before connecting: connect()'s own choice may
+            # reuse a 4-tuple whose server side is still in TIME_WAIT, which
+            # can cost that attempt a second SYN (and a packet filter a
+            # second record).
+            s.bind(("::" if family(host) == socket.AF_INET6 else "0.0.0.0", 0))
         try:
             s.connect((host, port))
             return "connected"

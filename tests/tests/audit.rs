@@ -137,9 +137,11 @@ fn flips_between_audit_and_enforce_atomically(backend: &str) {
         let (stop, results) = (stop.clone(), results.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
+                // Each attempt from a port of its own: one attempt, one SYN
+                // (nft judges packets, and a reused 4-tuple can cost two).
                 let r = (
-                    rogue.connect("127.0.0.1", PORT),
-                    model.connect("127.0.0.1", PORT + 1),
+                    rogue.ask(&format!("connect 127.0.0.1 {PORT} 0.5 fresh")),
+                    model.ask(&format!("connect 127.0.0.1 {} 0.5 fresh", PORT + 1)),
                 );
                 results.lock().unwrap().push(r);
                 // A steady stream, not a flood (losses under a flood are counted,

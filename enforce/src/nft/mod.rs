@@ -356,7 +356,7 @@ proto = "tcp"
         assert!(s.contains("th dport 11434 ip saddr @ingress_0_ip ct state new counter log prefix \"warden ingress-allow 1\" group 11434 accept comment \"rule 1\""));
         assert!(s.contains("th dport 11434 ip6 saddr @ingress_1_ip6 accept\n"));
         assert!(s.contains(
-            "socket cgroupv2 level 2 \"unified/system.slice/ollama.service\" counter log prefix \"warden local-allow 3\""
+            "socket cgroupv2 level 2 \"unified/system.slice/ollama.service\" ct state new counter log prefix \"warden local-allow 3\""
         ));
         assert!(s.contains(
             "socket cgroupv2 level 2 \"unified/system.slice/ollama.service\" jump egress_0"

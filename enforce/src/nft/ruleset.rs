@@ -380,13 +380,18 @@ impl Batch {
         const CHAIN: &str = "local_access";
         for (g, exists) in c.cgroups.iter().zip(cgroup_exists) {
             if *exists && g.flags & warden_common::CG_MAY_CONNECT != 0 {
+                // Each new flow is logged once; the rest of an allowed
+                // socket's packets (conntrack calls some invalid) just pass.
                 let allow = vec![
                     in_cgroup(g.cgroup.as_str()),
+                    is(ct_state(), string("new")),
                     counter(),
                     log(nflog::LOCAL_ALLOW, g.rule_id),
                     Statement::Return(None),
                 ];
                 self.rule(CHAIN, allow, Some(format!("rule {}", g.rule_id)));
+                let rest = vec![in_cgroup(g.cgroup.as_str()), Statement::Return(None)];
+                self.rule(CHAIN, rest, None);
             }
         }
         self.local_deny(
@@ -428,29 +433,37 @@ impl Batch {
     ///
     /// In audit mode the flow is logged under `audit_prefix` and returns to the
     /// `output` chain, which goes on to the next check, as the cgroup hooks do.
+    ///
+    /// Only new flows are judged aloud (one event each, as a connect() is);
+    /// packets of no flow conntrack knows (it calls them invalid, e.g. a late
+    /// segment after the entry is gone) are dropped, or let through in audit
+    /// mode, without an event.
     fn local_deny(&mut self, chain: &str, prefix: &str, audit_prefix: &str, audit: bool) {
         let zero = || Some("rule 0".to_owned());
+        let new = || is(ct_state(), string("new"));
         if audit {
-            self.rule(
-                chain,
-                vec![counter(), log(audit_prefix, 0), Statement::Return(None)],
-                zero(),
-            );
+            let logged = vec![
+                new(),
+                counter(),
+                log(audit_prefix, 0),
+                Statement::Return(None),
+            ];
+            self.rule(chain, logged, zero());
+            self.rule(chain, vec![Statement::Return(None)], None);
             return;
         }
         let reset = stmt::Reject::new(Some(stmt::RejectType::TCPReset), None);
         let tcp = vec![
             is(meta(MetaKey::L4proto), string("tcp")),
+            new(),
             counter(),
             log(prefix, 0),
             Statement::Reject(Some(reset)),
         ];
         self.rule(chain, tcp, zero());
-        self.rule(
-            chain,
-            vec![counter(), log(prefix, 0), Statement::Drop(None)],
-            zero(),
-        );
+        let other = vec![new(), counter(), log(prefix, 0), Statement::Drop(None)];
+        self.rule(chain, other, zero());
+        self.rule(chain, vec![Statement::Drop(None)], None);
     }
 }
 
