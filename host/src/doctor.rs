@@ -175,8 +175,9 @@ pub fn run(o: &Options) -> Vec<Check> {
         }
     });
 
-    // 3. Model store permissions.
+    // 3. Model store permissions; cloud models.
     out.push(model_store(server.as_ref(), unit.as_ref()));
+    out.push(cloud_models(server.as_ref(), unit.as_ref()));
     // 4. Humans in the GPU device groups.
     out.push(gpu_groups());
     // 5. The proxy: 401 without credentials, admin routes refused.
@@ -193,6 +194,34 @@ fn dirs_text(dirs: &[PathBuf]) -> String {
         .map(|d| d.display().to_string())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Whether the server serves cloud models (`OLLAMA_NO_CLOUD` unset): a server
+/// signed in to ollama.com spends that account for each of them. Whether it
+/// is signed in is not told here: that is asked of ollama.com, and warden
+/// lets no unlisted process reach the server to ask.
+fn cloud_models(server: Option<&Process>, unit: Option<&UnitFile>) -> Check {
+    let Some(server) = server else {
+        return check("ollama-cloud", Status::Skip, "no Ollama process to read");
+    };
+    let env = server.environ();
+    let unit_env = unit.map(UnitFile::environment).unwrap_or_default();
+    let value = env
+        .get("OLLAMA_NO_CLOUD")
+        .or_else(|| unit_env.get("OLLAMA_NO_CLOUD"));
+    match value.map(|v| v.trim().to_ascii_lowercase()) {
+        Some(v) if matches!(v.as_str(), "1" | "true" | "yes" | "on") => check(
+            "ollama-cloud",
+            Status::Pass,
+            "cloud models are off (OLLAMA_NO_CLOUD)",
+        ),
+        _ => check(
+            "ollama-cloud",
+            Status::Warn,
+            "cloud models are on: a server signed in to ollama.com spends that account for them (the proxy lets only identities that name one use it)",
+        )
+        .fix("Environment=OLLAMA_NO_CLOUD=1 in Ollama's unit, unless an identity is meant to use cloud models"),
+    }
 }
 
 fn model_store(server: Option<&Process>, unit: Option<&UnitFile>) -> Check {

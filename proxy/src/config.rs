@@ -2,7 +2,7 @@
 //! positions, every problem reported as `file:line:col: message`, unknown keys
 //! refused with a "did you mean". The reference is `docs/PROXY.md`.
 
-use super::models::ModelGlob;
+use super::models::{ModelGlob, RegistryGlob};
 use ipnet::IpNet;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,6 +27,7 @@ const TOP_KEYS: &[&str] = &[
     "tls",
     "limits",
     "brute_force",
+    "pull_from",
     "identity",
 ];
 const BRUTE_FORCE_KEYS: &[&str] = &["failures", "window", "ban", "identity_failures", "exempt"];
@@ -58,6 +59,7 @@ const IDENTITY_KEYS: &[&str] = &[
     "concurrency",
     "max_body",
     "max_tokens",
+    "pull_from",
 ];
 const TOKEN_KEYS: &[&str] = &["hash", "expires"];
 
@@ -78,6 +80,9 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     pub limits: Limits,
     pub brute_force: BruteForce,
+    /// Registries and namespaces pulls may come from and pushes may go to
+    /// (empty: any), unless an identity says otherwise.
+    pub pull_from: Vec<RegistryGlob>,
     pub identities: Vec<Arc<Identity>>,
 }
 
@@ -216,11 +221,36 @@ pub struct Identity {
     pub concurrency: Option<u32>,
     pub max_body: u64,
     pub max_tokens: Option<u64>,
+    /// This identity's registries (`None`: the global `pull_from`).
+    pub pull_from: Option<Vec<RegistryGlob>>,
 }
 
 impl Identity {
     pub fn may_use(&self, model: &super::models::ModelName) -> bool {
         self.models.iter().any(|g| g.matches(model))
+    }
+
+    /// Whether this identity may run `model`: admins any local model, others
+    /// those their globs allow; a cloud model only where a pattern names it
+    /// (`*` and admin rights do not: it spends the server's account).
+    pub fn may_run(&self, model: &super::models::ModelName) -> bool {
+        if model.is_cloud() {
+            return self
+                .models
+                .iter()
+                .any(|g| g.as_str() != "*" && g.matches(model));
+        }
+        self.admin || self.may_use(model)
+    }
+
+    /// Whether a pull from (or push to) `model`'s registry is allowed.
+    pub fn may_reach_registry(
+        &self,
+        global: &[RegistryGlob],
+        model: &super::models::ModelName,
+    ) -> bool {
+        let allowed = self.pull_from.as_deref().unwrap_or(global);
+        allowed.is_empty() || allowed.iter().any(|g| g.matches(model))
     }
 
     /// True if every model is allowed (`models = ["*"]`).
@@ -303,6 +333,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<Diagnostic>> {
     let brute_force = root
         .get("brute_force")
         .map_or_else(BruteForce::default, |e| r.brute_force(e));
+    let pull_from = r.parsed_list(root, "pull_from", RegistryGlob::parse);
     let identities = r.identities(root, tls.as_ref().is_some_and(|t| t.client_ca.is_some()));
 
     if !r.ctx.diagnostics.is_empty() {
@@ -321,6 +352,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<Diagnostic>> {
         metrics,
         limits,
         brute_force,
+        pull_from,
         identities,
     })
 }
@@ -681,6 +713,10 @@ impl Reader<'_, '_> {
             .get("max_tokens")
             .and_then(|e| self.int(e, 1, i64::MAX))
             .map(|n| n as u64);
+        let pull_from = t
+            .get("pull_from")
+            .is_some()
+            .then(|| self.parsed_list(t, "pull_from", RegistryGlob::parse));
         let no_credentials = tokens.is_empty() && basic.is_none() && mtls.is_empty();
         if no_credentials && self.ctx.diagnostics.len() == before {
             self.ctx.error(
@@ -701,6 +737,7 @@ impl Reader<'_, '_> {
             concurrency,
             max_body,
             max_tokens,
+            pull_from,
         })
     }
 

@@ -570,6 +570,7 @@ async fn judged_body(
     })?;
     if let Some(m) = &inspected.model {
         allowed_model(id, m, record)?;
+        allowed_registry(route, id, &rt.cfg, m)?;
     }
     Ok(JudgedBody {
         body: full_req(inspected.body),
@@ -597,7 +598,7 @@ async fn inspect_body(
             let d = Sha256::digest(&bytes);
             d.iter().map(|b| format!("{b:02x}")).collect::<String>()
         });
-        let may_use = |m: &str| who.admin || ModelName::parse(m).is_some_and(|n| who.may_use(&n));
+        let may_use = |m: &str| ModelName::parse(m).is_some_and(|n| who.may_run(&n));
         (digest, body::inspect(route, &bytes, cap, may_use))
     };
     if !large {
@@ -676,7 +677,7 @@ fn filtered_listing(
     let listing = listing
         .map_err(|why| refuse(StatusCode::BAD_GATEWAY, "upstream listing unreadable", why))?;
     Ok(filter_listing(path, listing, |m| {
-        id.admin || ModelName::parse(m).is_some_and(|n| id.may_use(&n))
+        ModelName::parse(m).is_some_and(|n| id.may_run(&n))
     }))
 }
 
@@ -746,7 +747,7 @@ fn allowed_model(
         )
     })?;
     record.model = Some(name.to_string());
-    if !id.admin && !id.may_use(&name) {
+    if !id.may_run(&name) {
         return Err(refuse(
             StatusCode::FORBIDDEN,
             "model not allowed",
@@ -754,6 +755,27 @@ fn allowed_model(
         ));
     }
     Ok(())
+}
+
+/// A pull comes only from, and a push goes only to, the registries and
+/// namespaces `pull_from` allows (the identity's, else the global list).
+fn allowed_registry(
+    route: &routes::Route,
+    id: &Identity,
+    cfg: &Config,
+    raw: &str,
+) -> Result<(), Refuse> {
+    if !matches!(route.pattern, "/api/pull" | "/api/push") {
+        return Ok(());
+    }
+    match ModelName::parse(raw) {
+        Some(name) if !id.may_reach_registry(&cfg.pull_from, &name) => Err(refuse(
+            StatusCode::FORBIDDEN,
+            "registry not allowed",
+            format!("{} is not in pull_from", name.qualified()),
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn body_refusal(why: &'static str) -> Refuse {

@@ -394,6 +394,7 @@ mod tests {
             concurrency: None,
             max_body: 1,
             max_tokens: None,
+            pull_from: None,
         })
     }
 

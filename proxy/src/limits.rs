@@ -143,6 +143,7 @@ mod tests {
             concurrency: conc,
             max_body: 1,
             max_tokens: None,
+            pull_from: None,
         }
     }
 

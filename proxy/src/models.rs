@@ -72,6 +72,52 @@ impl ModelName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// `host/namespace/model:tag` even for the default registry's library.
+    pub fn qualified(&self) -> String {
+        match self.0.contains('/') {
+            true => self.0.clone(),
+            false => format!("{DEFAULT_HOST}/{DEFAULT_NAMESPACE}/{}", self.0),
+        }
+    }
+
+    /// A cloud model (`…:cloud`, `…-cloud`): it runs on ollama.com and spends
+    /// the account the server is signed in to.
+    pub fn is_cloud(&self) -> bool {
+        self.0
+            .rsplit_once(':')
+            .is_some_and(|(_, tag)| tag.ends_with("cloud"))
+    }
+}
+
+/// A registry allowlist entry (`pull_from`): a glob over qualified names,
+/// e.g. `registry.ollama.ai/library/*` (the library's models, every tag) or
+/// `registry.example.com:5000/team/*`. Wildcards stay within one part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryGlob(String);
+
+impl RegistryGlob {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if raw.matches('/').count() != 2 {
+            return Err(format!(
+                "`{raw}` must name host/namespace/model (wildcards allowed, e.g. registry.ollama.ai/library/*)"
+            ));
+        }
+        let glob = ModelGlob::parse(raw)?;
+        let name = glob.0;
+        Ok(Self(match name.contains('/') {
+            true => name,
+            false => format!("{DEFAULT_HOST}/{DEFAULT_NAMESPACE}/{name}"),
+        }))
+    }
+
+    pub fn matches(&self, name: &ModelName) -> bool {
+        glob(self.0.as_bytes(), name.qualified().as_bytes())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 impl fmt::Display for ModelName {
@@ -236,5 +282,39 @@ mod tests {
         assert!(!glob(b"a*b*c", b"axxbyy"));
         assert!(glob(&b"*a".repeat(20), &[b'a'; 60]));
         assert!(!glob(&b"*a".repeat(20), &[b'a'; 10]));
+    }
+
+    #[test]
+    fn registry_globs_match_qualified_names() {
+        let name = |s: &str| ModelName::parse(s).unwrap();
+        let library = RegistryGlob::parse("registry.ollama.ai/library/*").unwrap();
+        assert!(library.matches(&name("llama3")));
+        assert!(library.matches(&name("registry.ollama.ai/library/llama3:8b")));
+        assert!(
+            !library.matches(&name("someone/llama3")),
+            "another namespace"
+        );
+        assert!(
+            !library.matches(&name("evil.example.com/library/llama3")),
+            "another registry"
+        );
+        let team = RegistryGlob::parse("registry.example.com:5000/team/*").unwrap();
+        assert!(team.matches(&name("registry.example.com:5000/team/m:v2")));
+        assert!(
+            !team.matches(&name("registry.example.com/team/m")),
+            "another port"
+        );
+        for bad in ["llama3", "library/*", "a/b/c/d", "*"] {
+            assert!(RegistryGlob::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cloud_models_are_told_by_their_tag() {
+        let name = |s: &str| ModelName::parse(s).unwrap();
+        assert!(name("gpt-oss:120b-cloud").is_cloud());
+        assert!(name("qwen3-coder:cloud").is_cloud());
+        assert!(!name("llama3").is_cloud());
+        assert!(!name("cloudy:latest").is_cloud());
     }
 }

@@ -23,7 +23,8 @@ RestartSec=3\n\n[Install]\nWantedBy=default.target\n";
 struct Ollama(Child);
 
 impl Ollama {
-    fn start(lab: &Lab, ns: &str, host: &str, models: &Path) -> Self {
+    /// `env`: extra environment (e.g. `OLLAMA_NO_CLOUD`).
+    fn start(lab: &Lab, ns: &str, host: &str, models: &Path, env: &[(&str, &str)]) -> Self {
         let out = lab.run_dir.join(format!("ollama-{host}.out"));
         let mut cmd = Command::new(python());
         cmd.arg(helper("fake_ollama.py"))
@@ -31,6 +32,7 @@ impl Ollama {
             .arg(lab.run_dir.join("ollama.jsonl"))
             .env("OLLAMA_HOST", format!("{host}:{PORT}"))
             .env("OLLAMA_MODELS", models)
+            .envs(env.iter().copied())
             .stdout(std::fs::File::create(&out).unwrap())
             .stderr(Stdio::inherit());
         lab.cgroup("server");
@@ -117,7 +119,7 @@ fn doctor_flags_exactly_the_weaknesses_of_a_weak_setup_and_none_of_a_good_one() 
     let loose = models_dir(&lab, 0o777);
     let no_proxy = lab.run_dir.join("no-proxy.toml");
     let (code, checks) = {
-        let _ollama = Ollama::start(&lab, &ns, "0.0.0.0", &loose);
+        let _ollama = Ollama::start(&lab, &ns, "0.0.0.0", &loose, &[]);
         doctor(&lab, &ns, &no_proxy, &units)
     };
     eprintln!("weak: {checks:#?}");
@@ -132,6 +134,8 @@ fn doctor_flags_exactly_the_weaknesses_of_a_weak_setup_and_none_of_a_good_one() 
     .map(String::from)
     .into();
     assert_eq!(with_status(&checks, "fail"), want);
+    let cloud = checks.iter().find(|c| c["id"] == "ollama-cloud").unwrap();
+    assert_eq!(cloud["status"], "warn", "cloud models left on: {cloud}");
     for c in checks.iter().filter(|c| c["status"] == "fail") {
         assert!(c["fix"].as_str().is_some_and(|f| !f.is_empty()), "{c}");
     }
@@ -151,7 +155,13 @@ fn doctor_flags_exactly_the_weaknesses_of_a_weak_setup_and_none_of_a_good_one() 
     )
     .unwrap();
     let private = models_dir(&lab, 0o750);
-    let _ollama = Ollama::start(&lab, &ns, "127.0.0.1", &private);
+    let _ollama = Ollama::start(
+        &lab,
+        &ns,
+        "127.0.0.1",
+        &private,
+        &[("OLLAMA_NO_CLOUD", "1")],
+    );
     let proxy = ProxyLab::start_in(
         "[[identity]]\nname = \"alice\"\ntokens = [\"@token:alice@\"]\nmodels = [\"llama3*\"]\n",
         &[],
@@ -181,6 +191,7 @@ fn doctor_flags_exactly_the_weaknesses_of_a_weak_setup_and_none_of_a_good_one() 
         "proxy",
         "warden",
         "event-sink",
+        "ollama-cloud",
     ] {
         let c = checks.iter().find(|c| c["id"] == id).unwrap();
         assert_eq!(c["status"], "pass", "{c}");
@@ -196,7 +207,7 @@ fn discover_prints_a_valid_starting_policy_naming_the_server_and_its_clients() {
         bad: _,
     } = warden_tests::topology();
     let models = models_dir(&lab, 0o750);
-    let _ollama = Ollama::start(&lab, &srv, "0.0.0.0", &models);
+    let _ollama = Ollama::start(&lab, &srv, "0.0.0.0", &models, &[]);
     let mut local = lab.prober(Some(&srv), Some("client"));
     assert_eq!(local.ask(&format!("hold 127.0.0.1 {PORT}")), "connected");
     let mut remote = lab.prober(Some(&good), None);

@@ -2,7 +2,7 @@
 //! libraries, curl) through `warden proxy` to a stand-in Ollama, over real TLS.
 
 use serde_json::{Value, json};
-use warden_tests::proxy::ProxyLab;
+use warden_tests::proxy::{Placement, ProxyLab};
 
 const IDENTITIES: &str = r#"
 [[identity]]
@@ -1135,4 +1135,127 @@ fn wait_until(mut f: impl FnMut() -> bool, what: &str) {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// Pulls come only from, and pushes go only to, the registries `pull_from`
+/// allows (an identity's list replaces the global one); cloud models (which
+/// spend the account the server is signed in to) only for identities that
+/// name them, admins included.
+#[test]
+fn registries_and_cloud_models_are_allowed_by_name_only() {
+    let lab = ProxyLab::start_in(
+        r#"
+[[identity]]
+name = "admin"
+tokens = ["@token:admin@"]
+admin = true
+models = ["*"]
+
+[[identity]]
+name = "team-admin"
+tokens = ["@token:team@"]
+admin = true
+models = ["*"]
+pull_from = ["registry.example.com/team/*"]
+
+[[identity]]
+name = "everyone"
+tokens = ["@token:everyone@"]
+models = ["*"]
+
+[[identity]]
+name = "cloud-user"
+tokens = ["@token:cloud@"]
+models = ["llama3", "gpt-oss:120b-cloud"]
+"#,
+        &[],
+        Placement {
+            top: r#"pull_from = ["registry.ollama.ai/library/*"]"#.into(),
+            ..Default::default()
+        },
+    );
+    let (admin, team, everyone, cloud) = (
+        lab.token("admin").to_owned(),
+        lab.token("team").to_owned(),
+        lab.token("everyone").to_owned(),
+        lab.token("cloud").to_owned(),
+    );
+    let pull = |token: &str, model: &str| {
+        lab.post(
+            "/api/pull",
+            token,
+            &format!(r#"{{"model":"{model}","stream":false}}"#),
+        )
+        .0
+    };
+    let chat = |token: &str, model: &str| {
+        let body = format!(r#"{{"model":"{model}","messages":[],"stream":false}}"#);
+        lab.post("/api/chat", token, &body).0
+    };
+    // Positive controls: the library through the global list, the team's
+    // registry through its own.
+    assert_eq!(pull(&admin, "llama3"), 200);
+    assert_eq!(pull(&admin, "registry.ollama.ai/library/mistral:7b"), 200);
+    assert_eq!(pull(&team, "registry.example.com/team/m:v1"), 200);
+    // Another registry, another namespace, a push to an attacker's registry.
+    assert_eq!(pull(&admin, "evil.example.com/library/llama3"), 403);
+    assert_eq!(pull(&admin, "someone/llama3"), 403);
+    let push = lab.post(
+        "/api/push",
+        &admin,
+        r#"{"model":"evil.example.com/x/stolen"}"#,
+    );
+    assert_eq!(push.0, 403);
+    // An identity's list replaces the global one.
+    assert_eq!(pull(&team, "llama3"), 403);
+
+    // Cloud models: named, or refused (`*` and admin rights do not cover them).
+    assert_eq!(chat(&everyone, "llama3"), 200);
+    assert_eq!(chat(&everyone, "gpt-oss:120b-cloud"), 403);
+    assert_eq!(chat(&admin, "gpt-oss:120b-cloud"), 403);
+    assert_eq!(chat(&cloud, "gpt-oss:120b-cloud"), 200);
+    assert_eq!(chat(&cloud, "deepseek-v3.1:671b-cloud"), 403);
+
+    // Each refusal is audited with its reason, and none reached Ollama.
+    let records = lab.audit_wait(12);
+    let refused: Vec<&str> = records
+        .iter()
+        .filter_map(|r| r["status_detail"].as_str())
+        .collect();
+    assert_eq!(
+        refused
+            .iter()
+            .filter(|r| r.contains("not in pull_from"))
+            .count(),
+        4,
+        "{refused:?}"
+    );
+    assert_eq!(
+        refused
+            .iter()
+            .filter(|r| **r == "model not allowed")
+            .count(),
+        3,
+        "{refused:?}"
+    );
+    let forwarded: Vec<String> = lab
+        .upstream_log()
+        .iter()
+        .map(|r| r["body"]["model"].as_str().unwrap_or("").to_owned())
+        .collect();
+    for foreign in [
+        "evil.example.com/library/llama3",
+        "someone/llama3",
+        "evil.example.com/x/stolen",
+    ] {
+        assert!(
+            !forwarded.iter().any(|m| m == foreign),
+            "{foreign} forwarded: {forwarded:?}"
+        );
+    }
+    assert_eq!(
+        forwarded.iter().filter(|m| m.ends_with("-cloud")).count(),
+        1,
+        "only the named cloud model reached Ollama: {forwarded:?}"
+    );
 }
