@@ -53,6 +53,7 @@ kernel_codes!(
         NftOutput = NFT_OUTPUT, "nft-output";
         SkbEgress = SKB_EGRESS, "skb-egress";
         SkbIngress = SKB_INGRESS, "skb-ingress";
+        Dns = DNS, "dns";
         Unknown = UNKNOWN, "unknown";
     }
 );
@@ -82,6 +83,8 @@ kernel_codes!(
         NotServerSocket = NOT_SERVER_SOCKET, "not_server_socket";
         InboundNotAllowed = INBOUND_NOT_ALLOWED, "inbound_not_allowed";
         Banned = BANNED, "banned";
+        NameNotAllowed = NAME_NOT_ALLOWED, "name_not_allowed";
+        HostAllowed = HOST_ALLOWED, "host_allowed";
         Unknown = UNKNOWN, "unknown";
     }
 );

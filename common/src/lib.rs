@@ -13,7 +13,7 @@
 pub const PIN_DIR: &str = "ollama-warden";
 /// Bumped whenever a map layout or map semantics change; a daemon refuses to
 /// adopt pinned state of another layout.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// Policy slots: userspace fills the inactive one, then flips `STATE[ACTIVE_SLOT]`.
 pub const SLOTS: u32 = 2;
@@ -30,7 +30,13 @@ pub const STATE_EVENT_BUDGET: u32 = 2;
 /// proxy's port, which banned sources cannot reach either.
 pub const STATE_BANS: u32 = 3;
 pub const BANS_ON: u32 = 1 << 31;
-pub const STATE_LEN: u32 = 4;
+/// Index of the DNS switch in the `STATE` array: 0 = no host rules; otherwise
+/// [`DNS_ON`] and, in the low 16 bits, the port of the daemon's resolver on
+/// loopback (`127.0.0.1`, `::1`), where the DNS traffic of cgroups with host
+/// rules is steered.
+pub const STATE_DNS: u32 = 4;
+pub const DNS_ON: u32 = 1 << 31;
+pub const STATE_LEN: u32 = 5;
 /// Sources the `BANS` map can hold.
 pub const MAX_BANS: u32 = 65_536;
 /// Budget windows are `coarse_ns >> EVENT_WINDOW_SHIFT` (about 1.05 ms).
@@ -55,6 +61,9 @@ pub mod slot_flags {
 pub mod egress_flags {
     /// The egress policy only audits.
     pub const AUDIT: u32 = 1;
+    /// The policy has host rules: its DNS traffic goes to the daemon's
+    /// resolver, and the addresses it learned are looked up.
+    pub const HOSTS: u32 = 2;
 }
 
 /// Ancestor levels the programs walk (0, the root, through 15): a policy names
@@ -69,12 +78,20 @@ pub const MAX_RULES: u32 = 65_536;
 
 pub const MAX_INGRESS_PREFIXES: u32 = 262_144;
 pub const MAX_EGRESS_PREFIXES: u32 = 65_536;
+/// (policy, address) pairs learned from DNS answers, per both slots.
+pub const MAX_LEARNED: u32 = 65_536;
+/// Sockets whose DNS destination was steered, remembered so their replies
+/// seem to come from the resolver they asked (least recently used go first).
+pub const MAX_DNS_SOCKETS: u32 = 16_384;
 pub const MAX_CGROUP_ENTRIES: u32 = 16_384;
 pub const EVENTS_BYTES: u32 = 4 << 20;
 
 /// Rule id used when no rule matched (the default deny of a protected port or
 /// of an egress policy).
 pub const RULE_DEFAULT_DENY: u32 = 0;
+/// Rule id of the daemon's resolver, which every policy with host rules may
+/// reach (never assigned to a policy rule: tables hold fewer than `MAX_RULES`).
+pub const RULE_DNS_RESOLVER: u32 = MAX_RULES - 1;
 
 /// `PORTS` value: one bit per port, one bitmap per slot (written in one syscall).
 #[repr(C)]
@@ -121,6 +138,8 @@ pub mod hook {
     pub const SKB_EGRESS: u8 = 10;
     /// cgroup_skb ingress: a packet delivered to a socket, judged by its cgroup.
     pub const SKB_INGRESS: u8 = 11;
+    /// The daemon's resolver: a DNS question from a cgroup with host rules.
+    pub const DNS: u8 = 12;
     /// Never sent: what userspace reads a code it does not know as.
     pub const UNKNOWN: u8 = 0;
 }
@@ -161,6 +180,10 @@ pub mod reason {
     /// The source is banned (brute force seen by the proxy, or an operator's
     /// `warden ban add`) until its ban expires.
     pub const BANNED: u8 = 13;
+    /// A DNS question for a name no host rule allows (refused by the resolver).
+    pub const NAME_NOT_ALLOWED: u8 = 14;
+    /// A connection to an address learned from DNS for a name a host rule allows.
+    pub const HOST_ALLOWED: u8 = 15;
     /// Never sent: what userspace reads a code it does not know as.
     pub const UNKNOWN: u8 = 0;
 }
@@ -178,6 +201,8 @@ pub mod stat {
     pub const EVENTS_SUPPRESSED: u32 = 3;
     /// Packets from banned sources dropped by XDP.
     pub const BANNED_DROPPED: u32 = 4;
+    /// DNS connects and datagrams steered to the daemon's resolver.
+    pub const DNS_STEERED: u32 = 5;
     pub const LEN: u32 = 8;
 }
 
@@ -261,6 +286,40 @@ pub struct EgressEntry {
     pub _pad: u32,
 }
 
+/// One host rule's (protocols, port range) for a learned address, and when
+/// the DNS answer it came from expires (CLOCK_MONOTONIC ns, grace included).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LearnedRule {
+    pub rule_id: u32,
+    pub port_lo: u16,
+    pub port_hi: u16,
+    pub protos: u32,
+    pub _pad: u32,
+    pub expires_ns: u64,
+}
+
+/// Value of the `EGRESS_LEARNED` hash (key: an `EgressKey` of a single address):
+/// the host rules of one policy that allow the address, until each expires.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LearnedEntry {
+    pub rules: [LearnedRule; EGRESS_RULES_PER_PREFIX],
+    pub len: u32,
+    pub _pad: u32,
+}
+
+/// Value of the `DNS_SOCKETS` map (key: socket cookie): where a steered socket
+/// meant to send its DNS traffic.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsOrigin {
+    pub addr: Addr,
+    /// Network byte order, as in `bpf_sock_addr::user_port`.
+    pub port: u32,
+    pub _pad: u32,
+}
+
 /// Per-CPU state of the event budget (`EVENT_BUDGET` map).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -318,11 +377,14 @@ const _: () = {
     assert!(core::mem::size_of::<EgressEntry>() == 8 + 12 * EGRESS_RULES_PER_PREFIX);
     assert!(core::mem::size_of::<PortRule>() == 12);
     assert!(core::mem::size_of::<EventBudget>() == 16);
+    assert!(core::mem::size_of::<LearnedRule>() == 24);
+    assert!(core::mem::size_of::<LearnedEntry>() == 8 + 24 * EGRESS_RULES_PER_PREFIX);
+    assert!(core::mem::size_of::<DnsOrigin>() == 24);
 };
 
 /// IPv4-mapped form of an IPv4 address in network byte order.
 #[inline(always)]
-pub fn mapped_v4(octets: [u8; 4]) -> Addr {
+pub const fn mapped_v4(octets: [u8; 4]) -> Addr {
     [
         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
     ]
@@ -349,6 +411,8 @@ mod pod {
         EgressKey,
         EgressPolicyRef,
         EgressEntry,
+        LearnedEntry,
+        DnsOrigin,
         SlotMeta,
         EventBudget,
         PortBitmap,

@@ -15,6 +15,7 @@
 
 use crate::{
     cgroup::{self, Cgroup, Task},
+    dns,
     egress::{self, Verdict},
     event::{self, EMPTY},
     maps::{RULE_HITS, active_slot, count, port_protected, slot_meta},
@@ -126,17 +127,32 @@ fn decide(ctx: &SockAddrContext, hook: u8) -> i32 {
     if meta.flags & slot_flags::EGRESS == 0 {
         return ALLOW;
     }
+    if dns::steer(ctx, slot, &ev) {
+        return ALLOW;
+    }
     let proto = egress::proto_bit(ev.proto);
+    let mut host_rule = None;
     let v = egress::verdict(slot, &Task, |policy| {
         match egress::rule(slot, policy, &ev.daddr, proto, ev.dport) {
-            Some(rule_id) => {
-                count(&RULE_HITS, rule_id);
+            Some(m) if m.learned => {
+                host_rule = Some(m.rule_id);
+                true
+            }
+            Some(m) => {
+                count(&RULE_HITS, m.rule_id);
                 true
             }
             None => false,
         }
     });
     if v == Verdict::Allowed {
+        if let Some(rule_id) = host_rule {
+            // Allowed for a host name: recorded, so the event can name it.
+            ev.verdict = verdict::ALLOW;
+            ev.reason = reason::HOST_ALLOWED;
+            ev.rule_id = rule_id;
+            event::record(&ev, is_connect);
+        }
         return ALLOW;
     }
     ev.verdict = if v == Verdict::Denied {

@@ -4,7 +4,7 @@
 
 use crate::{
     cgroup::{self, Cgroup},
-    maps::EGRESS,
+    maps::{EGRESS, EGRESS_LEARNED, dns_port, now_ns},
 };
 use aya_ebpf::maps::lpm_trie::Key;
 use warden_common::*;
@@ -26,10 +26,14 @@ pub enum Verdict {
 /// one does. An auditing policy that would deny does not stop the walk: an
 /// enforcing one further up may still deny for real.
 #[inline(always)]
-pub fn verdict(slot: u32, cg: &impl Cgroup, mut allows: impl FnMut(u32) -> bool) -> Verdict {
+pub fn verdict(
+    slot: u32,
+    cg: &impl Cgroup,
+    mut allows: impl FnMut(EgressPolicyRef) -> bool,
+) -> Verdict {
     let mut would_deny = false;
     let denied = cgroup::for_each_egress_policy(slot, cg, |policy| {
-        if allows(policy.policy) {
+        if allows(policy) {
             None
         } else if policy.flags & egress_flags::AUDIT != 0 {
             would_deny = true;
@@ -55,21 +59,55 @@ pub fn proto_bit(proto: u8) -> u32 {
     }
 }
 
-/// The id of the rule of egress policy `policy` that allows this destination.
+/// The rule of egress policy `policy` that allows this destination: a
+/// network rule, the daemon's resolver (policies with host rules) or an
+/// address learned from DNS for one of its host rules, until it expires.
 #[inline(always)]
-pub fn rule(slot: u32, policy: u32, daddr: &Addr, proto: u32, port: u16) -> Option<u32> {
+pub fn rule(
+    slot: u32,
+    policy: EgressPolicyRef,
+    daddr: &Addr,
+    proto: u32,
+    port: u16,
+) -> Option<Match> {
     if proto == 0 {
         return None;
     }
-    let tag = (slot << 24 | (policy & 0x00ff_ffff)).to_be_bytes();
-    let key = Key::new(
-        EGRESS_KEY_FIXED_BITS + 128,
-        EgressKey {
-            slot_policy: tag,
-            addr: *daddr,
-        },
-    );
-    let entry = EGRESS.get(&key)?;
+    let key = EgressKey {
+        slot_policy: (slot << 24 | (policy.policy & 0x00ff_ffff)).to_be_bytes(),
+        addr: *daddr,
+    };
+    if let Some(rule_id) = network_rule(&key, proto, port) {
+        return Some(Match {
+            rule_id,
+            learned: false,
+        });
+    }
+    if policy.flags & egress_flags::HOSTS == 0 {
+        return None;
+    }
+    if is_resolver(daddr, port) {
+        return Some(Match {
+            rule_id: RULE_DNS_RESOLVER,
+            learned: false,
+        });
+    }
+    learned_rule(&key, proto, port).map(|rule_id| Match {
+        rule_id,
+        learned: true,
+    })
+}
+
+/// The rule that allowed a destination, and whether through a learned address.
+#[derive(Clone, Copy)]
+pub struct Match {
+    pub rule_id: u32,
+    pub learned: bool,
+}
+
+#[inline(always)]
+fn network_rule(key: &EgressKey, proto: u32, port: u16) -> Option<u32> {
+    let entry = EGRESS.get(&Key::new(EGRESS_KEY_FIXED_BITS + 128, *key))?;
     let mut i = 0;
     while i < EGRESS_RULES_PER_PREFIX {
         if i as u32 >= entry.len {
@@ -82,4 +120,34 @@ pub fn rule(slot: u32, policy: u32, daddr: &Addr, proto: u32, port: u16) -> Opti
         i += 1;
     }
     None
+}
+
+#[inline(always)]
+fn learned_rule(key: &EgressKey, proto: u32, port: u16) -> Option<u32> {
+    // SAFETY: plain-data value read before the map can change.
+    let entry = unsafe { EGRESS_LEARNED.get(key) }?;
+    let now = now_ns();
+    let mut i = 0;
+    while i < EGRESS_RULES_PER_PREFIX {
+        if i as u32 >= entry.len {
+            break;
+        }
+        let r = &entry.rules[i];
+        if r.protos & proto != 0 && r.port_lo <= port && port <= r.port_hi && now < r.expires_ns
+        {
+            return Some(r.rule_id);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// `127.0.0.1` (also IPv4-mapped) or `::1`.
+pub const LOOPBACK_V4: Addr = mapped_v4([127, 0, 0, 1]);
+pub const LOOPBACK_V6: Addr = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+/// Whether `addr:port` is the daemon's resolver.
+#[inline(always)]
+pub fn is_resolver(addr: &Addr, port: u16) -> bool {
+    dns_port() == Some(port) && (*addr == LOOPBACK_V4 || *addr == LOOPBACK_V6)
 }

@@ -3,6 +3,8 @@
 //! - [`xdp`]: XDP ingress allowlist for the protected ports (Linux 4.8; links 5.9).
 //! - [`connect`]: cgroup `connect4/6` and `sendmsg4/6` — local access to the
 //!   protected ports and per-cgroup egress allowlists (Linux 4.17 / 4.18).
+//! - [`dns`]: DNS steering to the daemon's resolver for cgroups with host
+//!   rules, and cgroup `recvmsg4/6` to give the replies their resolver's address (5.2).
 //! - [`bind`]: cgroup `bind4/6` — only server cgroups may bind a protected port (4.17).
 //! - [`packet`]: cgroup_skb `egress/ingress` — the packets of restricted sockets,
 //!   judged by the socket's cgroup, and packets for protected ports (4.10).
@@ -16,6 +18,7 @@
 mod bind;
 mod cgroup;
 mod connect;
+mod dns;
 mod egress;
 mod event;
 mod maps;

@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use warden_common::*;
 
@@ -48,6 +48,16 @@ pub static EGRESS_CGROUPS: HashMap<CgroupKey, EgressPolicyRef> =
 #[map(name = "EGRESS")]
 pub static EGRESS: LpmTrie<EgressKey, EgressEntry> = LpmTrie::pinned(MAX_EGRESS_PREFIXES, 0);
 
+/// Single addresses learned from DNS for a policy's host rules (exact keys:
+/// the prefix length is not used), each rule with its own expiry.
+#[map(name = "EGRESS_LEARNED")]
+pub static EGRESS_LEARNED: HashMap<EgressKey, LearnedEntry> =
+    HashMap::pinned(MAX_LEARNED, NO_PREALLOC);
+
+/// Where each steered socket meant its DNS traffic to go (by socket cookie).
+#[map(name = "DNS_SOCKETS")]
+pub static DNS_SOCKETS: LruHashMap<u64, DnsOrigin> = LruHashMap::pinned(MAX_DNS_SOCKETS, 0);
+
 #[map(name = "RULE_HITS")]
 pub static RULE_HITS: PerCpuArray<u64> = PerCpuArray::pinned(MAX_RULES, 0);
 
@@ -88,16 +98,26 @@ pub fn bans() -> u32 {
     STATE.get(STATE_BANS).copied().unwrap_or(0)
 }
 
+/// The port of the daemon's resolver, if any policy has host rules.
+#[inline(always)]
+pub fn dns_port() -> Option<u16> {
+    let v = STATE.get(STATE_DNS).copied().unwrap_or(0);
+    if v & DNS_ON != 0 { Some(v as u16) } else { None }
+}
+
+/// CLOCK_MONOTONIC nanoseconds.
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_ns() }
+}
+
 /// Whether `saddr` is banned now.
 #[inline(always)]
 pub fn banned(saddr: &Addr) -> bool {
     // SAFETY: plain-data value copied out at once.
     match unsafe { BANS.get(saddr) } {
-        Some(&until) => {
-            // SAFETY: helper without preconditions.
-            let now = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_ns() };
-            now < until
-        }
+        Some(&until) => now_ns() < until,
         None => false,
     }
 }

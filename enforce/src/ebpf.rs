@@ -24,11 +24,13 @@ pub static EBPF_OBJECT: &[u8] =
 
 /// cgroup programs, attached at the attach cgroup (the cgroup2 root by default):
 /// the system-call hooks, then the packet hooks.
-pub const CGROUP_PROGRAMS: [&str; 8] = [
+pub const CGROUP_PROGRAMS: [&str; 10] = [
     "connect4",
     "connect6",
     "sendmsg4",
     "sendmsg6",
+    "recvmsg4",
+    "recvmsg6",
     "bind4",
     "bind6",
     "skb_egress",

@@ -37,6 +37,16 @@ struct Canonical<'a> {
 struct CanonicalEgress<'a> {
     cgroup: &'a str,
     allow: Vec<CanonicalRule>,
+    /// Absent without host rules, so a policy without them keeps its digest.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    hosts: Vec<CanonicalHost>,
+}
+
+#[derive(Serialize)]
+struct CanonicalHost {
+    host: String,
+    ports: Vec<(u16, u16)>,
+    proto: Proto,
 }
 
 #[derive(Serialize)]
@@ -92,7 +102,21 @@ impl Policy {
                     .collect();
                 allow.sort();
                 allow.dedup();
+                let mut hosts: Vec<(String, Vec<(u16, u16)>, Proto)> = e
+                    .hosts
+                    .iter()
+                    .map(|h| {
+                        let ports = canonical_ranges(&h.ports).iter().map(|r| (r.lo, r.hi)).collect();
+                        (h.host.to_string(), ports, h.proto)
+                    })
+                    .collect();
+                hosts.sort();
+                hosts.dedup();
                 CanonicalEgress {
+                    hosts: hosts
+                        .into_iter()
+                        .map(|(host, ports, proto)| CanonicalHost { host, ports, proto })
+                        .collect(),
                     cgroup: e.cgroup.as_str(),
                     allow: allow
                         .into_iter()

@@ -21,6 +21,7 @@
 mod cgroup;
 mod diagnostic;
 mod digest;
+mod host;
 mod load;
 mod merge;
 mod model;
@@ -35,7 +36,8 @@ use std::sync::Arc;
 pub use cgroup::{CgroupPath, CgroupPathError, MAX_DEPTH as MAX_CGROUP_DEPTH, OWN_POD};
 pub use diagnostic::{Diagnostic, Origin};
 pub use load::Verifier;
-pub use model::{EgressPolicy, EgressRule, Ingress, Located, Mode, Policy, PortIngress};
+pub use host::{HostError, HostPattern};
+pub use model::{EgressPolicy, EgressRule, HostRule, Ingress, Located, Mode, Policy, PortIngress};
 pub use net::{NetError, parse_net};
 pub use parse::POLICY_VERSION;
 pub use ports::{PortError, PortRange, Proto, ProtoError};

@@ -11,6 +11,7 @@ use serde::{Serialize, Serializer};
 
 use crate::cgroup::CgroupPath;
 use crate::diagnostic::Origin;
+use crate::host::HostPattern;
 use crate::ports::{PortRange, Proto};
 
 /// A value and where it was written.
@@ -99,6 +100,10 @@ pub struct EgressPolicy {
     pub cgroup: CgroupPath,
     /// Empty = deny all outbound traffic (written `allow = []`).
     pub allow: Vec<EgressRule>,
+    /// Rules naming hosts (`host = "…"`): enforced by the addresses DNS
+    /// answers for them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<HostRule>,
     pub mode: Mode,
     /// The `[[egress]]` block.
     pub origin: Origin,
@@ -112,6 +117,16 @@ pub struct EgressRule {
     pub ports: Vec<PortRange>,
     pub proto: Proto,
     /// The `[[egress.allow]]` block (or inline table).
+    pub origin: Origin,
+}
+
+/// One allowed host name (or leading-wildcard pattern) of an [`EgressPolicy`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostRule {
+    pub host: HostPattern,
+    /// Destination ports as written; empty = every port.
+    pub ports: Vec<PortRange>,
+    pub proto: Proto,
     pub origin: Origin,
 }
 
@@ -138,6 +153,11 @@ impl Policy {
         self.ingress.mode == Mode::Audit
             || self.local_mode == Mode::Audit
             || self.egress.iter().any(|e| e.mode == Mode::Audit)
+    }
+
+    /// Whether any egress policy names hosts (the daemon then runs its resolver).
+    pub fn has_host_rules(&self) -> bool {
+        self.egress.iter().any(|e| !e.hosts.is_empty())
     }
 
     /// The egress policy that names exactly `cgroup`, if any.

@@ -14,7 +14,8 @@ use toml_edit::{Array, ImDocument, TomlError, Value};
 use crate::cgroup::CgroupPath;
 use crate::diagnostic::{Diagnostic, Origin};
 use crate::merge::{EgressDecl, Fragment, ListDecl, PerPortDecl};
-use crate::model::{EgressPolicy, EgressRule, Located, Mode};
+use crate::host::HostPattern;
+use crate::model::{EgressPolicy, EgressRule, HostRule, Located, Mode};
 use crate::net::{is_loopback, parse_net};
 use crate::ports::{PortRange, Proto, parse_port_range, port_from_int};
 use crate::walk::{Entry, FileCtx, TableRef, array_of_tables, type_name};
@@ -28,7 +29,7 @@ const INGRESS_KEYS: &[&str] = &["interfaces", "allow", "port", "mode"];
 const INGRESS_PORT_KEYS: &[&str] = &["port", "allow"];
 const LOCAL_KEYS: &[&str] = &["allow_cgroups", "mode"];
 const EGRESS_KEYS: &[&str] = &["cgroup", "allow", "mode"];
-const EGRESS_RULE_KEYS: &[&str] = &["net", "ports", "proto"];
+const EGRESS_RULE_KEYS: &[&str] = &["net", "host", "ports", "proto"];
 
 /// Longest interface name Linux accepts (IFNAMSIZ - 1).
 const MAX_IFNAME_BYTES: usize = 15;
@@ -501,6 +502,7 @@ fn egress(ctx: &mut FileCtx<'_>, frag: &mut Fragment, entry: Entry<'_>) {
             .filter(|d| d.valid)
             .and_then(|d| d.values.first().copied());
         let mut rules = Vec::new();
+        let mut hosts = Vec::new();
         match t.get("allow") {
             None => ctx.error_at(
                 origin.clone(),
@@ -518,7 +520,11 @@ fn egress(ctx: &mut FileCtx<'_>, frag: &mut Fragment, entry: Entry<'_>) {
                 Some(items) => {
                     for item in items {
                         match item {
-                            Ok(rule) => rules.extend(egress_rule(ctx, rule)),
+                            Ok(rule) => match egress_rule(ctx, rule) {
+                                Some(Allow::Net(r)) => rules.push(r),
+                                Some(Allow::Host(h)) => hosts.push(h),
+                                None => {}
+                            },
                             Err(v) => {
                                 let msg = format!(
                                     "`egress.allow` entries must be tables, found {}",
@@ -535,6 +541,7 @@ fn egress(ctx: &mut FileCtx<'_>, frag: &mut Fragment, entry: Entry<'_>) {
             let policy = EgressPolicy {
                 cgroup: cgroup.value.clone(),
                 allow: rules,
+                hosts,
                 // Resolved against the top-level `mode` when merged.
                 mode: Mode::Enforce,
                 origin,
@@ -548,22 +555,49 @@ fn egress(ctx: &mut FileCtx<'_>, frag: &mut Fragment, entry: Entry<'_>) {
     }
 }
 
-fn egress_rule(ctx: &mut FileCtx<'_>, t: TableRef<'_>) -> Option<EgressRule> {
+/// One `[[egress.allow]]` rule: a network or a host name.
+enum Allow {
+    Net(EgressRule),
+    Host(HostRule),
+}
+
+enum Destination {
+    Net(IpNet),
+    Host(HostPattern),
+}
+
+fn egress_rule(ctx: &mut FileCtx<'_>, t: TableRef<'_>) -> Option<Allow> {
     t.check_keys(ctx, EGRESS_RULE_KEYS, "in [[egress.allow]]");
     let origin = ctx.origin(t.span());
     let errors_before = ctx.diagnostics.len();
-    let net = match t.get("net") {
-        None => {
-            ctx.error_at(origin.clone(), "[[egress.allow]] is missing `net`");
+    let to = match (t.get("net"), t.get("host")) {
+        (None, None) => {
+            ctx.error_at(origin.clone(), "[[egress.allow]] needs `net` or `host`");
             None
         }
-        Some(e) => string(ctx, e, "egress.allow.net").and_then(|raw| match parse_net(raw) {
-            Ok(net) => Some(net),
+        (Some(_), Some(h)) => {
+            ctx.error(
+                h.span(),
+                "`net` and `host` in one [[egress.allow]] rule: write one rule for each",
+            );
+            None
+        }
+        (Some(e), None) => string(ctx, e, "egress.allow.net").and_then(|raw| match parse_net(raw) {
+            Ok(net) => Some(Destination::Net(net)),
             Err(err) => {
                 ctx.error(e.span(), err.to_string());
                 None
             }
         }),
+        (None, Some(e)) => {
+            string(ctx, e, "egress.allow.host").and_then(|raw| match HostPattern::parse(raw) {
+                Ok(host) => Some(Destination::Host(host)),
+                Err(err) => {
+                    ctx.error(e.span(), err.to_string());
+                    None
+                }
+            })
+        }
     };
     let ports = match t.get("ports") {
         None => Vec::new(),
@@ -588,13 +622,19 @@ fn egress_rule(ctx: &mut FileCtx<'_>, t: TableRef<'_>) -> Option<EgressRule> {
         }
     };
     let clean = ctx.diagnostics.len() == errors_before;
-    match net {
-        Some(net) if clean => Some(EgressRule {
+    match to {
+        Some(Destination::Net(net)) if clean => Some(Allow::Net(EgressRule {
             net,
             ports,
             proto,
             origin,
-        }),
+        })),
+        Some(Destination::Host(host)) if clean => Some(Allow::Host(HostRule {
+            host,
+            ports,
+            proto,
+            origin,
+        })),
         _ => None,
     }
 }

@@ -372,8 +372,8 @@ allow = [{ net = "10.0.0.0/8", port = [443], protocol = "tcp" }]
         "t.toml:7:1: [[ingress.port]] is missing `allow`",
         "t.toml:9:1: unknown key `alow` in [[ingress.port]]; expected one of: port, allow (did you mean `allow`?)",
         "t.toml:11:1: unknown key `allowcgroups` in [local]; expected one of: allow_cgroups, mode (did you mean `allow_cgroups`?)",
-        "t.toml:14:32: unknown key `port` in [[egress.allow]]; expected one of: net, ports, proto (did you mean `ports`?)",
-        "t.toml:14:46: unknown key `protocol` in [[egress.allow]]; expected one of: net, ports, proto (did you mean `proto`?)",
+        "t.toml:14:32: unknown key `port` in [[egress.allow]]; expected one of: net, host, ports, proto (did you mean `ports`?)",
+        "t.toml:14:46: unknown key `protocol` in [[egress.allow]]; expected one of: net, host, ports, proto (did you mean `proto`?)",
     ];
     // server_cgroups is misspelt, so no file sets it: that is reported too.
     assert!(
@@ -628,4 +628,60 @@ fn cgroups_deeper_than_the_kernel_walk_are_rejected_where_they_are_named() {
             && e[0].contains("nested 16 levels deep; warden matches cgroups at most 15"),
         "{e:?}"
     );
+}
+
+#[test]
+fn host_rules_are_checked_where_they_are_written() {
+    let head = "version = 1\n[service]\nports = [11434]\nserver_cgroups = [\"s\"]\n[[egress]]\ncgroup = \"s\"\n";
+    let p = parse(&format!(
+        "{head}[[egress.allow]]\nhost = \"Registry.Ollama.AI\"\nports = [443]\nproto = \"tcp\"\n\
+         [[egress.allow]]\nhost = \"*.r2.cloudflarestorage.com\"\nports = [443]\n\
+         [[egress.allow]]\nnet = \"10.0.0.53\"\nports = [53]\n"
+    ));
+    let e = &p.egress[0];
+    assert_eq!(e.allow.len(), 1);
+    let hosts: Vec<String> = e
+        .hosts
+        .iter()
+        .map(|h| format!("{} {} {:?} {}", h.host, h.proto, h.ports, h.origin))
+        .collect();
+    assert_eq!(
+        hosts,
+        [
+            "registry.ollama.ai tcp [PortRange { lo: 443, hi: 443 }] t.toml:7:1",
+            "*.r2.cloudflarestorage.com any [PortRange { lo: 443, hi: 443 }] t.toml:11:1",
+        ]
+    );
+    assert!(p.has_host_rules());
+
+    let e = errors(&format!(
+        "{head}allow = [\n  {{ host = \"10.0.0.1\" }},\n  {{ host = \"a.*.example.com\" }},\n  \
+         {{ host = \"*.com\" }},\n  {{ host = \"bad name.example\" }},\n  \
+         {{ host = \"x.example\", net = \"10.0.0.0/8\" }},\n  {{ ports = [443] }},\n  {{ host = 7 }},\n]\n"
+    ));
+    assert_eq!(
+        e,
+        [
+            "t.toml:8:12: `10.0.0.1` is an address: write it as `net = \"10.0.0.1\"`",
+            "t.toml:9:12: `*` may only be the whole first label (`*.example.com`)",
+            "t.toml:10:12: `com` would allow every name under a top-level domain: name the domain (`*.example.com`)",
+            "t.toml:11:12: `bad name.example` has a character a host name cannot have (letters, digits, `-` and `_` only)",
+            "t.toml:12:12: `net` and `host` in one [[egress.allow]] rule: write one rule for each",
+            "t.toml:13:3: [[egress.allow]] needs `net` or `host`",
+            "t.toml:14:12: `egress.allow.host` must be a string, found integer",
+        ]
+    );
+}
+
+#[test]
+fn host_rules_count_in_the_digest_and_leave_other_digests_alone() {
+    let base = "version = 1\n[service]\nports = [11434]\nserver_cgroups = [\"s\"]\n[[egress]]\ncgroup = \"s\"\n[[egress.allow]]\nnet = \"10.0.0.53\"\n";
+    let with = |extra: &str| parse(&format!("{base}{extra}")).digest();
+    let none = with("");
+    let one = with("[[egress.allow]]\nhost = \"registry.ollama.ai\"\n");
+    let same = with("[[egress.allow]]\nhost = \"REGISTRY.ollama.ai.\"\n");
+    let other = with("[[egress.allow]]\nhost = \"ollama.ai\"\n");
+    assert_ne!(none, one);
+    assert_eq!(one, same, "case and the root's dot do not change the rule");
+    assert_ne!(one, other);
 }
