@@ -34,6 +34,8 @@ pub struct Enforcer {
     /// Pinned counters outlive daemons: losses are reported since this one started.
     at_start: KernelCounters,
     nflog_lost: u64,
+    /// The resolver's counters, when it runs.
+    pub dns_counters: Option<Arc<crate::dns::Counters>>,
 }
 
 impl Enforcer {
@@ -75,6 +77,7 @@ impl Enforcer {
             state,
             pipeline,
             nflog_lost: 0,
+            dns_counters: None,
         })
     }
 
@@ -173,6 +176,11 @@ impl Enforcer {
     /// The periodic backstop: pins removed are pinned again, and cgroups and
     /// interfaces the watches could not see are followed.
     pub fn rescan(&mut self) -> Result<(), DaemonError> {
+        match self.backend.expire_learned(&self.current) {
+            Ok(true) => self.save_learned(),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("expiring learned addresses: {e}"),
+        }
         let restored = self.backend.restore_pins();
         if !restored.is_empty() {
             tracing::warn!(
@@ -223,8 +231,49 @@ impl Enforcer {
         self.pipeline.lifecycle("ban", fields);
     }
 
+    /// Does what the resolver asks: learns an answer's addresses (and says
+    /// whether they are allowed now), or reports a refused question.
+    pub fn dns(&mut self, ask: crate::dns::Ask) {
+        match ask {
+            crate::dns::Ask::Learn {
+                name,
+                answers,
+                done,
+            } => {
+                let grace = self.opts.dns.grace.as_secs();
+                let learned = self.backend.learn(&self.current, &name, &answers, grace);
+                if let Err(e) = &learned {
+                    tracing::error!("learning the addresses of {name}: {e}");
+                }
+                let _ = done.send(learned.is_ok());
+                self.save_learned();
+            }
+            crate::dns::Ask::Refused {
+                name,
+                qtype,
+                peer,
+                tcp,
+                audit,
+            } => {
+                tracing::debug!(%name, %qtype, %peer, audit, "DNS question refused");
+                let ev = dns_event(&name, peer, tcp, audit, self.state.generation, self.opts.dns.port);
+                self.pipeline.named(ev, None, name.into());
+            }
+        }
+    }
+
+    /// Leaves the learned addresses for the next daemon (run dir).
+    fn save_learned(&mut self) {
+        let path = self.opts.run_dir.join(crate::run::LEARNED_FILE);
+        if let Some(l) = self.backend.learned() {
+            if let Err(e) = l.save(&path) {
+                tracing::warn!("cannot save learned addresses to {}: {e}", path.display());
+            }
+        }
+    }
+
     /// Reads up to `max` records; returns how many were read.
-    pub fn drain(&self, ring: &mut RingBuf<MapData>, max: usize) -> usize {
+    pub fn drain(&mut self, ring: &mut RingBuf<MapData>, max: usize) -> usize {
         let mut n = 0;
         while n < max {
             let Some(item) = ring.next() else { break };
@@ -234,10 +283,33 @@ impl Enforcer {
             }
             // SAFETY: the kernel wrote a whole FlowEvent; read unaligned as plain data.
             let ev: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            self.pipeline
-                .flow(ev, self.current.rule_description(ev.rule_id));
+            let rule = self.current.rule_description(ev.rule_id);
+            match self.host_of(&ev) {
+                Some(name) => self.pipeline.named(ev, rule, name),
+                None => self.pipeline.flow(ev, rule),
+            }
         }
         n
+    }
+
+    /// The name a connection allowed by a host rule was allowed for.
+    fn host_of(&mut self, ev: &FlowEvent) -> Option<Arc<str>> {
+        if ev.reason != warden_common::reason::HOST_ALLOWED {
+            return None;
+        }
+        let addr = std::net::Ipv6Addr::from(ev.daddr).to_canonical();
+        let host = self.current.rules.get(ev.rule_id as usize).map(|r| r.description.clone());
+        let learned = self.backend.learned()?;
+        learned
+            .name_of(addr, |name| {
+                self.current
+                    .egress
+                    .iter()
+                    .flat_map(|e| &e.hosts)
+                    .any(|h| h.rules.iter().any(|r| r.rule_id == ev.rule_id) && h.host.matches(name))
+            })
+            .map(Arc::from)
+            .or(host)
     }
 
     /// The nft backend's records, read back through NFLOG.
@@ -295,6 +367,38 @@ impl Enforcer {
         }
         Ok(())
     }
+}
+
+/// A refused DNS question as a flow record: from the asking socket to the
+/// resolver (the kernel steered it here, so its process is not known).
+fn dns_event(
+    name: &str,
+    peer: std::net::SocketAddr,
+    tcp: bool,
+    audit: bool,
+    generation: u32,
+    port: u16,
+) -> FlowEvent {
+    use warden_common::{hook, mapped_v4, reason, verdict};
+    let _ = name;
+    let addr = |ip: std::net::IpAddr| match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => mapped_v4(v4.octets()),
+        std::net::IpAddr::V6(v6) => v6.octets(),
+    };
+    // SAFETY: plain data; every field is set below or zero.
+    let mut ev: FlowEvent = unsafe { std::mem::zeroed() };
+    ev.ts_ns = warden_runtime::clock::boot_ns();
+    ev.family = if peer.is_ipv4() { 2 } else { 10 };
+    ev.proto = if tcp { 6 } else { 17 };
+    ev.hook = hook::DNS;
+    ev.verdict = if audit { verdict::WOULD_DENY } else { verdict::DENY };
+    ev.reason = reason::NAME_NOT_ALLOWED;
+    ev.generation = generation;
+    ev.saddr = addr(peer.ip());
+    ev.sport = peer.port();
+    ev.daddr = addr(peer.ip());
+    ev.dport = port;
+    ev
 }
 
 /// Milliseconds spent reading and compiling a policy, and swapping it in.

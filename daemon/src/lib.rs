@@ -2,11 +2,13 @@
 //!
 //! - [`run`]: `warden daemon`'s lifecycle (start, the event loop, stop); the
 //!   loop waits on its `inputs` and hands each to the `enforcer`.
+//! - [`dns`]: the resolver that host rules' DNS traffic is steered to.
 //! - [`state`]: the state file a running daemon keeps for `status` and `down`.
 //! - [`status`]: the typed report `warden status`, metrics and doctor read.
 //! - [`metrics`]: that report as Prometheus text.
 //! - [`signature`]: minisign-signed policy files.
 
+pub mod dns;
 mod enforcer;
 mod inputs;
 pub mod metrics;

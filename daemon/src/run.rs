@@ -11,6 +11,7 @@ use crate::inputs::{self, Inputs};
 use crate::signature::PolicyKey;
 use serde_json::json;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::signal::unix::{SignalKind, signal};
@@ -89,7 +90,12 @@ pub struct Options {
     pub metrics: Option<std::net::SocketAddr>,
     /// Bans from the proxy also apply to sources the ingress policy allows.
     pub ban_allowed_sources: bool,
+    /// The resolver host rules' DNS is steered to.
+    pub dns: crate::dns::DnsOptions,
 }
+
+/// Where a daemon leaves what it learned from DNS for the next one (run dir).
+pub const LEARNED_FILE: &str = "learned.json";
 
 /// Reads and compiles the policy; with `key`, every file must carry its signature
 /// (the embedded default is part of the binary and needs none).
@@ -138,7 +144,11 @@ fn start_backend(
     events: &Pipeline,
 ) -> Result<(Backend, Applied, Vec<Attachment>), DaemonError> {
     let ebpf = || -> Result<_, EnforceError> {
-        let mut b = Backend::Ebpf(Box::new(EbpfBackend::open(&opts.ebpf)?));
+        let mut e = EbpfBackend::open(&opts.ebpf)?;
+        // What an earlier daemon learned is in the first policy swapped in: a
+        // restart closes nothing the answers opened, and opens nothing either.
+        e.learned = warden_enforce::learned::Learned::load(&opts.run_dir.join(LEARNED_FILE));
+        let mut b = Backend::Ebpf(Box::new(e));
         b.set_event_rate(opts.kernel_event_rate)?;
         let applied = b.apply_next(compiled)?;
         let attachments = b.attach(compiled)?;
@@ -188,7 +198,9 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     if let Some(r) = &opts.proxy_reports {
         warden_events::reports::listen(r.clone(), pipeline.reports(), bans_tx)?;
     }
-    let (backend, applied, attachments) = start_backend(&opts, &compiled, &pipeline)?;
+    let resolver = start_resolver(&opts.dns);
+    let (mut backend, applied, attachments) = start_backend(&opts, &compiled, &pipeline)?;
+    backend.set_dns_port(resolver.as_ref().map(|l| l.port))?;
     let mut d = Enforcer::started(
         opts,
         key,
@@ -200,11 +212,19 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         &attachments,
     )?;
     let mut inputs = Inputs::open(&mut d)?;
+    let (policy_tx, policy_rx) = tokio::sync::watch::channel(d.current.clone());
+    let (ask_tx, mut asks) = tokio::sync::mpsc::channel(crate::dns::MAX_IN_FLIGHT);
+    if let Some(l) = resolver {
+        d.dns_counters = Some(crate::dns::spawn(l, &d.opts.dns, policy_rx, ask_tx)?);
+    }
     serve_metrics(&d.opts);
     notify_ready();
 
     loop {
         inputs.follow_policy_cgroups(&d.current)?;
+        if !Arc::ptr_eq(&policy_tx.borrow(), &d.current) {
+            policy_tx.send_replace(d.current.clone());
+        }
         let Inputs {
             ring,
             kernel_log,
@@ -223,6 +243,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
                 }
             }
             Some((ban, pid)) = bans.recv() => d.apply_ban(&ban, pid),
+            Some(ask) = asks.recv() => d.dns(ask),
             guard = cgroup_watch.readable_mut() => {
                 if inputs::changed(guard?) {
                     d.follow_cgroups()?;
@@ -263,6 +284,24 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         }
     }
     d.stop(inputs)
+}
+
+/// Binds the resolver; a taken port leaves host rules allowing nothing
+/// (their DNS is then judged like any other traffic), said loudly.
+fn start_resolver(opts: &crate::dns::DnsOptions) -> Option<crate::dns::Listeners> {
+    if opts.port == 0 {
+        return None;
+    }
+    match crate::dns::bind(opts.port) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::error!(
+                "resolver on 127.0.0.1:{}: {e}; egress host rules allow nothing",
+                opts.port
+            );
+            None
+        }
+    }
 }
 
 /// Events read from the ring buffer per wake-up of the event loop.

@@ -67,6 +67,10 @@ pub struct StatusReport {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_enforced: Vec<String>,
     pub bans: Vec<Ban>,
+    /// Addresses learned from DNS for egress host rules, and the seconds
+    /// each stays allowed (TTL plus grace).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub learned: Vec<warden_enforce::learned::LearnedAddress>,
     /// Event delivery since the daemon started, as of its last update (the
     /// pinned kernel counter since enforcement started is `counters.events_lost`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -139,6 +143,7 @@ pub fn report(pin_dir: &Path, run_dir: &Path, nft_table: &str) -> StatusReport {
         nft_table: None,
         not_enforced: Vec::new(),
         bans: bans(pin_dir, nft_table),
+        learned: warden_enforce::learned::Learned::load(&run_dir.join(crate::run::LEARNED_FILE)).list(),
         events: state.as_ref().map(|s| s.events.clone()),
         policy: state.as_ref().map(policy_in_force),
     };

@@ -24,9 +24,9 @@ const DNS_PORT: u16 = 53;
 const PASS: i32 = 1;
 
 /// Steers `ev`'s destination to the daemon's resolver if it is DNS from a
-/// cgroup with host rules; returns whether it did.
+/// cgroup with host rules; returns whether it did. `v6`: an IPv6 hook.
 #[inline(always)]
-pub fn steer(ctx: &SockAddrContext, slot: u32, ev: &FlowEvent) -> bool {
+pub fn steer(ctx: &SockAddrContext, slot: u32, ev: &FlowEvent, v6: bool) -> bool {
     if ev.dport != DNS_PORT || !(ev.proto == IPPROTO_UDP || ev.proto == IPPROTO_TCP) {
         return false;
     }
@@ -47,7 +47,9 @@ pub fn steer(ctx: &SockAddrContext, slot: u32, ev: &FlowEvent) -> bool {
         _pad: 0,
     };
     let _ = DNS_SOCKETS.insert(&ev.cookie, &origin, 0);
-    if ev.family == 2 {
+    // `v6` is a constant of each program: connect4/sendmsg4 may write only
+    // `user_ip4`, connect6/sendmsg6 only `user_ip6`.
+    if !v6 {
         sa.user_ip4 = u32::from_ne_bytes([127, 0, 0, 1]);
     } else {
         let to = if ev.daddr[..12] == LOOPBACK_V4[..12] {

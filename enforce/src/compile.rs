@@ -14,7 +14,7 @@ use warden_common::{
     CG_MAY_BIND, CG_MAY_CONNECT, EGRESS_RULES_PER_PREFIX, MAX_RULES, PROTO_TCP, PROTO_UDP,
     PortRule, RULE_DEFAULT_DENY,
 };
-use warden_policy::{CgroupPath, Located, Mode, Policy, Proto};
+use warden_policy::{CgroupPath, HostPattern, Located, Mode, Policy, Proto};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum CompileError {
@@ -67,10 +67,20 @@ pub struct EgressPrefix {
     pub rules: Vec<PortRule>,
 }
 
+/// A host rule: the port rules its learned addresses get.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CompiledHost {
+    pub host: HostPattern,
+    #[serde(serialize_with = "ser_port_rules")]
+    pub rules: Vec<PortRule>,
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct CompiledEgress {
     pub cgroup: CgroupPath,
     pub prefixes: Vec<EgressPrefix>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<CompiledHost>,
     /// Denials are reported as `would_deny` and let through.
     pub audit: bool,
 }
@@ -95,6 +105,24 @@ pub struct Compiled {
 }
 
 impl Compiled {
+    /// Whether a host rule of any egress policy allows `name`.
+    pub fn allows_name(&self, name: &str) -> bool {
+        self.egress
+            .iter()
+            .flat_map(|e| &e.hosts)
+            .any(|h| h.host.matches(name))
+    }
+
+    /// Whether any egress policy has host rules (the resolver is needed).
+    pub fn has_hosts(&self) -> bool {
+        self.egress.iter().any(|e| !e.hosts.is_empty())
+    }
+
+    /// Whether a policy with host rules only audits.
+    pub fn audits_hosts(&self) -> bool {
+        self.egress.iter().any(|e| e.audit && !e.hosts.is_empty())
+    }
+
     /// The description of rule `id`, shared (events carry it).
     pub fn rule_description(&self, id: u32) -> Option<std::sync::Arc<str>> {
         self.rules.get(id as usize).map(|r| r.description.clone())
@@ -344,6 +372,11 @@ fn compile_egress(
             .collect();
         let mut folded = fold_egress(&cgroup, &port_rules)?;
         folded.audit = e.mode == Mode::Audit;
+        folded.hosts = e
+            .hosts
+            .iter()
+            .map(|h| compile_host(&e.cgroup, h, rules))
+            .collect();
         egress.push(folded);
     }
     Ok(egress)
@@ -363,26 +396,51 @@ fn egress_port_rules(
         ports_text(&r.ports)
     );
     let rule_id = rules.add("egress", description, r.origin.to_string());
-    let protos = match r.proto {
+    let per_range = port_rules(rule_id, r.proto, &r.ports);
+    ipv6_only(r.net)
+        .flat_map(|net| per_range.iter().map(move |&rule| (net, rule)))
+        .map(|(net, rule)| (net, rule, r.origin.to_string()))
+        .collect()
+}
+
+/// A host rule's port rules, under one rule id.
+fn compile_host(
+    cgroup: &CgroupPath,
+    h: &warden_policy::HostRule,
+    rules: &mut RuleTable,
+) -> CompiledHost {
+    let description = format!(
+        "{cgroup} may reach {} {}{}",
+        h.host,
+        h.proto,
+        ports_text(&h.ports)
+    );
+    let rule_id = rules.add("egress_host", description, h.origin.to_string());
+    CompiledHost {
+        host: h.host.clone(),
+        rules: port_rules(rule_id, h.proto, &h.ports),
+    }
+}
+
+/// One (protocols, port range) entry per range; no ranges = every port.
+fn port_rules(rule_id: u32, proto: Proto, ports: &[warden_policy::PortRange]) -> Vec<PortRule> {
+    let protos = match proto {
         Proto::Tcp => PROTO_TCP,
         Proto::Udp => PROTO_UDP,
         Proto::Any => PROTO_TCP | PROTO_UDP,
     };
-    let ranges: Vec<(u16, u16)> = if r.ports.is_empty() {
+    let ranges: Vec<(u16, u16)> = if ports.is_empty() {
         vec![(0, u16::MAX)]
     } else {
-        r.ports.iter().map(|p| (p.lo, p.hi)).collect()
+        ports.iter().map(|p| (p.lo, p.hi)).collect()
     };
-    ipv6_only(r.net)
-        .flat_map(|net| ranges.iter().map(move |&range| (net, range)))
-        .map(|(net, (port_lo, port_hi))| {
-            let rule = PortRule {
-                rule_id,
-                port_lo,
-                port_hi,
-                protos,
-            };
-            (net, rule, r.origin.to_string())
+    ranges
+        .into_iter()
+        .map(|(port_lo, port_hi)| PortRule {
+            rule_id,
+            port_lo,
+            port_hi,
+            protos,
         })
         .collect()
 }
@@ -458,6 +516,7 @@ fn fold_egress(
     Ok(CompiledEgress {
         cgroup: cgroup.clone(),
         prefixes,
+        hosts: Vec::new(),
         audit: false,
     })
 }

@@ -8,6 +8,7 @@ use super::pins::{self, HeldLink};
 use super::{EnforceError, ResolvedCgroups};
 use crate::compile::Compiled;
 use crate::kernel_log::{KernelLogLevel, KernelLogger, ToTracing};
+use crate::learned::Learned;
 use aya::maps::{MapData, RingBuf};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{
@@ -135,6 +136,8 @@ pub struct EbpfBackend {
     attach_cgroup: PathBuf,
     /// Every link attached or adopted, held open while the daemon runs.
     held: Vec<HeldLink>,
+    /// Addresses learned from DNS for host rules, written with every policy.
+    pub learned: Learned,
 }
 
 impl EbpfBackend {
@@ -186,6 +189,7 @@ impl EbpfBackend {
             cgroup2,
             attach_cgroup,
             held: Vec::new(),
+            learned: Learned::default(),
         };
         // A previous daemon may have died between a flip and its barrier: make sure
         // no program still reads the inactive slot before it is rewritten.
@@ -198,6 +202,36 @@ impl EbpfBackend {
             });
         }
         Ok(backend)
+    }
+
+    /// Records an answer for `name` and allows its addresses under the policy
+    /// in force at once; returns how many (policy, address) entries changed.
+    pub fn learn(
+        &mut self,
+        compiled: &Compiled,
+        name: &str,
+        answers: &[(std::net::IpAddr, u32)],
+        grace_s: u64,
+    ) -> Result<usize, EnforceError> {
+        let changed = self.learned.learn(name, answers, grace_s);
+        if changed.is_empty() {
+            return Ok(0);
+        }
+        let (entries, _) = self.learned.entries(compiled, Some(&changed));
+        let slot = self.maps.active_slot()?;
+        self.maps.write_learned(slot, &entries)?;
+        Ok(entries.len())
+    }
+
+    /// Forgets expired answers, in the table and in the kernel.
+    pub fn expire_learned(&mut self, compiled: &Compiled) -> Result<bool, EnforceError> {
+        if !self.learned.expire() {
+            return Ok(false);
+        }
+        let (entries, _) = self.learned.entries(compiled, None);
+        let slot = self.maps.active_slot()?;
+        self.maps.replace_learned(slot, &entries)?;
+        Ok(true)
     }
 
     pub fn cgroup2_root(&self) -> &Path {
@@ -237,7 +271,10 @@ impl EbpfBackend {
             .iter()
             .map(|&cgroup_id| ResolvedEgress { cgroup_id })
             .collect();
-        let slot = self.maps.swap_in(compiled, &grants, &egress, generation)?;
+        let (learned, _) = self.learned.entries(compiled, None);
+        let slot = self
+            .maps
+            .swap_in(compiled, &grants, &egress, &learned, generation)?;
         Ok(Applied {
             generation,
             slot,

@@ -10,6 +10,7 @@ pub mod compile;
 pub mod ebpf;
 pub mod kernel;
 pub mod kernel_log;
+pub mod learned;
 pub mod maps;
 pub mod nflog;
 pub mod nft;
@@ -179,6 +180,45 @@ impl Backend {
         match self {
             Self::Ebpf(b) => b.maps.ban(source, duration, proxy_port),
             Self::Nft(b) => b.ban(source, duration, proxy_port),
+        }
+    }
+
+    /// Allows the addresses of an answer for a name a host rule allows
+    /// (eBPF; the nft backend learns nothing: host rules allow nothing there).
+    pub fn learn(
+        &mut self,
+        compiled: &Compiled,
+        name: &str,
+        answers: &[(std::net::IpAddr, u32)],
+        grace_s: u64,
+    ) -> Result<usize, EnforceError> {
+        match self {
+            Self::Ebpf(b) => b.learn(compiled, name, answers, grace_s),
+            Self::Nft(_) => Ok(0),
+        }
+    }
+
+    /// Forgets expired answers; true if any did.
+    pub fn expire_learned(&mut self, compiled: &Compiled) -> Result<bool, EnforceError> {
+        match self {
+            Self::Ebpf(b) => b.expire_learned(compiled),
+            Self::Nft(_) => Ok(false),
+        }
+    }
+
+    /// The table of learned addresses (empty on nft).
+    pub fn learned(&mut self) -> Option<&mut learned::Learned> {
+        match self {
+            Self::Ebpf(b) => Some(&mut b.learned),
+            Self::Nft(_) => None,
+        }
+    }
+
+    /// Steers host-rule cgroups' DNS to the resolver at `port` (eBPF only).
+    pub fn set_dns_port(&mut self, port: Option<u16>) -> Result<(), EnforceError> {
+        match self {
+            Self::Ebpf(b) => b.maps.set_dns_port(port),
+            Self::Nft(_) => Ok(()),
         }
     }
 

@@ -20,6 +20,7 @@ pub struct Maps {
     pub cgroups: HashMap<MapData, CgroupKey, CgroupRule>,
     pub egress_cgroups: HashMap<MapData, CgroupKey, EgressPolicyRef>,
     pub egress: LpmTrie<MapData, EgressKey, EgressEntry>,
+    pub egress_learned: HashMap<MapData, EgressKey, LearnedEntry>,
     pub rule_hits: PerCpuArray<MapData, u64>,
     pub stats: PerCpuArray<MapData, u64>,
     /// Banned sources and when their bans end (CLOCK_MONOTONIC ns).
@@ -60,6 +61,7 @@ impl Maps {
             cgroups: typed(take("CGROUPS")?, "CGROUPS")?,
             egress_cgroups: typed(take("EGRESS_CGROUPS")?, "EGRESS_CGROUPS")?,
             egress: typed(take("EGRESS")?, "EGRESS")?,
+            egress_learned: typed(take("EGRESS_LEARNED")?, "EGRESS_LEARNED")?,
             rule_hits: typed(take("RULE_HITS")?, "RULE_HITS")?,
             stats: typed(take("STATS")?, "STATS")?,
             bans: typed(take("BANS")?, "BANS")?,
@@ -76,7 +78,9 @@ impl Maps {
             Ok(match name {
                 "STATE" | "SLOT_META" | "PORTS" => Map::Array(data),
                 "INGRESS" | "EGRESS" => Map::LpmTrie(data),
-                "CGROUPS" | "EGRESS_CGROUPS" | "INGRESS_HOSTS" | "BANS" => Map::HashMap(data),
+                "CGROUPS" | "EGRESS_CGROUPS" | "INGRESS_HOSTS" | "BANS" | "EGRESS_LEARNED" => {
+                    Map::HashMap(data)
+                }
                 _ => Map::PerCpuArray(data),
             })
         })
@@ -115,6 +119,7 @@ impl Maps {
         compiled: &Compiled,
         grants: &[ResolvedGrant],
         egress: &[ResolvedEgress],
+        learned: &[crate::learned::Entry],
         generation: u32,
     ) -> Result<u32, EnforceError> {
         let abi = self.abi()?;
@@ -136,6 +141,7 @@ impl Maps {
         flags |= self.write_ingress(slot, compiled)?;
         self.write_grants(slot, grants)?;
         flags |= self.write_egress(slot, compiled, egress)?;
+        self.write_learned(slot, learned)?;
         let mut ports = PortBitmap::EMPTY;
         for &p in &compiled.ports {
             ports.insert(p);
@@ -216,9 +222,16 @@ impl Maps {
                 _pad: 0,
                 cgroup_id,
             };
+            let mut policy_flags = 0;
+            if c.audit {
+                policy_flags |= egress_flags::AUDIT;
+            }
+            if !c.hosts.is_empty() {
+                policy_flags |= egress_flags::HOSTS;
+            }
             let policy = EgressPolicyRef {
                 policy: index as u32,
-                flags: if c.audit { egress_flags::AUDIT } else { 0 },
+                flags: policy_flags,
             };
             self.egress_cgroups
                 .insert(key, policy, 0)
@@ -238,6 +251,49 @@ impl Maps {
         Ok(flags)
     }
 
+    /// Writes learned addresses into `slot` (replacing their entries).
+    pub fn write_learned(
+        &mut self,
+        slot: u32,
+        entries: &[crate::learned::Entry],
+    ) -> Result<(), EnforceError> {
+        for (index, addr, entry) in entries {
+            let key = EgressKey {
+                slot_policy: (slot << 24 | index).to_be_bytes(),
+                addr: *addr,
+            };
+            self.egress_learned
+                .insert(key, entry, 0)
+                .map_err(map_error("EGRESS_LEARNED"))?;
+        }
+        Ok(())
+    }
+
+    /// Makes `slot`'s learned addresses exactly `entries`: those not among
+    /// them (expired) are removed, the others rewritten.
+    pub fn replace_learned(
+        &mut self,
+        slot: u32,
+        entries: &[crate::learned::Entry],
+    ) -> Result<(), EnforceError> {
+        let keep = |k: &EgressKey| {
+            u32::from(k.slot_policy[0]) != slot
+                || entries.iter().any(|(i, a, _)| {
+                    k.addr == *a && u32::from_be_bytes(k.slot_policy) & 0x00ff_ffff == *i
+                })
+        };
+        clear_hash(&mut self.egress_learned, "EGRESS_LEARNED", |k| !keep(k))?;
+        self.write_learned(slot, entries)
+    }
+
+    /// Turns DNS steering on with the daemon's resolver at `port` (or off).
+    pub fn set_dns_port(&mut self, port: Option<u16>) -> Result<(), EnforceError> {
+        let v = port.map_or(0, |p| DNS_ON | u32::from(p));
+        self.state
+            .set(STATE_DNS, v, 0)
+            .map_err(map_error("STATE"))
+    }
+
     /// Empties a slot before a policy is written into it.
     fn clear_slot(&mut self, slot: u32) -> Result<(), EnforceError> {
         let ingress_slot = |k: &IngressKey| {
@@ -246,6 +302,9 @@ impl Maps {
         clear_trie(&mut self.ingress, "INGRESS", ingress_slot)?;
         clear_hash(&mut self.ingress_hosts, "INGRESS_HOSTS", ingress_slot)?;
         clear_trie(&mut self.egress, "EGRESS", |k| {
+            u32::from(k.slot_policy[0]) == slot
+        })?;
+        clear_hash(&mut self.egress_learned, "EGRESS_LEARNED", |k| {
             u32::from(k.slot_policy[0]) == slot
         })?;
         clear_hash(&mut self.cgroups, "CGROUPS", |k| k.slot == slot)?;

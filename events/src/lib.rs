@@ -162,6 +162,26 @@ impl Encoder {
 }
 
 impl Encoder {
+    /// A flow about a host name: a connection allowed for the name a host
+    /// rule names (the destination's name), or a DNS question the resolver
+    /// refused (the question). OCSF `dst_endpoint.hostname` / `query.hostname`,
+    /// ECS `destination.domain` / `dns.question.name`.
+    pub fn named(&mut self, ev: &FlowEvent, rule: Option<&str>, name: &str) -> Value {
+        let mut v = self.flow(ev, rule);
+        let question = ev.hook() == warden_common::kinds::Hook::Dns;
+        match (self.format, question) {
+            (EventFormat::Raw, _) => v["host"] = name.into(),
+            (EventFormat::Ocsf, false) => v["dst_endpoint"]["hostname"] = name.into(),
+            (EventFormat::Ocsf, true) => v["query"] = json!({ "hostname": name }),
+            (EventFormat::Ecs, false) => v["destination"]["domain"] = name.into(),
+            (EventFormat::Ecs, true) => v["dns"] = json!({ "question": { "name": name } }),
+        }
+        if let Some(m) = v.get("message").and_then(Value::as_str) {
+            v["message"] = format!("{m} ({name})").into();
+        }
+        v
+    }
+
     /// A local connection to a protected port after the join: with the proxy's
     /// report that explains it, or marked unattributed (`None`): it did not
     /// come through the proxy.

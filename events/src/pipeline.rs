@@ -71,6 +71,8 @@ struct Encoded {
 
 enum Input {
     Flow(FlowEvent, Option<Arc<str>>),
+    /// A flow about a host name (neither joined nor aggregated).
+    Named(FlowEvent, Option<Arc<str>>, Arc<str>),
     Lifecycle(String, Value),
     /// A lifecycle event is waiting in the control queue.
     Wake,
@@ -274,6 +276,15 @@ impl Pipeline {
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
             self.tx.try_send(Input::Flow(ev, rule))
         {
+            self.counters.queue_dropped.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Queues a flow about a host name: an allowed connection and the name
+    /// its address was learned for, or a DNS question and its name.
+    pub fn named(&self, ev: FlowEvent, rule: Option<Arc<str>>, name: Arc<str>) {
+        self.counters.records.fetch_add(1, Relaxed);
+        if self.tx.try_send(Input::Named(ev, rule, name)).is_err() {
             self.counters.queue_dropped.fetch_add(1, Relaxed);
         }
     }
@@ -486,6 +497,10 @@ impl Encoding {
                                 self.counters.aggregated.fetch_add(1, Relaxed);
                             }
                         }
+                    }
+                    Input::Named(ev, rule, name) => {
+                        let v = self.encoder.named(&ev, rule.as_deref(), &name);
+                        self.publish_flow(v, &ev);
                     }
                     Input::Lifecycle(kind, fields) => {
                         proxy_seen |= kind == "proxy_connected";

@@ -23,6 +23,12 @@ Reads one command per line on stdin and answers one word per line on stdout:
   mptcplisten HOST PORT        MPTCP listen, accept and read in the background -> ok | ...
   sniff IFACE                  count the IP packets arriving on IFACE, by destination -> ok
   seen ADDR                    packets seen to ADDR since sniff -> N
+  dns SERVER NAME [udp|tcp|udpsend] [AAAA]
+                               a DNS question to SERVER:53 (udp: a connected socket;
+                               udpsend: sendto/recvfrom, the reply's source checked)
+                               -> ADDR,... | empty | refused | nxdomain | servfail | timeout | denied | wrongsource
+  resolve NAME                 getaddrinfo (the C library's resolver, /etc/resolv.conf)
+                               -> ADDR,... | error:GAI_ERROR
 """
 import errno
 import socket
@@ -116,6 +122,40 @@ def srh_via(segment):
     return head + bytes(16) + socket.inet_pton(socket.AF_INET6, segment)
 
 
+def dns_question(server, name, how, qtype):
+    sys.path.insert(0, os.path.dirname(__file__))
+    import dnswire
+    import struct
+    qid, msg = dnswire.query(name, dnswire.AAAA if qtype == "AAAA" else dnswire.A)
+    kind = socket.SOCK_STREAM if how == "tcp" else socket.SOCK_DGRAM
+    s = socket.socket(family(server), kind)
+    s.settimeout(wait(2.0))
+    try:
+        if how == "tcp":
+            s.connect((server, 53))
+            s.sendall(struct.pack("!H", len(msg)) + msg)
+            n = struct.unpack("!H", s.recv(2, socket.MSG_WAITALL))[0]
+            reply = s.recv(n, socket.MSG_WAITALL)
+        elif how == "udpsend":
+            s.sendto(msg, (server, 53))
+            reply, src = s.recvfrom(65535)
+            # What a resolver library checks: the answer comes from the server asked.
+            want = socket.inet_pton(family(server), server)
+            if socket.inet_pton(family(server), src[0]) != want or src[1] != 53:
+                return "wrongsource"
+        else:
+            s.connect((server, 53))
+            s.send(msg)
+            reply = s.recv(65535)
+        rcode, records = dnswire.answers(reply)
+        if rcode != "ok":
+            return rcode
+        addrs = [v for _, t, _, v in records if t in (dnswire.A, dnswire.AAAA)]
+        return ",".join(addrs) or "empty"
+    finally:
+        s.close()
+
+
 def handle(words):
     cmd = words[0]
     if cmd == "sniff":
@@ -146,6 +186,15 @@ def handle(words):
             return "reply"
         finally:
             s.close()
+    if cmd == "dns":
+        return dns_question(words[1], words[2], words[3] if len(words) > 3 else "udp",
+                            words[4] if len(words) > 4 else "A")
+    if cmd == "resolve":
+        try:
+            infos = socket.getaddrinfo(words[1], None, type=socket.SOCK_STREAM)
+        except socket.gaierror as e:
+            return "error:%s" % (errno.errorcode.get(e.errno, str(e.errno)) if e.errno > 0 else e.args[1].replace(" ", "-"))
+        return ",".join(sorted({i[4][0] for i in infos}))
     if cmd == "pid":
         import os
         return str(os.getpid())

@@ -20,6 +20,9 @@ const LAB_DEFAULTS: &[(&str, &str)] = &[
     ("--kernel-event-rate", "0"),
     // The kernel record as it is; `events.rs` checks the encodings.
     ("--event-format", "raw"),
+    // No resolver on this machine's loopback: the DNS tests start their
+    // daemons in a namespace of their own, with a port.
+    ("--dns-port", "0"),
 ];
 
 pub struct Daemon {

@@ -188,6 +188,19 @@ impl Lab {
         Prober::spawn(netns, cg.as_deref())
     }
 
+    /// Like [`Lab::attacker`], with the C library's resolver asking `nameserver`.
+    pub fn attacker_with_resolver(&self, netns: Option<&str>, cgroup: &str, nameserver: &str) -> Prober {
+        std::fs::create_dir_all(self.cgroup.join(cgroup)).unwrap();
+        let resolv = self.run_dir.join(format!("resolv-{nameserver}.conf"));
+        std::fs::write(&resolv, format!("nameserver {nameserver}\noptions timeout:2 attempts:1\n")).unwrap();
+        Prober::spawn_unprivileged_with_resolver(netns, Some(&self.cgroup.join(cgroup)), &resolv)
+    }
+
+    /// The lab's DNS server on `addr` port 53 in `netns` (tests/helpers/dnsd.py).
+    pub fn dns_server(&self, netns: &str, addr: &str) -> Prober {
+        Prober::dns_server(Some(netns), addr)
+    }
+
     /// Like [`Lab::prober`], as `nobody` with no capabilities: the attacker the
     /// kernel programs must hold without help from permissions.
     pub fn attacker(&self, netns: Option<&str>, cgroup: &str) -> Prober {

@@ -189,7 +189,7 @@ pub fn main() -> i32 {
         } => policy_check(&paths, require_signature.as_deref()),
         Command::Policy {
             command: PolicyCommand::Show { compiled, paths },
-        } => policy_show(&paths, compiled),
+        } => policy_show(&paths, compiled, &cli.run_dir),
         Command::Daemon(args) => {
             crate::daemon_cmd::run(args, cli.pin_dir, cli.run_dir, cli.nft_table)
         }
@@ -258,7 +258,7 @@ fn policy_check(paths: &[PathBuf], require_signature: Option<&str>) -> i32 {
     }
 }
 
-fn policy_show(paths: &[PathBuf], compiled: bool) -> i32 {
+fn policy_show(paths: &[PathBuf], compiled: bool, run_dir: &Path) -> i32 {
     match daemon::load_policy(paths, None) {
         Ok((policy, c)) => {
             let v = if compiled {
@@ -276,8 +276,18 @@ fn policy_show(paths: &[PathBuf], compiled: bool) -> i32 {
                     &all(c.egress.len()),
                     0,
                 );
+                // The addresses host rules allow now, as a running daemon learned them.
+                let learned = warden_enforce::learned::Learned::load(
+                    &run_dir.join(warden_daemon::run::LEARNED_FILE),
+                );
+                let learned: Vec<_> = learned
+                    .list()
+                    .into_iter()
+                    .filter(|l| c.allows_name(&l.name))
+                    .collect();
                 serde_json::to_value(&c).map(|mut v| {
                     v["nft_ruleset"] = ruleset.unwrap_or_else(|e| format!("error: {e}")).into();
+                    v["learned"] = serde_json::to_value(learned).unwrap_or_default();
                     v
                 })
             } else {

@@ -80,6 +80,23 @@ pub struct DaemonArgs {
     /// allows explicitly (by default those are only refused by the proxy).
     #[arg(long)]
     pub ban_allowed_sources: bool,
+    /// Port of the resolver on 127.0.0.1 and ::1 that the DNS traffic of
+    /// cgroups with host rules is steered to (a privileged port, so no
+    /// unprivileged process can take it while the daemon is down). 0 = none:
+    /// host rules then allow nothing.
+    #[arg(long, default_value_t = 54, value_name = "PORT")]
+    pub dns_port: u16,
+    /// Resolver that allowed questions are forwarded to, repeatable
+    /// (default: the nameservers of /etc/resolv.conf, port 53).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub dns_upstream: Vec<std::net::SocketAddr>,
+    /// Seconds added to every DNS answer's TTL before its addresses stop
+    /// being allowed (clients may use an answer a little past its TTL).
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    pub dns_grace_secs: f64,
+    /// How a question for a name no host rule allows is answered.
+    #[arg(long, value_enum, default_value = "refused")]
+    pub dns_refuse: warden_daemon::dns::Refusal,
 }
 
 pub fn run(args: DaemonArgs, pin_dir: PathBuf, run_dir: PathBuf, nft_table: String) -> i32 {
@@ -142,6 +159,12 @@ impl DaemonArgs {
             audit: self.audit,
             metrics: self.metrics,
             ban_allowed_sources: self.ban_allowed_sources,
+            dns: warden_daemon::dns::DnsOptions {
+                port: self.dns_port,
+                upstreams: self.dns_upstream,
+                grace: secs(self.dns_grace_secs, 0.0, Duration::from_secs(10)),
+                refuse: self.dns_refuse,
+            },
         }
     }
 }
