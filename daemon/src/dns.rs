@@ -136,7 +136,9 @@ pub fn spawn(
         opts.upstreams.clone()
     };
     if upstreams.is_empty() {
-        tracing::warn!("no upstream resolver (none given, none in /etc/resolv.conf): allowed names will fail");
+        tracing::warn!(
+            "no upstream resolver (none given, none in /etc/resolv.conf): allowed names will fail"
+        );
     }
     let counters = Arc::new(Counters::default());
     let ctx = Arc::new(Ctx {
@@ -213,7 +215,8 @@ async fn serve_stream(mut s: TcpStream, peer: SocketAddr, ctx: &Ctx) -> std::io:
         let Ok(n) = u16::try_from(reply.len()) else {
             return Ok(());
         };
-        s.write_all(&[&n.to_be_bytes()[..], &reply].concat()).await?;
+        s.write_all(&[&n.to_be_bytes()[..], &reply].concat())
+            .await?;
     }
 }
 
@@ -223,7 +226,11 @@ async fn answer(query: &[u8], peer: SocketAddr, tcp: bool, ctx: &Ctx) -> Option<
     let Some(q) = msg.queries.first() else {
         return reply(&msg, ResponseCode::FormErr);
     };
-    let name = q.name().to_ascii().trim_end_matches('.').to_ascii_lowercase();
+    let name = q
+        .name()
+        .to_ascii()
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
     let policy = ctx.policy.borrow().clone();
     let allowed = policy.allows_name(&name);
     if !allowed {
@@ -325,7 +332,8 @@ async fn exchange_udp(query: &[u8], id: u16, up: SocketAddr) -> std::io::Result<
 async fn exchange_tcp(query: &[u8], up: SocketAddr) -> std::io::Result<Vec<u8>> {
     let mut s = TcpStream::connect(up).await?;
     let len = u16::try_from(query.len()).map_err(std::io::Error::other)?;
-    s.write_all(&[&len.to_be_bytes()[..], query].concat()).await?;
+    s.write_all(&[&len.to_be_bytes()[..], query].concat())
+        .await?;
     let mut n = [0u8; 2];
     s.read_exact(&mut n).await?;
     let mut buf = vec![0u8; u16::from_be_bytes(n) as usize];
@@ -336,7 +344,8 @@ async fn exchange_tcp(query: &[u8], up: SocketAddr) -> std::io::Result<Vec<u8>> 
 /// The A and AAAA answers for `name`, following its CNAME chain within the
 /// answer section, with their TTLs.
 pub fn addresses(resp: &Message, name: &str) -> Vec<(IpAddr, u32)> {
-    let norm = |n: &hickory_proto::rr::Name| n.to_ascii().trim_end_matches('.').to_ascii_lowercase();
+    let norm =
+        |n: &hickory_proto::rr::Name| n.to_ascii().trim_end_matches('.').to_ascii_lowercase();
     let mut names = vec![name.to_owned()];
     // A chain is at most as long as the answer section.
     for _ in 0..resp.answers.len() {
@@ -374,7 +383,6 @@ fn resolv_conf_nameservers() -> Vec<SocketAddr> {
         .map(|ip| SocketAddr::new(ip, 53))
         .collect()
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -256,7 +256,7 @@ impl Enforcer {
                 audit,
             } => {
                 tracing::debug!(%name, %qtype, %peer, audit, "DNS question refused");
-                let ev = dns_event(&name, peer, tcp, audit, self.state.generation, self.opts.dns.port);
+                let ev = dns_event(peer, tcp, audit, self.state.generation, self.opts.dns.port);
                 self.pipeline.named(ev, None, name.into());
             }
         }
@@ -265,10 +265,8 @@ impl Enforcer {
     /// Leaves the learned addresses for the next daemon (run dir).
     fn save_learned(&mut self) {
         let path = self.opts.run_dir.join(crate::run::LEARNED_FILE);
-        if let Some(l) = self.backend.learned() {
-            if let Err(e) = l.save(&path) {
-                tracing::warn!("cannot save learned addresses to {}: {e}", path.display());
-            }
+        if let Some(Err(e)) = self.backend.learned().map(|l| l.save(&path)) {
+            tracing::warn!("cannot save learned addresses to {}: {e}", path.display());
         }
     }
 
@@ -298,15 +296,17 @@ impl Enforcer {
             return None;
         }
         let addr = std::net::Ipv6Addr::from(ev.daddr).to_canonical();
-        let host = self.current.rules.get(ev.rule_id as usize).map(|r| r.description.clone());
+        let host = self
+            .current
+            .rules
+            .get(ev.rule_id as usize)
+            .map(|r| r.description.clone());
         let learned = self.backend.learned()?;
         learned
             .name_of(addr, |name| {
-                self.current
-                    .egress
-                    .iter()
-                    .flat_map(|e| &e.hosts)
-                    .any(|h| h.rules.iter().any(|r| r.rule_id == ev.rule_id) && h.host.matches(name))
+                self.current.egress.iter().flat_map(|e| &e.hosts).any(|h| {
+                    h.rules.iter().any(|r| r.rule_id == ev.rule_id) && h.host.matches(name)
+                })
             })
             .map(Arc::from)
             .or(host)
@@ -372,7 +372,6 @@ impl Enforcer {
 /// A refused DNS question as a flow record: from the asking socket to the
 /// resolver (the kernel steered it here, so its process is not known).
 fn dns_event(
-    name: &str,
     peer: std::net::SocketAddr,
     tcp: bool,
     audit: bool,
@@ -380,7 +379,6 @@ fn dns_event(
     port: u16,
 ) -> FlowEvent {
     use warden_common::{hook, mapped_v4, reason, verdict};
-    let _ = name;
     let addr = |ip: std::net::IpAddr| match ip.to_canonical() {
         std::net::IpAddr::V4(v4) => mapped_v4(v4.octets()),
         std::net::IpAddr::V6(v6) => v6.octets(),
@@ -391,7 +389,11 @@ fn dns_event(
     ev.family = if peer.is_ipv4() { 2 } else { 10 };
     ev.proto = if tcp { 6 } else { 17 };
     ev.hook = hook::DNS;
-    ev.verdict = if audit { verdict::WOULD_DENY } else { verdict::DENY };
+    ev.verdict = if audit {
+        verdict::WOULD_DENY
+    } else {
+        verdict::DENY
+    };
     ev.reason = reason::NAME_NOT_ALLOWED;
     ev.generation = generation;
     ev.saddr = addr(peer.ip());

@@ -143,7 +143,8 @@ pub fn report(pin_dir: &Path, run_dir: &Path, nft_table: &str) -> StatusReport {
         nft_table: None,
         not_enforced: Vec::new(),
         bans: bans(pin_dir, nft_table),
-        learned: warden_enforce::learned::Learned::load(&run_dir.join(crate::run::LEARNED_FILE)).list(),
+        learned: warden_enforce::learned::Learned::load(&run_dir.join(crate::run::LEARNED_FILE))
+            .list(),
         events: state.as_ref().map(|s| s.events.clone()),
         policy: state.as_ref().map(policy_in_force),
     };

@@ -127,7 +127,12 @@ fn decide(ctx: &SockAddrContext, hook: u8) -> i32 {
     if meta.flags & slot_flags::EGRESS == 0 {
         return ALLOW;
     }
-    if dns::steer(ctx, slot, &ev, matches!(hook, hook::CONNECT6 | hook::SENDMSG6)) {
+    if dns::steer(
+        ctx,
+        slot,
+        &ev,
+        matches!(hook, hook::CONNECT6 | hook::SENDMSG6),
+    ) {
         return ALLOW;
     }
     let proto = egress::proto_bit(ev.proto);

@@ -133,8 +133,7 @@ fn learned_rule(key: &EgressKey, proto: u32, port: u16) -> Option<u32> {
             break;
         }
         let r = &entry.rules[i];
-        if r.protos & proto != 0 && r.port_lo <= port && port <= r.port_hi && now < r.expires_ns
-        {
+        if r.protos & proto != 0 && r.port_lo <= port && port <= r.port_hi && now < r.expires_ns {
             return Some(r.rule_id);
         }
         i += 1;

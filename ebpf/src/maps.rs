@@ -102,7 +102,11 @@ pub fn bans() -> u32 {
 #[inline(always)]
 pub fn dns_port() -> Option<u16> {
     let v = STATE.get(STATE_DNS).copied().unwrap_or(0);
-    if v & DNS_ON != 0 { Some(v as u16) } else { None }
+    if v & DNS_ON != 0 {
+        Some(v as u16)
+    } else {
+        None
+    }
 }
 
 /// CLOCK_MONOTONIC nanoseconds.

@@ -155,7 +155,10 @@ impl Learned {
     pub fn save(&mut self, path: &Path) -> std::io::Result<()> {
         self.boot = boot_id();
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec(self).map_err(std::io::Error::other)?,
+        )?;
         std::fs::rename(tmp, path)
     }
 }
@@ -163,9 +166,10 @@ impl Learned {
 /// Adds a rule (the same rule again keeps the later expiry); false if full.
 fn push(entry: &mut LearnedEntry, r: &warden_common::PortRule, until: u64) -> bool {
     let len = entry.len as usize;
-    if let Some(same) = entry.rules[..len].iter_mut().find(|x| {
-        x.rule_id == r.rule_id && x.port_lo == r.port_lo && x.port_hi == r.port_hi
-    }) {
+    if let Some(same) = entry.rules[..len]
+        .iter_mut()
+        .find(|x| x.rule_id == r.rule_id && x.port_lo == r.port_lo && x.port_hi == r.port_hi)
+    {
         same.expires_ns = same.expires_ns.max(until);
         return true;
     }
@@ -237,8 +241,14 @@ net = "10.0.0.0/8"
         let mut l = Learned::default();
         let v4: IpAddr = "104.18.1.2".parse().unwrap();
         let v6: IpAddr = "2606:4700::1".parse().unwrap();
-        assert_eq!(l.learn("Registry.Ollama.AI", &[(v4, 60), (v6, 30)], 5), [v4, v6]);
-        assert_eq!(l.learn("registry.ollama.ai", &[(v4, 10)], 5), [], "a shorter TTL keeps the longer");
+        assert_eq!(
+            l.learn("Registry.Ollama.AI", &[(v4, 60), (v6, 30)], 5),
+            [v4, v6]
+        );
+        assert!(
+            l.learn("registry.ollama.ai", &[(v4, 10)], 5).is_empty(),
+            "a shorter TTL keeps the longer"
+        );
         l.learn("cdn.example.com", &[(v4, 60)], 0);
         l.learn("other.org", &[("1.1.1.1".parse().unwrap(), 60)], 0);
 
@@ -281,7 +291,10 @@ net = "10.0.0.0/8"
         assert_eq!(Learned::load(&path).list(), l.list());
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::write(&path, text.replace(&boot_id(), "another-boot")).unwrap();
-        assert!(Learned::load(&path).is_empty(), "expiries of another boot mean nothing");
+        assert!(
+            Learned::load(&path).is_empty(),
+            "expiries of another boot mean nothing"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -289,9 +289,7 @@ impl Maps {
     /// Turns DNS steering on with the daemon's resolver at `port` (or off).
     pub fn set_dns_port(&mut self, port: Option<u16>) -> Result<(), EnforceError> {
         let v = port.map_or(0, |p| DNS_ON | u32::from(p));
-        self.state
-            .set(STATE_DNS, v, 0)
-            .map_err(map_error("STATE"))
+        self.state.set(STATE_DNS, v, 0).map_err(map_error("STATE"))
     }
 
     /// Empties a slot before a policy is written into it.

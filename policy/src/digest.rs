@@ -42,7 +42,7 @@ struct CanonicalEgress<'a> {
     hosts: Vec<CanonicalHost>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, PartialEq, Eq, PartialOrd, Ord)]
 struct CanonicalHost {
     host: String,
     ports: Vec<(u16, u16)>,
@@ -102,21 +102,22 @@ impl Policy {
                     .collect();
                 allow.sort();
                 allow.dedup();
-                let mut hosts: Vec<(String, Vec<(u16, u16)>, Proto)> = e
+                let mut hosts: Vec<CanonicalHost> = e
                     .hosts
                     .iter()
-                    .map(|h| {
-                        let ports = canonical_ranges(&h.ports).iter().map(|r| (r.lo, r.hi)).collect();
-                        (h.host.to_string(), ports, h.proto)
+                    .map(|h| CanonicalHost {
+                        host: h.host.to_string(),
+                        ports: canonical_ranges(&h.ports)
+                            .iter()
+                            .map(|r| (r.lo, r.hi))
+                            .collect(),
+                        proto: h.proto,
                     })
                     .collect();
                 hosts.sort();
                 hosts.dedup();
                 CanonicalEgress {
-                    hosts: hosts
-                        .into_iter()
-                        .map(|(host, ports, proto)| CanonicalHost { host, ports, proto })
-                        .collect(),
+                    hosts,
                     cgroup: e.cgroup.as_str(),
                     allow: allow
                         .into_iter()

@@ -25,7 +25,9 @@ pub enum HostError {
     Address(String),
     #[error("`*` may only be the whole first label (`*.example.com`)")]
     WildcardPlace,
-    #[error("`{0}` would allow every name under a top-level domain: name the domain (`*.example.{0}`)")]
+    #[error(
+        "`{0}` would allow every name under a top-level domain: name the domain (`*.example.{0}`)"
+    )]
     WildcardTooWide(String),
     #[error("empty label in `{0}` (two dots, or a leading dot)")]
     EmptyLabel(String),
@@ -145,8 +147,14 @@ mod tests {
         let wild = HostPattern::parse("*.r2.cloudflarestorage.com").unwrap();
         assert!(wild.matches("abc.r2.cloudflarestorage.com"));
         assert!(wild.matches("ABC.r2.cloudflarestorage.com."));
-        assert!(!wild.matches("r2.cloudflarestorage.com"), "the domain itself");
-        assert!(!wild.matches("a.b.r2.cloudflarestorage.com"), "one label only");
+        assert!(
+            !wild.matches("r2.cloudflarestorage.com"),
+            "the domain itself"
+        );
+        assert!(
+            !wild.matches("a.b.r2.cloudflarestorage.com"),
+            "one label only"
+        );
         assert!(!wild.matches("xr2.cloudflarestorage.com"));
         assert!(!wild.matches(".r2.cloudflarestorage.com"));
     }

@@ -35,8 +35,8 @@ use std::sync::Arc;
 
 pub use cgroup::{CgroupPath, CgroupPathError, MAX_DEPTH as MAX_CGROUP_DEPTH, OWN_POD};
 pub use diagnostic::{Diagnostic, Origin};
-pub use load::Verifier;
 pub use host::{HostError, HostPattern};
+pub use load::Verifier;
 pub use model::{EgressPolicy, EgressRule, HostRule, Ingress, Located, Mode, Policy, PortIngress};
 pub use net::{NetError, parse_net};
 pub use parse::POLICY_VERSION;

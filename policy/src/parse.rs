@@ -13,8 +13,8 @@ use toml_edit::{Array, ImDocument, TomlError, Value};
 
 use crate::cgroup::CgroupPath;
 use crate::diagnostic::{Diagnostic, Origin};
-use crate::merge::{EgressDecl, Fragment, ListDecl, PerPortDecl};
 use crate::host::HostPattern;
+use crate::merge::{EgressDecl, Fragment, ListDecl, PerPortDecl};
 use crate::model::{EgressPolicy, EgressRule, HostRule, Located, Mode};
 use crate::net::{is_loopback, parse_net};
 use crate::ports::{PortRange, Proto, parse_port_range, port_from_int};
@@ -582,13 +582,15 @@ fn egress_rule(ctx: &mut FileCtx<'_>, t: TableRef<'_>) -> Option<Allow> {
             );
             None
         }
-        (Some(e), None) => string(ctx, e, "egress.allow.net").and_then(|raw| match parse_net(raw) {
-            Ok(net) => Some(Destination::Net(net)),
-            Err(err) => {
-                ctx.error(e.span(), err.to_string());
-                None
-            }
-        }),
+        (Some(e), None) => {
+            string(ctx, e, "egress.allow.net").and_then(|raw| match parse_net(raw) {
+                Ok(net) => Some(Destination::Net(net)),
+                Err(err) => {
+                    ctx.error(e.span(), err.to_string());
+                    None
+                }
+            })
+        }
         (None, Some(e)) => {
             string(ctx, e, "egress.allow.host").and_then(|raw| match HostPattern::parse(raw) {
                 Ok(host) => Some(Destination::Host(host)),

@@ -189,10 +189,19 @@ impl Lab {
     }
 
     /// Like [`Lab::attacker`], with the C library's resolver asking `nameserver`.
-    pub fn attacker_with_resolver(&self, netns: Option<&str>, cgroup: &str, nameserver: &str) -> Prober {
+    pub fn attacker_with_resolver(
+        &self,
+        netns: Option<&str>,
+        cgroup: &str,
+        nameserver: &str,
+    ) -> Prober {
         std::fs::create_dir_all(self.cgroup.join(cgroup)).unwrap();
         let resolv = self.run_dir.join(format!("resolv-{nameserver}.conf"));
-        std::fs::write(&resolv, format!("nameserver {nameserver}\noptions timeout:2 attempts:1\n")).unwrap();
+        std::fs::write(
+            &resolv,
+            format!("nameserver {nameserver}\noptions timeout:2 attempts:1\n"),
+        )
+        .unwrap();
         Prober::spawn_unprivileged_with_resolver(netns, Some(&self.cgroup.join(cgroup)), &resolv)
     }
 

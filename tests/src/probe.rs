@@ -18,7 +18,12 @@ pub fn enter(cmd: &mut Command, netns: Option<&str>, cgroup: Option<&Path>) {
 
 /// Like [`enter`], and with `resolv` seen as /etc/resolv.conf: bind-mounted
 /// in a mount namespace of the process's own, so the host's file is untouched.
-pub fn enter_with(cmd: &mut Command, netns: Option<&str>, cgroup: Option<&Path>, resolv: Option<&Path>) {
+pub fn enter_with(
+    cmd: &mut Command,
+    netns: Option<&str>,
+    cgroup: Option<&Path>,
+    resolv: Option<&Path>,
+) {
     let resolv = resolv.map(|r| std::ffi::CString::new(r.as_os_str().as_encoded_bytes()).unwrap());
     // SAFETY: the closure only makes raw syscalls (unshare, mount).
     unsafe {
@@ -29,11 +34,25 @@ pub fn enter_with(cmd: &mut Command, netns: Option<&str>, cgroup: Option<&Path>,
                 return fail();
             }
             let root = c"/";
-            if libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) != 0 {
+            if libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) != 0
+            {
                 return fail();
             }
             let target = c"/etc/resolv.conf";
-            if libc::mount(src.as_ptr(), target.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) != 0 {
+            if libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            ) != 0
+            {
                 return fail();
             }
             Ok(())
@@ -111,7 +130,14 @@ impl Prober {
 
     /// The lab's DNS server (tests/helpers/dnsd.py) on `addr`, port 53.
     pub fn dns_server(netns: Option<&str>, addr: &str) -> Self {
-        let mut p = Self::spawn_script(Command::new("python3"), "dnsd.py", &[addr], netns, None, None);
+        let mut p = Self::spawn_script(
+            Command::new("python3"),
+            "dnsd.py",
+            &[addr],
+            netns,
+            None,
+            None,
+        );
         let mut ready = String::new();
         p.stdout.read_line(&mut ready).expect("dnsd stdout");
         assert_eq!(ready.trim(), "ready", "dnsd on {addr}");

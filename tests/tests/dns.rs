@@ -78,9 +78,21 @@ ports = [443]
     // The C library's resolver (glibc checks where the answer came from).
     assert_eq!(server.ask("resolve registry.test"), REGISTRY);
     assert_eq!(server.connect(REGISTRY, 443), "connected");
-    assert_eq!(server.connect(REGISTRY, 8443), "denied", "the rule's ports only");
-    assert_eq!(server.connect(REGISTRY_NEW, 443), "denied", "another address");
-    assert_eq!(server.connect(ELSEWHERE, 443), "denied", "a hard-coded address");
+    assert_eq!(
+        server.connect(REGISTRY, 8443),
+        "denied",
+        "the rule's ports only"
+    );
+    assert_eq!(
+        server.connect(REGISTRY_NEW, 443),
+        "denied",
+        "another address"
+    );
+    assert_eq!(
+        server.connect(ELSEWHERE, 443),
+        "denied",
+        "a hard-coded address"
+    );
     let allowed = d.wait_event("connect allowed for registry.test", |e| {
         e["reason"] == "host_allowed" && e["dst_addr"] == REGISTRY
     });
@@ -109,7 +121,10 @@ ports = [443]
     assert_eq!(server.ask("dns 10.77.0.54 evil.test tcp"), "refused");
     assert_eq!(rogue.ask("asked"), "none");
     let asked = dns.ask("asked");
-    assert!(!asked.contains("evil.test"), "forbidden names are not forwarded: {asked}");
+    assert!(
+        !asked.contains("evil.test"),
+        "forbidden names are not forwarded: {asked}"
+    );
     assert!(!asked.contains("a.b.cdn.test"), "{asked}");
 
     // Positive control: a cgroup without host rules is not steered.
@@ -122,14 +137,20 @@ ports = [443]
     assert_eq!(server.ask("resolve registry.test"), REGISTRY_NEW);
     assert_eq!(server.connect(REGISTRY_NEW, 443), "connected");
     std::thread::sleep(Duration::from_millis(3500));
-    assert_eq!(server.connect(REGISTRY, 443), "denied", "the old answer expired");
+    assert_eq!(
+        server.connect(REGISTRY, 443),
+        "denied",
+        "the old answer expired"
+    );
     assert_eq!(server.connect(REGISTRY_NEW, 443), "connected");
 
     // Learned addresses are listed with their time left.
     let status = lab.status();
     let learned = status["learned"].as_array().cloned().unwrap_or_default();
     assert!(
-        learned.iter().any(|l| l["name"] == "a.cdn.test" && l["address"] == CDN),
+        learned
+            .iter()
+            .any(|l| l["name"] == "a.cdn.test" && l["address"] == CDN),
         "{status}"
     );
 
@@ -137,11 +158,27 @@ ports = [443]
     assert_eq!(dns.ask("set registry.test A 300 10.77.0.10"), "ok");
     assert_eq!(server.ask("resolve registry.test"), REGISTRY);
     assert!(d.stop(Duration::from_secs(5)), "daemon stops on SIGTERM");
-    assert_eq!(server.connect(REGISTRY, 443), "connected", "while no daemon runs");
-    assert_eq!(server.connect(ELSEWHERE, 443), "denied", "while no daemon runs");
+    assert_eq!(
+        server.connect(REGISTRY, 443),
+        "connected",
+        "while no daemon runs"
+    );
+    assert_eq!(
+        server.connect(ELSEWHERE, 443),
+        "denied",
+        "while no daemon runs"
+    );
     let _d = lab.daemon_with(Some(&host), &policy, &daemon_args);
-    assert_eq!(server.connect(REGISTRY, 443), "connected", "after the restart");
+    assert_eq!(
+        server.connect(REGISTRY, 443),
+        "connected",
+        "after the restart"
+    );
     assert_eq!(server.connect(CDN, 443), "connected", "after the restart");
-    assert_eq!(server.connect(ELSEWHERE, 443), "denied", "after the restart");
+    assert_eq!(
+        server.connect(ELSEWHERE, 443),
+        "denied",
+        "after the restart"
+    );
     assert!(server.ask("resolve evil.test").starts_with("error:"));
 }
