@@ -85,6 +85,7 @@ kernel_codes!(
         Banned = BANNED, "banned";
         NameNotAllowed = NAME_NOT_ALLOWED, "name_not_allowed";
         HostAllowed = HOST_ALLOWED, "host_allowed";
+        RemoteAllowed = REMOTE_ALLOWED, "remote_allowed";
         Unknown = UNKNOWN, "unknown";
     }
 );

@@ -78,6 +78,10 @@ pub const MAX_RULES: u32 = 65_536;
 
 pub const MAX_INGRESS_PREFIXES: u32 = 262_144;
 pub const MAX_EGRESS_PREFIXES: u32 = 65_536;
+/// Remote networks (`[[remote]]`) per both slots.
+pub const MAX_REMOTE_PREFIXES: u32 = 16_384;
+/// This host's addresses, as the daemon last read them.
+pub const MAX_LOCAL_ADDRS: u32 = 4_096;
 /// (policy, address) pairs learned from DNS answers, per both slots.
 pub const MAX_LEARNED: u32 = 65_536;
 /// Sockets whose DNS destination was steered, remembered so their replies
@@ -116,6 +120,9 @@ impl PortBitmap {
 /// `CGROUPS` value flags.
 pub const CG_MAY_CONNECT: u32 = 1;
 pub const CG_MAY_BIND: u32 = 2;
+/// May connect to the protected ports on the `REMOTE` networks, never on
+/// this host (`[[remote]]`).
+pub const CG_MAY_CONNECT_REMOTE: u32 = 4;
 
 /// Protocol bits in [`PortRule::protos`].
 pub const PROTO_TCP: u32 = 1;
@@ -184,6 +191,9 @@ pub mod reason {
     pub const NAME_NOT_ALLOWED: u8 = 14;
     /// A connection to an address learned from DNS for a name a host rule allows.
     pub const HOST_ALLOWED: u8 = 15;
+    /// A connection to a protected port on another host, from a cgroup a
+    /// `[[remote]]` block names, to one of its networks.
+    pub const REMOTE_ALLOWED: u8 = 16;
     /// Never sent: what userspace reads a code it does not know as.
     pub const UNKNOWN: u8 = 0;
 }

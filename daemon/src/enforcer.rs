@@ -36,6 +36,8 @@ pub struct Enforcer {
     nflog_lost: u64,
     /// The resolver's counters, when it runs.
     pub dns_counters: Option<Arc<crate::dns::Counters>>,
+    /// This host's addresses as last told to the kernel.
+    local_addrs: Vec<std::net::IpAddr>,
 }
 
 impl Enforcer {
@@ -78,6 +80,7 @@ impl Enforcer {
             pipeline,
             nflog_lost: 0,
             dns_counters: None,
+            local_addrs: Vec::new(),
         })
     }
 
@@ -156,8 +159,28 @@ impl Enforcer {
         Ok(())
     }
 
+    /// Keeps the kernel's list of this host's addresses current: a
+    /// `[[remote]]` network never covers them.
+    pub fn follow_addresses(&mut self) {
+        let addrs = match warden_enforce::ebpf::local_addresses() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!("reading this host's addresses: {e}");
+                return;
+            }
+        };
+        if addrs == self.local_addrs {
+            return;
+        }
+        match self.backend.set_local_addrs(&addrs) {
+            Ok(()) => self.local_addrs = addrs,
+            Err(e) => tracing::error!("telling the kernel this host's addresses: {e}"),
+        }
+    }
+
     /// Attaches XDP to interfaces that appeared, detaches from those gone.
     pub fn follow_interfaces(&mut self) {
+        self.follow_addresses();
         match self.backend.sync_interfaces(&self.current) {
             Ok(changes) => {
                 let changes: Vec<&Attachment> = changes

@@ -150,6 +150,10 @@ fn start_backend(
         e.learned = warden_enforce::learned::Learned::load(&opts.run_dir.join(LEARNED_FILE));
         let mut b = Backend::Ebpf(Box::new(e));
         b.set_event_rate(opts.kernel_event_rate)?;
+        // Before any `[[remote]]` network is in force: never this host.
+        let addrs = ebpf::local_addresses()
+            .map_err(|e| EnforceError::Bpffs(format!("this host's addresses: {e}")))?;
+        b.set_local_addrs(&addrs)?;
         let applied = b.apply_next(compiled)?;
         let attachments = b.attach(compiled)?;
         Ok((b, applied, attachments))

@@ -4,7 +4,8 @@
 //! Two checks, in order:
 //! 1. Local access: a destination port that is protected may be reached only from a
 //!    cgroup allowed to connect, whatever the destination address (loopback, any
-//!    local address, the wildcard, IPv4-mapped IPv6 — all are the same port).
+//!    local address, the wildcard, IPv4-mapped IPv6 — all are the same port);
+//!    a `[[remote]]` cgroup only on its remote networks, never on this host.
 //! 2. Egress: every egress policy covering the task's cgroup (its own and its
 //!    ancestors') must allow the destination, protocol and port. These give the
 //!    caller EPERM and an event with its process; [`crate::packet`] judges the
@@ -19,6 +20,7 @@ use crate::{
     egress::{self, Verdict},
     event::{self, EMPTY},
     maps::{RULE_HITS, active_slot, count, port_protected, slot_meta},
+    remote,
 };
 use aya_ebpf::{
     bindings::bpf_sock_addr,
@@ -101,15 +103,25 @@ fn decide(ctx: &SockAddrContext, hook: u8) -> i32 {
     let is_connect = matches!(hook, hook::CONNECT4 | hook::CONNECT6);
 
     if port_protected(slot, ev.dport) {
-        match cgroup::access_rule(slot, &Task) {
-            Some(rule) if rule.flags & CG_MAY_CONNECT != 0 => {
+        let access = cgroup::access_rule(slot, &Task);
+        let remote = access
+            .filter(|r| r.flags & CG_MAY_CONNECT_REMOTE != 0)
+            .and_then(|_| remote::allowed(slot, &ev.daddr));
+        match (access, remote) {
+            (Some(rule), _) if rule.flags & CG_MAY_CONNECT != 0 => {
                 ev.verdict = verdict::ALLOW;
                 ev.reason = reason::LOCAL_ALLOWED;
                 ev.rule_id = rule.rule_id;
                 // Every accepted connection is recorded; datagrams only counted.
                 event::record(&ev, is_connect);
             }
-            rule => {
+            (_, Some(rule_id)) => {
+                ev.verdict = verdict::ALLOW;
+                ev.reason = reason::REMOTE_ALLOWED;
+                ev.rule_id = rule_id;
+                event::record(&ev, is_connect);
+            }
+            (rule, None) => {
                 ev.reason = reason::LOCAL_NOT_ALLOWED;
                 ev.rule_id = rule.map(|r| r.rule_id).unwrap_or(RULE_DEFAULT_DENY);
                 if meta.flags & slot_flags::AUDIT_LOCAL == 0 {

@@ -5,6 +5,7 @@
 //!   protected ports and per-cgroup egress allowlists (Linux 4.17 / 4.18).
 //! - [`dns`]: DNS steering to the daemon's resolver for cgroups with host
 //!   rules, and cgroup `recvmsg4/6` to give the replies their resolver's address (5.2).
+//! - [`remote`]: `[[remote]]` cgroups reaching the protected ports on other hosts only.
 //! - [`bind`]: cgroup `bind4/6` — only server cgroups may bind a protected port (4.17).
 //! - [`packet`]: cgroup_skb `egress/ingress` — the packets of restricted sockets,
 //!   judged by the socket's cgroup, and packets for protected ports (4.10).
@@ -23,6 +24,7 @@ mod egress;
 mod event;
 mod maps;
 mod packet;
+mod remote;
 mod xdp;
 
 #[cfg(not(test))]

@@ -48,6 +48,15 @@ pub static EGRESS_CGROUPS: HashMap<CgroupKey, EgressPolicyRef> =
 #[map(name = "EGRESS")]
 pub static EGRESS: LpmTrie<EgressKey, EgressEntry> = LpmTrie::pinned(MAX_EGRESS_PREFIXES, 0);
 
+/// Networks where `[[remote]]` cgroups may reach the protected ports (key:
+/// `slot << 16` then the address).
+#[map(name = "REMOTE")]
+pub static REMOTE: LpmTrie<IngressKey, IngressRule> = LpmTrie::pinned(MAX_REMOTE_PREFIXES, 0);
+
+/// This host's addresses (IPv4-mapped), kept by the daemon: never remote.
+#[map(name = "LOCAL_ADDRS")]
+pub static LOCAL_ADDRS: HashMap<Addr, u32> = HashMap::pinned(MAX_LOCAL_ADDRS, NO_PREALLOC);
+
 /// Single addresses learned from DNS for a policy's host rules (exact keys:
 /// the prefix length is not used), each rule with its own expiry.
 #[map(name = "EGRESS_LEARNED")]

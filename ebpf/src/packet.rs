@@ -86,6 +86,11 @@ pub fn skb_egress(ctx: SkBuffContext) -> i32 {
     }
     let slot = active_slot();
     let meta = slot_meta(slot);
+    if p.syn && through_loopback(&ctx) && port_protected(slot, p.dport) {
+        if local_client(&ctx, slot, meta, &p) == DROP {
+            return DROP;
+        }
+    }
     if meta.flags & slot_flags::EGRESS == 0 {
         return PASS;
     }
@@ -111,6 +116,40 @@ pub fn skb_ingress(ctx: SkBuffContext) -> i32 {
         return PASS;
     }
     judge_peer(&ctx, slot, meta, &p, hook::SKB_INGRESS)
+}
+
+/// The kernel's loopback device is always interface 1 (`LOOPBACK_IFINDEX`).
+const LOOPBACK_IFINDEX: u32 = 1;
+
+/// Whether the packet leaves through loopback: its destination is this host
+/// (in the socket's network namespace), whatever address it was sent to.
+#[inline(always)]
+fn through_loopback(ctx: &SkBuffContext) -> bool {
+    // SAFETY: the context pointer of a cgroup_skb program.
+    unsafe { (*ctx.skb.skb).ifindex == LOOPBACK_IFINDEX }
+}
+
+/// A SYN for a protected port of this host: only from a cgroup allowed to
+/// connect. The connect hooks decided already; this holds where they were
+/// told otherwise: a `[[remote]]` cgroup's connect to an address the host
+/// has gained since the daemon last read its addresses.
+#[inline(always)]
+fn local_client(ctx: &SkBuffContext, slot: u32, meta: SlotMeta, p: &Packet) -> i32 {
+    let socket = Socket(ctx.skb.skb);
+    let rule = cgroup::access_rule(slot, &socket);
+    if rule.is_some_and(|r| r.flags & CG_MAY_CONNECT != 0) {
+        return PASS;
+    }
+    // Auditing, the connect hook reported this connection already.
+    if meta.flags & slot_flags::AUDIT_LOCAL != 0 {
+        return PASS;
+    }
+    let mut ev = packet_event(ctx, p, hook::SKB_EGRESS, meta.generation);
+    ev.reason = reason::LOCAL_NOT_ALLOWED;
+    ev.rule_id = rule.map(|r| r.rule_id).unwrap_or(RULE_DEFAULT_DENY);
+    ev.verdict = verdict::DENY;
+    event::record(&ev, true);
+    DROP
 }
 
 /// A new connection or a datagram for a protected port: only a socket of a

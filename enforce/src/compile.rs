@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use std::net::Ipv6Addr;
 use thiserror::Error;
 use warden_common::{
-    CG_MAY_BIND, CG_MAY_CONNECT, EGRESS_RULES_PER_PREFIX, MAX_RULES, PROTO_TCP, PROTO_UDP,
-    PortRule, RULE_DEFAULT_DENY,
+    CG_MAY_BIND, CG_MAY_CONNECT, CG_MAY_CONNECT_REMOTE, EGRESS_RULES_PER_PREFIX, MAX_RULES,
+    PROTO_TCP, PROTO_UDP, PortRule, RULE_DEFAULT_DENY,
 };
 use warden_policy::{CgroupPath, HostPattern, Located, Mode, Policy, Proto};
 
@@ -48,6 +48,13 @@ pub struct RuleInfo {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct IngressEntry {
     pub port: u16,
+    pub net: IpNet,
+    pub rule_id: u32,
+}
+
+/// A network where `[[remote]]` cgroups may reach the protected ports.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RemoteEntry {
     pub net: IpNet,
     pub rule_id: u32,
 }
@@ -93,6 +100,8 @@ pub struct Compiled {
     pub ingress: Vec<IngressEntry>,
     pub cgroups: Vec<CgroupGrant>,
     pub egress: Vec<CompiledEgress>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub remote: Vec<RemoteEntry>,
     pub rules: Vec<RuleInfo>,
     pub digest: String,
     /// Ingress denials are reported as `would_deny` and let through.
@@ -207,6 +216,7 @@ pub fn compile(policy: &Policy, pod: Option<&CgroupPath>) -> Result<Compiled, Co
     let ingress = compile_ingress(policy, &mut rules);
     let cgroups = compile_grants(policy, &here, &mut rules);
     let egress = compile_egress(policy, &here, &mut rules)?;
+    let remote = compile_remote(policy, &mut rules);
     if rules.0.len() >= MAX_RULES as usize {
         return Err(CompileError::TooManyRules(rules.0.len()));
     }
@@ -216,6 +226,7 @@ pub fn compile(policy: &Policy, pod: Option<&CgroupPath>) -> Result<Compiled, Co
         ingress,
         cgroups,
         egress,
+        remote,
         rules: rules.0,
         digest: policy.digest(),
         ingress_audit: policy.ingress.mode == Mode::Audit,
@@ -334,6 +345,19 @@ fn compile_grants(
         );
         grants.entry(here(&l.value)).or_insert((0, id)).0 |= CG_MAY_CONNECT;
     }
+    for r in &policy.remote {
+        for l in &r.cgroups {
+            let id = rules.add(
+                "remote",
+                format!(
+                    "{} may connect to the protected ports of other hosts",
+                    l.value
+                ),
+                l.origin.to_string(),
+            );
+            grants.entry(here(&l.value)).or_insert((0, id)).0 |= CG_MAY_CONNECT_REMOTE;
+        }
+    }
     grants
         .iter()
         .map(|(path, &(flags, rule_id))| {
@@ -348,6 +372,19 @@ fn compile_grants(
             }
         })
         .collect()
+}
+
+/// The `[[remote]]` networks, one rule each (IPv6 ones without the IPv4-mapped range).
+fn compile_remote(policy: &Policy, rules: &mut RuleTable) -> Vec<RemoteEntry> {
+    let mut out = Vec::new();
+    for r in &policy.remote {
+        for net in &r.to {
+            let description = format!("the protected ports of {} may be reached", net.value);
+            let rule_id = rules.add("remote", description, net.origin.to_string());
+            out.extend(ipv6_only(net.value).map(|net| RemoteEntry { net, rule_id }));
+        }
+    }
+    out
 }
 
 /// Each restricted cgroup's allowlist, folded per prefix for the kernel's trie.

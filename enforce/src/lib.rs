@@ -214,6 +214,15 @@ impl Backend {
         }
     }
 
+    /// Tells the kernel this host's addresses, which `[[remote]]` never
+    /// covers (eBPF only; nft's rules name the local addresses themselves).
+    pub fn set_local_addrs(&mut self, addrs: &[std::net::IpAddr]) -> Result<(), EnforceError> {
+        match self {
+            Self::Ebpf(b) => b.maps.set_local_addrs(addrs),
+            Self::Nft(_) => Ok(()),
+        }
+    }
+
     /// Steers host-rule cgroups' DNS to the resolver at `port` (eBPF only).
     pub fn set_dns_port(&mut self, port: Option<u16>) -> Result<(), EnforceError> {
         match self {

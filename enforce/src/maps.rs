@@ -21,6 +21,8 @@ pub struct Maps {
     pub egress_cgroups: HashMap<MapData, CgroupKey, EgressPolicyRef>,
     pub egress: LpmTrie<MapData, EgressKey, EgressEntry>,
     pub egress_learned: HashMap<MapData, EgressKey, LearnedEntry>,
+    pub remote: LpmTrie<MapData, IngressKey, IngressRule>,
+    pub local_addrs: HashMap<MapData, Addr, u32>,
     pub rule_hits: PerCpuArray<MapData, u64>,
     pub stats: PerCpuArray<MapData, u64>,
     /// Banned sources and when their bans end (CLOCK_MONOTONIC ns).
@@ -62,6 +64,8 @@ impl Maps {
             egress_cgroups: typed(take("EGRESS_CGROUPS")?, "EGRESS_CGROUPS")?,
             egress: typed(take("EGRESS")?, "EGRESS")?,
             egress_learned: typed(take("EGRESS_LEARNED")?, "EGRESS_LEARNED")?,
+            remote: typed(take("REMOTE")?, "REMOTE")?,
+            local_addrs: typed(take("LOCAL_ADDRS")?, "LOCAL_ADDRS")?,
             rule_hits: typed(take("RULE_HITS")?, "RULE_HITS")?,
             stats: typed(take("STATS")?, "STATS")?,
             bans: typed(take("BANS")?, "BANS")?,
@@ -77,10 +81,9 @@ impl Maps {
             })?;
             Ok(match name {
                 "STATE" | "SLOT_META" | "PORTS" => Map::Array(data),
-                "INGRESS" | "EGRESS" => Map::LpmTrie(data),
-                "CGROUPS" | "EGRESS_CGROUPS" | "INGRESS_HOSTS" | "BANS" | "EGRESS_LEARNED" => {
-                    Map::HashMap(data)
-                }
+                "INGRESS" | "EGRESS" | "REMOTE" => Map::LpmTrie(data),
+                "CGROUPS" | "EGRESS_CGROUPS" | "INGRESS_HOSTS" | "BANS" | "EGRESS_LEARNED"
+                | "LOCAL_ADDRS" => Map::HashMap(data),
                 _ => Map::PerCpuArray(data),
             })
         })
@@ -140,6 +143,7 @@ impl Maps {
         }
         flags |= self.write_ingress(slot, compiled)?;
         self.write_grants(slot, grants)?;
+        self.write_remote(slot, compiled)?;
         flags |= self.write_egress(slot, compiled, egress)?;
         self.write_learned(slot, learned)?;
         let mut ports = PortBitmap::EMPTY;
@@ -251,6 +255,38 @@ impl Maps {
         Ok(flags)
     }
 
+    /// The `[[remote]]` networks of `slot`.
+    fn write_remote(&mut self, slot: u32, compiled: &Compiled) -> Result<(), EnforceError> {
+        for r in &compiled.remote {
+            let (len, addr) = lpm_addr(r.net);
+            let key = IngressKey {
+                slot_port: (slot << 16).to_be_bytes(),
+                addr,
+            };
+            self.remote
+                .insert(
+                    &Key::new(INGRESS_KEY_FIXED_BITS + len, key),
+                    IngressRule { rule_id: r.rule_id },
+                    0,
+                )
+                .map_err(map_error("REMOTE"))?;
+        }
+        Ok(())
+    }
+
+    /// Makes `LOCAL_ADDRS` exactly `addrs` (this host's addresses: never
+    /// remote). Added first, then the stale removed, so no address that is
+    /// still the host's is missing in between.
+    pub fn set_local_addrs(&mut self, addrs: &[std::net::IpAddr]) -> Result<(), EnforceError> {
+        let want: Vec<Addr> = addrs.iter().map(|&a| mapped(a)).collect();
+        for a in &want {
+            self.local_addrs
+                .insert(a, 1, 0)
+                .map_err(map_error("LOCAL_ADDRS"))?;
+        }
+        clear_hash(&mut self.local_addrs, "LOCAL_ADDRS", |k| !want.contains(k))
+    }
+
     /// Writes learned addresses into `slot` (replacing their entries).
     pub fn write_learned(
         &mut self,
@@ -302,6 +338,7 @@ impl Maps {
         clear_trie(&mut self.egress, "EGRESS", |k| {
             u32::from(k.slot_policy[0]) == slot
         })?;
+        clear_trie(&mut self.remote, "REMOTE", ingress_slot)?;
         clear_hash(&mut self.egress_learned, "EGRESS_LEARNED", |k| {
             u32::from(k.slot_policy[0]) == slot
         })?;

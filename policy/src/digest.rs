@@ -31,6 +31,9 @@ struct Canonical<'a> {
     /// sorted; left out when empty, so enforcing policies keep their digest.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     audit: Vec<String>,
+    /// (cgroup, remote network) pairs, sorted; left out when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    remote: Vec<(String, String)>,
 }
 
 #[derive(Serialize)]
@@ -144,6 +147,18 @@ impl Policy {
             audit.push("local".into());
         }
         audit.sort();
+        let mut remote: Vec<(String, String)> = self
+            .remote
+            .iter()
+            .flat_map(|r| {
+                r.cgroups.iter().flat_map(|c| {
+                    r.to.iter()
+                        .map(|n| (c.value.to_string(), n.value.to_string()))
+                })
+            })
+            .collect();
+        remote.sort();
+        remote.dedup();
         Canonical {
             format: CANONICAL_FORMAT,
             ports: &self.ports,
@@ -153,6 +168,7 @@ impl Policy {
             ingress,
             egress,
             audit,
+            remote,
         }
     }
 }

@@ -37,7 +37,9 @@ pub use cgroup::{CgroupPath, CgroupPathError, MAX_DEPTH as MAX_CGROUP_DEPTH, OWN
 pub use diagnostic::{Diagnostic, Origin};
 pub use host::{HostError, HostPattern};
 pub use load::Verifier;
-pub use model::{EgressPolicy, EgressRule, HostRule, Ingress, Located, Mode, Policy, PortIngress};
+pub use model::{
+    EgressPolicy, EgressRule, HostRule, Ingress, Located, Mode, Policy, PortIngress, RemoteAccess,
+};
 pub use net::{NetError, parse_net};
 pub use parse::POLICY_VERSION;
 pub use ports::{PortError, PortRange, Proto, ProtoError};

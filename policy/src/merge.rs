@@ -40,6 +40,7 @@ pub(crate) struct Fragment {
     pub(crate) per_port: Vec<PerPortDecl>,
     pub(crate) local_allow: Vec<Located<CgroupPath>>,
     pub(crate) egress: Vec<EgressDecl>,
+    pub(crate) remote: Vec<crate::model::RemoteAccess>,
 }
 
 impl Fragment {
@@ -57,6 +58,7 @@ impl Fragment {
             per_port: Vec::new(),
             local_allow: Vec::new(),
             egress: Vec::new(),
+            remote: Vec::new(),
         }
     }
 }
@@ -148,7 +150,9 @@ pub(crate) fn merge(
     let mut per_port: BTreeMap<u16, PortIngress> = BTreeMap::new();
     let mut egress: Vec<EgressDecl> = Vec::new();
     let mut egress_seen: HashMap<CgroupPath, Origin> = HashMap::new();
+    let mut remote = Vec::new();
     for frag in fragments {
+        remote.extend(frag.remote);
         union(&mut server_cgroups, frag.server_cgroups.unwrap_or_default());
         union(&mut local_allow, frag.local_allow);
         union(&mut ingress_allow, frag.ingress_allow);
@@ -216,6 +220,7 @@ pub(crate) fn merge(
         local_allow,
         local_mode,
         egress: egress.into_iter().map(|e| e.policy).collect(),
+        remote,
         sources,
     })
 }

@@ -41,6 +41,9 @@ pub struct Policy {
     pub local_mode: Mode,
     /// Outbound allowlists, one per cgroup; cgroups without one are not restricted.
     pub egress: Vec<EgressPolicy>,
+    /// Local cgroups that may reach the protected ports on other hosts.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub remote: Vec<RemoteAccess>,
     /// Files merged into this policy, in merge order (`<embedded default>` for the default).
     #[serde(serialize_with = "serialize_paths")]
     pub sources: Vec<PathBuf>,
@@ -117,6 +120,15 @@ pub struct EgressRule {
     pub ports: Vec<PortRange>,
     pub proto: Proto,
     /// The `[[egress.allow]]` block (or inline table).
+    pub origin: Origin,
+}
+
+/// `[[remote]]`: these cgroups (and descendants) may connect to the protected
+/// ports on these networks, and never on this host, by any address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RemoteAccess {
+    pub cgroups: Vec<Located<CgroupPath>>,
+    pub to: Vec<Located<IpNet>>,
     pub origin: Origin,
 }
 

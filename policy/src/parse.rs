@@ -5,6 +5,7 @@
 //! ports") are in [`crate::merge`].
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -23,7 +24,10 @@ use crate::walk::{Entry, FileCtx, TableRef, array_of_tables, type_name};
 /// The only policy format this crate reads.
 pub const POLICY_VERSION: i64 = 1;
 
-const TOP_KEYS: &[&str] = &["version", "service", "ingress", "local", "egress", "mode"];
+const TOP_KEYS: &[&str] = &[
+    "version", "service", "ingress", "local", "egress", "remote", "mode",
+];
+const REMOTE_KEYS: &[&str] = &["cgroups", "to"];
 const SERVICE_KEYS: &[&str] = &["ports", "server_cgroups"];
 const INGRESS_KEYS: &[&str] = &["interfaces", "allow", "port", "mode"];
 const INGRESS_PORT_KEYS: &[&str] = &["port", "allow"];
@@ -64,6 +68,9 @@ pub(crate) fn parse_file(file: Arc<Path>, text: &str) -> (Fragment, Vec<Diagnost
     }
     if let Some(entry) = root.get("local") {
         local(&mut ctx, &mut frag, entry);
+    }
+    if let Some(entry) = root.get("remote") {
+        remote(&mut ctx, &mut frag, entry);
     }
     if let Some(entry) = root.get("egress") {
         egress(&mut ctx, &mut frag, entry);
@@ -459,6 +466,98 @@ fn local(ctx: &mut FileCtx<'_>, frag: &mut Fragment, entry: Entry<'_>) {
     if let Some(entry) = t.get("allow_cgroups") {
         frag.local_allow = cgroup_list(ctx, entry, "local.allow_cgroups");
     }
+}
+
+/// `[[remote]]`: cgroups that may reach the protected ports on other hosts.
+/// A network that covers this host's loopback or the unspecified address
+/// (`0.0.0.0/0`, `::/0`) is an error: remote networks are named, never "any".
+fn remote(ctx: &mut FileCtx<'_>, frag: &mut Fragment, entry: Entry<'_>) {
+    let Some(blocks) = array_of_tables(entry.item) else {
+        let found = type_name(entry.item);
+        ctx.error(
+            entry.span(),
+            format!("`remote` must be an array of tables ([[remote]]), found {found}"),
+        );
+        return;
+    };
+    for block in blocks {
+        let t = match block {
+            Ok(t) => t,
+            Err(v) => {
+                let msg = format!("`remote` entries must be tables, found {}", v.type_name());
+                ctx.error(v.span(), msg);
+                continue;
+            }
+        };
+        t.check_keys(ctx, REMOTE_KEYS, "in [[remote]]");
+        let origin = ctx.origin(t.span());
+        let errors_before = ctx.diagnostics.len();
+        let cgroups = match t.get("cgroups") {
+            Some(e) => cgroup_list(ctx, e, "remote.cgroups"),
+            None => {
+                ctx.error_at(origin.clone(), "[[remote]] is missing `cgroups`");
+                Vec::new()
+            }
+        };
+        let to = match t.get("to") {
+            Some(e) => remote_nets(ctx, e),
+            None => {
+                ctx.error_at(origin.clone(), "[[remote]] is missing `to`");
+                Vec::new()
+            }
+        };
+        if ctx.diagnostics.len() == errors_before {
+            frag.remote.push(crate::model::RemoteAccess {
+                cgroups,
+                to,
+                origin,
+            });
+        }
+    }
+}
+
+fn remote_nets(ctx: &mut FileCtx<'_>, entry: Entry<'_>) -> Vec<Located<IpNet>> {
+    let Some(arr) = array(ctx, entry, "remote.to", "CIDRs or addresses") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for v in arr.iter() {
+        let Some(raw) = v.as_str() else {
+            let msg = format!(
+                "`remote.to` entries must be strings, found {}",
+                v.type_name()
+            );
+            ctx.error(v.span(), msg);
+            continue;
+        };
+        match parse_net(raw) {
+            Ok(net) if covers_this_host(&net) => ctx.error(
+                v.span(),
+                format!(
+                    "`{raw}` covers this host (loopback or the unspecified address): name the \
+                     remote hosts' networks; this host's own port is [local]'s business"
+                ),
+            ),
+            Ok(net) => out.push(Located::new(net, ctx.origin(v.span()))),
+            Err(e) => ctx.error(v.span(), e.to_string()),
+        }
+    }
+    out
+}
+
+/// Whether `net` holds an address that is always this host.
+fn covers_this_host(net: &IpNet) -> bool {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    [
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    ]
+    .iter()
+    .any(|a| net.contains(a))
+        || is_loopback(net)
+        || matches!(net, IpNet::V4(n) if n.contains(&Ipv4Addr::new(127, 255, 255, 255)))
 }
 
 fn egress(ctx: &mut FileCtx<'_>, frag: &mut Fragment, entry: Entry<'_>) {

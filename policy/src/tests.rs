@@ -685,3 +685,36 @@ fn host_rules_count_in_the_digest_and_leave_other_digests_alone() {
     assert_eq!(one, same, "case and the root's dot do not change the rule");
     assert_ne!(one, other);
 }
+
+#[test]
+fn remote_access_names_networks_that_are_never_this_host() {
+    let head = "version = 1\n[service]\nports = [11434]\nserver_cgroups = [\"s\"]\n";
+    let p = parse(&format!(
+        "{head}[[remote]]\ncgroups = [\"gw\"]\nto = [\"10.20.0.0/24\", \"fd00:20::/64\"]\n"
+    ));
+    assert_eq!(p.remote.len(), 1);
+    assert_eq!(p.remote[0].to.len(), 2);
+    assert_eq!(p.remote[0].origin.to_string(), "t.toml:5:1");
+    let e = errors(&format!(
+        "{head}[[remote]]\ncgroups = [\"gw\"]\nto = [\"0.0.0.0/0\", \"127.0.0.2\", \"::/0\", \"::1\", \"10.0.0.0/8\"]\n\
+         [[remote]]\nto = [\"10.0.0.0/8\"]\n"
+    ));
+    assert_eq!(e.len(), 5, "{e:?}");
+    assert!(
+        e[0].starts_with("t.toml:7:7: `0.0.0.0/0` covers this host"),
+        "{e:?}"
+    );
+    assert!(
+        e[1].starts_with("t.toml:7:20: `127.0.0.2` covers this host"),
+        "{e:?}"
+    );
+    assert!(
+        e[2].starts_with("t.toml:7:33: `::/0` covers this host"),
+        "{e:?}"
+    );
+    assert!(
+        e[3].starts_with("t.toml:7:41: `::1` covers this host"),
+        "{e:?}"
+    );
+    assert_eq!(e[4], "t.toml:8:1: [[remote]] is missing `cgroups`");
+}

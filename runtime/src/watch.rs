@@ -167,9 +167,9 @@ impl AsRawFd for CgroupWatch {
     }
 }
 
-/// Interfaces appearing in this network namespace (rtnetlink link
-/// notifications), so XDP covers a new interface at once instead of at the
-/// next rescan.
+/// Interfaces and addresses appearing in this network namespace (rtnetlink
+/// link and address notifications), so XDP covers a new interface, and a new
+/// address counts as this host's, at once instead of at the next rescan.
 pub struct LinkWatch {
     fd: OwnedFd,
 }
@@ -177,6 +177,8 @@ pub struct LinkWatch {
 impl LinkWatch {
     pub fn new() -> std::io::Result<Self> {
         const RTMGRP_LINK: u32 = 1;
+        const RTMGRP_IPV4_IFADDR: u32 = 0x10;
+        const RTMGRP_IPV6_IFADDR: u32 = 0x100;
         // SAFETY: plain socket(2) call.
         let raw = unsafe {
             libc::socket(
@@ -193,7 +195,7 @@ impl LinkWatch {
         // SAFETY: a zeroed sockaddr_nl is valid; family and groups set below.
         let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         addr.nl_family = libc::AF_NETLINK as u16;
-        addr.nl_groups = RTMGRP_LINK;
+        addr.nl_groups = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR;
         // SAFETY: bind with a sockaddr_nl of the right size.
         let rc = unsafe {
             libc::bind(

@@ -29,6 +29,7 @@ pub const GAPS: &[&str] = &[
     "flow events carry addresses, ports and uid/gid but no pid, comm, cgroup or socket cookie (nftables sees packets, not system calls)",
     "denied local TCP connects fail with ECONNREFUSED (a reset), not EPERM",
     "local access and egress rules see only this network namespace: processes in containers with their own network namespace are not covered",
+    "[[remote]]: cgroups it names get no access to the protected ports of other hosts (fail closed)",
     "egress host rules: DNS is not steered and no addresses are learned, so a host rule allows nothing (fail closed; write `net` rules for this backend)",
 ];
 
