@@ -25,6 +25,8 @@ pub struct Findings {
     pub local_clients: BTreeMap<String, BTreeSet<String>>,
     /// Where the server's own processes are connected to (outbound).
     pub server_peers: BTreeSet<(IpAddr, u16)>,
+    /// Host names known for peer addresses (what warden's resolver learned).
+    pub peer_names: BTreeMap<IpAddr, String>,
 }
 
 pub fn inspect(port: u16) -> Findings {
@@ -180,21 +182,27 @@ pub fn render(f: &Findings) -> String {
         let _ = writeln!(
             s,
             "\n# Egress: uncomment to allow the server only these destinations (it pulls\n\
-             # models from registry.ollama.ai over HTTPS; add its addresses or a proxy's).\n\
-             # [[egress]]\n# cgroup = \"{server}\""
+             # models from registry.ollama.ai over HTTPS, blobs from Cloudflare R2).\n\
+             # [[egress]]\n# cgroup = \"{server}\"\n# allow = [\n\
+             #   {{ net = \"127.0.0.0/8\", proto = \"tcp\" }},   # its runners, on loopback\n\
+             #   {{ host = \"registry.ollama.ai\", ports = [443], proto = \"tcp\" }},\n\
+             #   {{ host = \"*.r2.cloudflarestorage.com\", ports = [443], proto = \"tcp\" }},"
         );
-        if f.server_peers.is_empty() {
-            let _ = writeln!(s, "# allow = []");
-        } else {
-            let _ = writeln!(s, "# allow = [   # where it is connected now");
-            for (ip, p) in &f.server_peers {
-                let _ = writeln!(
-                    s,
-                    "#   {{ net = \"{ip}\", ports = [{p}], proto = \"tcp\" }},"
-                );
-            }
-            let _ = writeln!(s, "# ]");
+        if !f.server_peers.is_empty() {
+            let _ = writeln!(s, "#   # where it is connected now:");
         }
+        let mut named = BTreeSet::from([("registry.ollama.ai".to_owned(), 443)]);
+        for (ip, p) in &f.server_peers {
+            let line = match f.peer_names.get(ip) {
+                Some(name) if named.insert((name.clone(), *p)) => {
+                    format!("{{ host = \"{name}\", ports = [{p}], proto = \"tcp\" }},   # {ip}")
+                }
+                Some(_) => continue,
+                None => format!("{{ net = \"{ip}\", ports = [{p}], proto = \"tcp\" }},"),
+            };
+            let _ = writeln!(s, "#   {line}");
+        }
+        let _ = writeln!(s, "# ]");
     }
     s
 }
@@ -242,5 +250,42 @@ mod tests {
                 .any(|c| c.value.as_str() == "user.slice/user-1000.slice/session-3.scope")
         );
         assert!(text.contains("#   { net = \"104.21.0.1\", ports = [443], proto = \"tcp\" },"));
+    }
+
+    #[test]
+    fn peers_with_a_learned_name_become_host_rules_and_the_egress_block_is_valid() {
+        let mut f = Findings {
+            port: 11434,
+            ..Default::default()
+        };
+        for ip in ["104.21.0.1", "104.21.0.2", "104.21.0.3", "10.9.9.9"] {
+            f.server_peers.insert((ip.parse().unwrap(), 443));
+        }
+        for ip in ["104.21.0.1", "104.21.0.2"] {
+            f.peer_names.insert(ip.parse().unwrap(), "mirror.example.com".into());
+        }
+        f.peer_names.insert("104.21.0.3".parse().unwrap(), "registry.ollama.ai".into());
+        let text = render(&f);
+        let once = "#   { host = \"mirror.example.com\", ports = [443], proto = \"tcp\" },   # 104.21.0.1";
+        assert!(text.contains(once), "{text}");
+        assert!(!text.contains("# 104.21.0.2"), "one rule per name and port: {text}");
+        assert!(!text.contains("# 104.21.0.3"), "suggested already: {text}");
+        assert!(text.contains("#   { net = \"10.9.9.9\", ports = [443], proto = \"tcp\" },"));
+        // The operator's next step: uncomment the egress block.
+        let start = text.find("# [[egress]]").unwrap();
+        let (head, tail) = text.split_at(start);
+        let uncommented: String = tail
+            .lines()
+            .map(|l| l.strip_prefix("# ").or(l.strip_prefix('#')).unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let whole = format!("{head}{uncommented}\n");
+        let p = warden_policy::parse_str(Path::new("discover.toml"), &whole)
+            .unwrap_or_else(|d| panic!("{d:?}\n{whole}"));
+        let hosts: Vec<String> = p.egress[0].hosts.iter().map(|h| h.host.to_string()).collect();
+        assert_eq!(
+            hosts,
+            ["registry.ollama.ai", "*.r2.cloudflarestorage.com", "mirror.example.com"]
+        );
     }
 }

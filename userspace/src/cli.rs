@@ -206,10 +206,13 @@ pub fn main() -> i32 {
         Command::Proxy { config, check } => proxy(&config, check),
         Command::Token { command } => token(command),
         Command::Discover { port } => {
-            print!(
-                "{}",
-                warden_host::discover::render(&warden_host::discover::inspect(port))
+            let mut found = warden_host::discover::inspect(port);
+            // Names a running daemon learned for addresses the server talks to.
+            let learned = warden_enforce::learned::Learned::load(
+                &cli.run_dir.join(warden_daemon::run::LEARNED_FILE),
             );
+            found.peer_names = learned.list().into_iter().map(|l| (l.address, l.name)).collect();
+            print!("{}", warden_host::discover::render(&found));
             0
         }
         Command::Doctor(args) => doctor(args, cli.pin_dir, cli.run_dir, cli.nft_table),
@@ -232,8 +235,16 @@ fn policy_check(paths: &[PathBuf], require_signature: Option<&str>) -> i32 {
             for w in &c.warnings {
                 eprintln!("{w}");
             }
+            let hosts: usize = c.egress.iter().map(|e| e.hosts.len()).sum();
+            let mut extra = String::new();
+            if hosts > 0 {
+                extra.push_str(&format!(" ({hosts} host rule(s))"));
+            }
+            if !c.remote.is_empty() {
+                extra.push_str(&format!("; {} remote network(s)", c.remote.len()));
+            }
             println!(
-                "ok: {} file(s); ports {:?}; {} ingress prefix(es); {} local cgroup(s); {} egress polic(ies); mode {}; {}",
+                "ok: {} file(s); ports {:?}; {} ingress prefix(es); {} local cgroup(s); {} egress polic(ies){extra}; mode {}; {}",
                 policy.sources.len(),
                 c.ports,
                 c.ingress.len(),
@@ -399,6 +410,12 @@ fn print_status(r: &StatusReport) {
             "  rule {:>4} {:>10} hits  {} {}",
             rule.id, rule.hits, rule.description, rule.origin
         );
+    }
+    if !r.learned.is_empty() {
+        println!("learned:     addresses answered for host rules (time left)");
+    }
+    for l in &r.learned {
+        println!("  {:<40} {} ({} s)", l.name, l.address, l.expires_in_s);
     }
 }
 
