@@ -262,13 +262,19 @@ mod tests {
             f.server_peers.insert((ip.parse().unwrap(), 443));
         }
         for ip in ["104.21.0.1", "104.21.0.2"] {
-            f.peer_names.insert(ip.parse().unwrap(), "mirror.example.com".into());
+            f.peer_names
+                .insert(ip.parse().unwrap(), "mirror.example.com".into());
         }
-        f.peer_names.insert("104.21.0.3".parse().unwrap(), "registry.ollama.ai".into());
+        f.peer_names
+            .insert("104.21.0.3".parse().unwrap(), "registry.ollama.ai".into());
         let text = render(&f);
-        let once = "#   { host = \"mirror.example.com\", ports = [443], proto = \"tcp\" },   # 104.21.0.1";
+        let once =
+            "#   { host = \"mirror.example.com\", ports = [443], proto = \"tcp\" },   # 104.21.0.1";
         assert!(text.contains(once), "{text}");
-        assert!(!text.contains("# 104.21.0.2"), "one rule per name and port: {text}");
+        assert!(
+            !text.contains("# 104.21.0.2"),
+            "one rule per name and port: {text}"
+        );
         assert!(!text.contains("# 104.21.0.3"), "suggested already: {text}");
         assert!(text.contains("#   { net = \"10.9.9.9\", ports = [443], proto = \"tcp\" },"));
         // The operator's next step: uncomment the egress block.
@@ -282,10 +288,18 @@ mod tests {
         let whole = format!("{head}{uncommented}\n");
         let p = warden_policy::parse_str(Path::new("discover.toml"), &whole)
             .unwrap_or_else(|d| panic!("{d:?}\n{whole}"));
-        let hosts: Vec<String> = p.egress[0].hosts.iter().map(|h| h.host.to_string()).collect();
+        let hosts: Vec<String> = p.egress[0]
+            .hosts
+            .iter()
+            .map(|h| h.host.to_string())
+            .collect();
         assert_eq!(
             hosts,
-            ["registry.ollama.ai", "*.r2.cloudflarestorage.com", "mirror.example.com"]
+            [
+                "registry.ollama.ai",
+                "*.r2.cloudflarestorage.com",
+                "mirror.example.com"
+            ]
         );
     }
 }

@@ -211,7 +211,11 @@ pub fn main() -> i32 {
             let learned = warden_enforce::learned::Learned::load(
                 &cli.run_dir.join(warden_daemon::run::LEARNED_FILE),
             );
-            found.peer_names = learned.list().into_iter().map(|l| (l.address, l.name)).collect();
+            found.peer_names = learned
+                .list()
+                .into_iter()
+                .map(|l| (l.address, l.name))
+                .collect();
             print!("{}", warden_host::discover::render(&found));
             0
         }
