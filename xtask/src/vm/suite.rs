@@ -9,7 +9,8 @@ use std::process::Command;
 use std::time::Duration;
 
 /// The kernel smoke (CI runs it on each kernel): every program type enforcing
-/// (XDP with the crafted frames, the sock_addr hooks, cgroup_skb), the packet
+/// (XDP with the crafted frames, the sock_addr hooks with DNS steering and
+/// recvmsg, cgroup_skb), `[[remote]]`, the packet
 /// bypasses, pins surviving the daemon, and the nftables fallback. About a
 /// dozen daemon starts: each costs ~25 s under emulation (the verifier).
 pub const SMOKE: &[(&str, &[&str])] = &[
@@ -30,6 +31,14 @@ pub const SMOKE: &[(&str, &[&str])] = &[
     (
         "egress",
         &["restricted_cgroup_reaches_only_its_allowed_destinations"],
+    ),
+    (
+        "dns",
+        &["host_rules_allow_what_dns_answers_for_the_name_and_nothing_else"],
+    ),
+    (
+        "remote",
+        &["a_remote_grant_reaches_other_hosts_and_never_this_one"],
     ),
     (
         "kernel_log",
