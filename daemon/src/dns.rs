@@ -114,6 +114,33 @@ pub struct Counters {
     pub dropped: AtomicU64,
 }
 
+/// What the resolver did since the daemon started (state file, status, metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DnsStats {
+    /// Questions answered (allowed names, forwarded upstream).
+    pub answered: u64,
+    /// Questions for names no host rule allows.
+    pub refused: u64,
+    /// Answered SERVFAIL: no upstream answer, or the addresses not learned.
+    pub failed: u64,
+    /// Not answered: more questions in flight than the resolver takes.
+    pub dropped: u64,
+    /// (name, address) pairs allowed now.
+    pub learned: u64,
+}
+
+impl Counters {
+    pub fn snapshot(&self, learned: u64) -> DnsStats {
+        DnsStats {
+            answered: self.answered.load(Relaxed),
+            refused: self.refused.load(Relaxed),
+            failed: self.failed.load(Relaxed),
+            dropped: self.dropped.load(Relaxed),
+            learned,
+        }
+    }
+}
+
 struct Ctx {
     policy: watch::Receiver<Arc<Compiled>>,
     ask: mpsc::Sender<Ask>,

@@ -357,8 +357,11 @@ impl Enforcer {
     /// enforcement and events go on).
     pub fn report_losses(&mut self) {
         let losses = self.pipeline.report_losses(self.kernel_lost());
-        if losses != self.state.events {
+        let learned = self.backend.learned().map_or(0, |l| l.len() as u64);
+        let dns = self.dns_counters.as_ref().map(|c| c.snapshot(learned));
+        if losses != self.state.events || dns != self.state.dns {
             self.state.events = losses;
+            self.state.dns = dns;
             if let Err(e) = self.state.write(&self.opts.run_dir) {
                 tracing::error!("cannot update the state file: {e}");
             }

@@ -27,6 +27,29 @@ pub fn render_daemon(r: &StatusReport) -> String {
         "Sources banned now",
         r.bans.len() as u64,
     );
+    if let Some(d) = &r.dns {
+        let name = "warden_dns_questions_total";
+        help(
+            &mut o,
+            name,
+            "counter",
+            "Questions the resolver for host rules took, by outcome",
+        );
+        for (outcome, n) in [
+            ("answered", d.answered),
+            ("refused", d.refused),
+            ("failed", d.failed),
+            ("dropped", d.dropped),
+        ] {
+            let _ = writeln!(o, "{name}{{outcome=\"{outcome}\"}} {n}");
+        }
+        gauge(
+            &mut o,
+            "warden_dns_learned_addresses",
+            "Addresses allowed now for host rules (name, address pairs)",
+            d.learned,
+        );
+    }
     if let Some(e) = &r.events {
         for (key, text, field) in EVENT_COUNTERS {
             counter(

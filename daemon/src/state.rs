@@ -29,6 +29,9 @@ pub struct DaemonState {
     /// Event delivery and losses, updated as they change.
     #[serde(default)]
     pub events: warden_events::pipeline::Losses,
+    /// The resolver for host rules, when it runs; updated as it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<crate::dns::DnsStats>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,6 +80,7 @@ impl DaemonState {
                 .collect(),
             unresolved_cgroups: Vec::new(),
             events: Default::default(),
+            dns: None,
         };
         s.policy_applied(policy, c, applied);
         s

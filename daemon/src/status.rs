@@ -71,6 +71,9 @@ pub struct StatusReport {
     /// each stays allowed (TTL plus grace).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub learned: Vec<warden_enforce::learned::LearnedAddress>,
+    /// The resolver's questions since the daemon started, as of its last update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<crate::dns::DnsStats>,
     /// Event delivery since the daemon started, as of its last update (the
     /// pinned kernel counter since enforcement started is `counters.events_lost`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -145,6 +148,7 @@ pub fn report(pin_dir: &Path, run_dir: &Path, nft_table: &str) -> StatusReport {
         bans: bans(pin_dir, nft_table),
         learned: warden_enforce::learned::Learned::load(&run_dir.join(crate::run::LEARNED_FILE))
             .list(),
+        dns: state.as_ref().and_then(|s| s.dns),
         events: state.as_ref().map(|s| s.events.clone()),
         policy: state.as_ref().map(policy_in_force),
     };

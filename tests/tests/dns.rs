@@ -144,8 +144,13 @@ ports = [443]
     );
     assert_eq!(server.connect(REGISTRY_NEW, 443), "connected");
 
-    // Learned addresses are listed with their time left.
+    // Learned addresses are listed with their time left, and the resolver's
+    // questions are counted.
+    std::thread::sleep(Duration::from_millis(400));
     let status = lab.status();
+    assert!(status["dns"]["refused"].as_u64() >= Some(4), "{status}");
+    assert!(status["dns"]["answered"].as_u64() >= Some(6), "{status}");
+    assert_eq!(status["dns"]["dropped"], 0, "{status}");
     let learned = status["learned"].as_array().cloned().unwrap_or_default();
     assert!(
         learned
@@ -168,7 +173,9 @@ ports = [443]
         "denied",
         "while no daemon runs"
     );
-    let _d = lab.daemon_with(Some(&host), &policy, &daemon_args);
+    // This time refusals answer NXDOMAIN.
+    let nxdomain = [&daemon_args[..], &["--dns-refuse", "nxdomain"]].concat();
+    let _d = lab.daemon_with(Some(&host), &policy, &nxdomain);
     assert_eq!(
         server.connect(REGISTRY, 443),
         "connected",
@@ -181,4 +188,5 @@ ports = [443]
         "after the restart"
     );
     assert!(server.ask("resolve evil.test").starts_with("error:"));
+    assert_eq!(server.ask("dns 10.77.0.53 evil.test"), "nxdomain");
 }

@@ -415,6 +415,12 @@ fn print_status(r: &StatusReport) {
             rule.id, rule.hits, rule.description, rule.origin
         );
     }
+    if let Some(d) = &r.dns {
+        println!(
+            "dns:         {} answered, {} refused, {} failed, {} dropped; {} address(es) learned",
+            d.answered, d.refused, d.failed, d.dropped, d.learned
+        );
+    }
     if !r.learned.is_empty() {
         println!("learned:     addresses answered for host rules (time left)");
     }
