@@ -222,6 +222,9 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         d.dns_counters = Some(crate::dns::spawn(l, &d.opts.dns, policy_rx, ask_tx)?);
     }
     serve_metrics(&d.opts);
+    if let Err(e) = crate::live::serve(&d.opts.run_dir, d.pipeline.subscriptions()) {
+        tracing::warn!("the subscription socket for `warden events`: {e}; running without");
+    }
     notify_ready();
 
     loop {

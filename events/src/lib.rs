@@ -5,9 +5,11 @@
 
 pub mod aggregate;
 pub mod community_id;
+pub mod compact;
 pub mod correlate;
 pub mod ecs;
 pub mod enrich;
+pub mod live;
 pub mod ocsf;
 pub mod pipeline;
 pub mod reports;
@@ -80,6 +82,8 @@ pub enum EventFormat {
     Ecs,
     /// The kernel record as JSON, unenriched.
     Raw,
+    /// One readable line per event (OCSF underneath): for a terminal.
+    Compact,
 }
 
 /// Turns flow records into events of one format.
@@ -90,7 +94,13 @@ pub struct Encoder {
 }
 
 impl Encoder {
+    /// An encoder for `format`; [`EventFormat::Compact`] encodes OCSF, which
+    /// [`compact::line`] renders.
     pub fn new(format: EventFormat, cgroup2: std::path::PathBuf) -> Self {
+        let format = match format {
+            EventFormat::Compact => EventFormat::Ocsf,
+            f => f,
+        };
         Self {
             format,
             enricher: enrich::Enricher::new(cgroup2),
@@ -103,7 +113,9 @@ impl Encoder {
         self.seq += 1;
         match self.format {
             EventFormat::Raw => lifecycle(kind, fields),
-            EventFormat::Ocsf => ocsf::application_lifecycle(kind, fields, &event_uid(self.seq)),
+            EventFormat::Ocsf | EventFormat::Compact => {
+                ocsf::application_lifecycle(kind, fields, &event_uid(self.seq))
+            }
             EventFormat::Ecs => ecs::lifecycle(kind, fields, &event_uid(self.seq)),
         }
     }
@@ -123,7 +135,7 @@ impl Encoder {
                 v["first_time_ms"] = first.into();
                 v["time_ms"] = last.into();
             }
-            EventFormat::Ocsf => {
+            EventFormat::Ocsf | EventFormat::Compact => {
                 v["count"] = r.count.into();
                 v["start_time"] = first.into();
                 v["end_time"] = last.into();
@@ -151,7 +163,7 @@ impl Encoder {
         let uid = || event_uid(self.seq);
         match self.format {
             EventFormat::Raw => flow_json(ev, rule),
-            EventFormat::Ocsf => {
+            EventFormat::Ocsf | EventFormat::Compact => {
                 ocsf::network_activity(&Flow::enriched(ev, rule, &mut self.enricher), &uid())
             }
             EventFormat::Ecs => {
@@ -171,8 +183,12 @@ impl Encoder {
         let question = ev.hook() == warden_common::kinds::Hook::Dns;
         match (self.format, question) {
             (EventFormat::Raw, _) => v["host"] = name.into(),
-            (EventFormat::Ocsf, false) => v["dst_endpoint"]["hostname"] = name.into(),
-            (EventFormat::Ocsf, true) => v["query"] = json!({ "hostname": name }),
+            (EventFormat::Ocsf | EventFormat::Compact, false) => {
+                v["dst_endpoint"]["hostname"] = name.into()
+            }
+            (EventFormat::Ocsf | EventFormat::Compact, true) => {
+                v["query"] = json!({ "hostname": name })
+            }
             (EventFormat::Ecs, false) => v["destination"]["domain"] = name.into(),
             (EventFormat::Ecs, true) => v["dns"] = json!({ "question": { "name": name } }),
         }
@@ -212,7 +228,7 @@ impl Encoder {
         match (self.format, proxy) {
             (EventFormat::Raw, Some(p)) => v["proxy"] = p,
             (EventFormat::Raw, None) => v["unattributed"] = true.into(),
-            (EventFormat::Ocsf, Some(p)) => {
+            (EventFormat::Ocsf | EventFormat::Compact, Some(p)) => {
                 v["actor"]["user"] = json!({ "name": p["identity"] });
                 if v.get("src_endpoint").is_none()
                     && p["local"]["ip"] != "0.0.0.0"
@@ -228,7 +244,7 @@ impl Encoder {
                 .into();
                 v["unmapped"]["warden"]["proxy"] = p;
             }
-            (EventFormat::Ocsf, None) => {
+            (EventFormat::Ocsf | EventFormat::Compact, None) => {
                 v["severity_id"] = 3.into();
                 v["message"] = format!(
                     "{}, not through warden proxy",

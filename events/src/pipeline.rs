@@ -20,6 +20,7 @@ use super::correlate::{Correlator, Joined, ProxyReport, is_local_access};
 use super::sink::{self, SinkSpec};
 use super::syslog::severity;
 use super::{Encoder, EventFormat};
+use crate::live::Item;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -78,6 +79,8 @@ enum Input {
     Wake,
     /// An upstream-connection report from the proxy (peer pid).
     Report(Box<ProxyReport>, u32),
+    /// A live subscriber (`warden events`).
+    Subscribe(crate::live::Subscribe),
     /// The last input: report what aggregation holds, then `stop` with these
     /// fields and the final record counts (the kernel's given).
     Stop(Value, KernelLosses),
@@ -106,6 +109,7 @@ struct Counters {
     correlated: AtomicU64,
     unattributed: AtomicU64,
     undetermined: AtomicU64,
+    subscribers_dropped: AtomicU64,
 }
 
 /// What the kernel counted but did not deliver, since the daemon started.
@@ -148,6 +152,10 @@ pub struct Losses {
     /// (published unmarked).
     #[serde(default)]
     pub undetermined: u64,
+    /// Live subscribers (`warden events`) dropped for falling behind: they
+    /// lose what they did not read, the sinks lose nothing.
+    #[serde(default)]
+    pub subscribers_dropped: u64,
     pub sinks: Vec<SinkLosses>,
 }
 
@@ -171,6 +179,32 @@ impl Losses {
             + self.queue_dropped
             + self.proxy_reports_dropped
             + self.sinks.iter().map(|s| s.dropped + s.failed).sum::<u64>()
+    }
+}
+
+/// A handle that takes live subscriptions (`warden events`), for the
+/// daemon's subscription socket.
+#[derive(Clone)]
+pub struct Subscriptions {
+    tx: SyncSender<Input>,
+    ctl: Sender<Input>,
+}
+
+impl Subscriptions {
+    /// Every event from now on (and the recent ones from `since_ms`,
+    /// followed by [`crate::live::LIVE_MARKER`]) that `filter` matches, as
+    /// JSON lines in `format`, until the receiver is dropped or falls
+    /// [`crate::live::SUBSCRIBER_QUEUE`] events behind.
+    pub fn subscribe(
+        &self,
+        format: crate::EventFormat,
+        since_ms: Option<u64>,
+        filter: crate::live::Filter,
+    ) -> Receiver<Arc<str>> {
+        let (s, rx) = crate::live::subscription(format, since_ms, filter);
+        let _ = self.ctl.send(Input::Subscribe(s));
+        let _ = self.tx.try_send(Input::Wake);
+        rx
     }
 }
 
@@ -241,6 +275,13 @@ impl Pipeline {
                 .spawn(move || {
                     Encoding {
                         encoder: Encoder::new(cfg.format, cfg.cgroup2.clone()),
+                        live: crate::live::Live::new(cfg.cgroup2.clone()),
+                        format: cfg.format,
+                        style: if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                            crate::compact::Style::Ansi
+                        } else {
+                            crate::compact::Style::Plain
+                        },
                         queues,
                         counters,
                         stopping,
@@ -286,6 +327,16 @@ impl Pipeline {
         self.counters.records.fetch_add(1, Relaxed);
         if self.tx.try_send(Input::Named(ev, rule, name)).is_err() {
             self.counters.queue_dropped.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A live subscription: every event from now on (and the recent ones
+    /// from `since_ms`), as JSON lines in `format`, until the receiver is
+    /// dropped or falls [`crate::live::SUBSCRIBER_QUEUE`] events behind.
+    pub fn subscriptions(&self) -> Subscriptions {
+        Subscriptions {
+            tx: self.tx.clone(),
+            ctl: self.ctl.clone(),
         }
     }
 
@@ -393,6 +444,7 @@ fn losses<'a>(
         correlated: counters.correlated.load(Relaxed),
         unattributed: counters.unattributed.load(Relaxed),
         undetermined: counters.undetermined.load(Relaxed),
+        subscribers_dropped: counters.subscribers_dropped.load(Relaxed),
         sinks: sinks
             .map(|(name, c)| SinkLosses {
                 sink: name.to_owned(),
@@ -437,6 +489,10 @@ type Pending = (FlowEvent, Option<String>);
 /// The encoder thread's state.
 struct Encoding {
     encoder: Encoder,
+    format: crate::EventFormat,
+    /// Colours for [`EventFormat::Compact`] (stdout is a terminal).
+    style: crate::compact::Style,
+    live: crate::live::Live,
     queues: Vec<SinkQueues>,
     counters: Arc<Counters>,
     stopping: Arc<AtomicBool>,
@@ -487,11 +543,9 @@ impl Encoding {
                         match aggregator.offer(&ev, &rule, Instant::now()) {
                             Verdict::Report { closed } => {
                                 if let Some(r) = closed {
-                                    let v = self.encoder.repeats(&r);
-                                    self.publish_flow(v, &r.last);
+                                    self.emit_flow(Item::Repeats(Box::new(r)));
                                 }
-                                let v = self.encoder.flow(&ev, rule.as_deref());
-                                self.publish_flow(v, &ev);
+                                self.emit_flow(Item::Flow(ev, rule));
                             }
                             Verdict::Counted => {
                                 self.counters.aggregated.fetch_add(1, Relaxed);
@@ -499,9 +553,9 @@ impl Encoding {
                         }
                     }
                     Input::Named(ev, rule, name) => {
-                        let v = self.encoder.named(&ev, rule.as_deref(), &name);
-                        self.publish_flow(v, &ev);
+                        self.emit_flow(Item::Named(ev, rule.map(|r| r.to_string()), name));
                     }
+                    Input::Subscribe(s) => self.live.subscribe(s),
                     Input::Lifecycle(kind, fields) => {
                         proxy_seen |= kind == "proxy_connected";
                         self.publish_lifecycle(&kind, fields);
@@ -521,16 +575,14 @@ impl Encoding {
                             // as plain flows, counted as undetermined.
                             for (ev, rule) in j.drain() {
                                 self.counters.undetermined.fetch_add(1, Relaxed);
-                                let v = self.encoder.flow(&ev, rule.as_deref());
-                                self.publish_flow(v, &ev);
+                                self.emit_flow(Item::Flow(ev, rule));
                             }
                             self.counters
                                 .reports_unmatched
                                 .store(j.unmatched_reports, Relaxed);
                         }
                         for r in aggregator.drain() {
-                            let v = self.encoder.repeats(&r);
-                            self.publish_flow(v, &r.last);
+                            self.emit_flow(Item::Repeats(Box::new(r)));
                         }
                         fields["events"] =
                             serde_json::to_value(self.losses(kernel)).unwrap_or_default();
@@ -550,8 +602,7 @@ impl Encoding {
                         .store(j.unmatched_reports, Relaxed);
                 }
                 for r in aggregator.expired(Instant::now()) {
-                    let v = self.encoder.repeats(&r);
-                    self.publish_flow(v, &r.last);
+                    self.emit_flow(Item::Repeats(Box::new(r)));
                 }
                 next_tick = Instant::now() + TICK;
             }
@@ -570,8 +621,12 @@ impl Encoding {
 
     /// `v` was just made by the encoder: its sequence number is the encoder's.
     fn encoded(&self, v: Value, severity: u8, msgid: &str) -> Arc<Encoded> {
+        let json = match self.format {
+            EventFormat::Compact => crate::compact::line(&v, &|_| None, self.style),
+            _ => to_json(&v),
+        };
         Arc::new(Encoded {
-            json: to_json(&v),
+            json,
             severity,
             msgid: msgid.to_owned(),
             time_ms: super::now_ms(),
@@ -581,17 +636,27 @@ impl Encoding {
 
     /// Offers a flow event to every sink; a full queue drops it (counted), except
     /// while stopping, when it waits for room until the deadline.
-    fn publish_flow(&mut self, v: Value, ev: &FlowEvent) {
+    fn emit_flow(&mut self, item: Item) {
+        let ev = match &item {
+            Item::Flow(ev, _) | Item::Named(ev, _, _) | Item::Joined(ev, _, _) => ev,
+            Item::Repeats(r) => &r.last,
+            Item::Lifecycle(..) => return self.publish(item, severity::NOTICE),
+        };
         let sev = if ev.verdict() == warden_common::kinds::Verdict::Allow {
             severity::INFO
         } else {
             severity::WARNING
         };
-        self.publish(v, sev);
+        self.publish(item, sev);
     }
 
-    fn publish(&mut self, v: Value, sev: u8) {
+    fn publish(&mut self, item: Item, sev: u8) {
+        let v = item.encode(&mut self.encoder);
         let e = self.encoded(v, sev, "flow");
+        self.live.publish(&item, self.format, &e.json, e.time_ms);
+        self.counters
+            .subscribers_dropped
+            .store(self.live.dropped, Relaxed);
         for q in &self.queues {
             q.counters.pending.fetch_add(1, Relaxed);
             let mut item = Some(e.clone());
@@ -626,13 +691,12 @@ impl Encoding {
             &self.counters.unattributed
         };
         c.fetch_add(1, Relaxed);
-        let v = self.encoder.joined(&ev, rule.as_deref(), report.as_deref());
         let sev = if report.is_some() {
             severity::INFO
         } else {
             severity::WARNING
         };
-        self.publish(v, sev);
+        self.publish(Item::Joined(ev, rule, report), sev);
     }
 
     /// Hands a lifecycle event to every sink's unbounded lifecycle queue.
@@ -642,8 +706,13 @@ impl Encoding {
             "backend_fallback" | "loss" => severity::WARNING,
             _ => severity::NOTICE,
         };
-        let v = self.encoder.lifecycle(kind, fields);
+        let item = Item::Lifecycle(kind.to_owned(), fields);
+        let v = item.encode(&mut self.encoder);
         let e = self.encoded(v, sev, kind);
+        self.live.publish(&item, self.format, &e.json, e.time_ms);
+        self.counters
+            .subscribers_dropped
+            .store(self.live.dropped, Relaxed);
         for q in &self.queues {
             q.counters.pending.fetch_add(1, Relaxed);
             if q.lifecycle.send(e.clone()).is_err() {

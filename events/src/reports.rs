@@ -225,7 +225,8 @@ fn getsockopt<T>(s: &UnixStream, opt: libc::c_int, out: &mut T) -> bool {
     }
 }
 
-fn peer_cred(s: &UnixStream) -> Option<(u32, u32)> {
+/// The (pid, uid) of the process at the other end of `s`.
+pub fn peer_cred(s: &UnixStream) -> Option<(u32, u32)> {
     let mut cred = libc::ucred {
         pid: 0,
         uid: 0,

@@ -78,6 +78,9 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// The running daemon's decisions, live: one readable line each on a
+    /// terminal, JSON lines when piped.
+    Events(crate::events_cmd::EventsArgs),
     /// Inspect this host (what listens on the port, its process, cgroup, unit and
     /// environment, current clients) and print a starting policy, in audit mode.
     Discover {
@@ -205,6 +208,7 @@ pub fn main() -> i32 {
         Command::Ban { command } => crate::ban::run(command, &cli.pin_dir, &cli.nft_table),
         Command::Proxy { config, check } => proxy(&config, check),
         Command::Token { command } => token(command),
+        Command::Events(args) => crate::events_cmd::run(args, &cli.run_dir),
         Command::Discover { port } => {
             let mut found = warden_host::discover::inspect(port);
             // Names a running daemon learned for addresses the server talks to.

@@ -17,11 +17,14 @@ pub struct DaemonArgs {
     /// Event sink, repeatable: stdout, PATH, file://PATH?max_bytes=100M&keep=5,
     /// syslog, syslog+unix://PATH, syslog+udp://HOST:PORT, syslog+tcp://HOST:PORT,
     /// udp://HOST:PORT, tcp://HOST:PORT (syslog specs take ?facility=NAME).
-    #[arg(long, default_value = "stdout", value_name = "SINK")]
+    /// Default: stdout.
+    #[arg(long, value_name = "SINK")]
     pub events: Vec<warden_events::sink::SinkSpec>,
-    /// Encoding of flow events.
-    #[arg(long, value_enum, default_value = "ocsf")]
-    pub event_format: warden_events::EventFormat,
+    /// Encoding of events: ocsf, ecs, raw, or compact (one readable line
+    /// each). Default: compact when the events go to stdout (no --events)
+    /// and stdout is a terminal, else ocsf.
+    #[arg(long, value_enum)]
+    pub event_format: Option<warden_events::EventFormat>,
     /// Cgroup where the cgroup programs attach (default: the cgroup2 root, i.e. the whole host).
     #[arg(long)]
     pub attach_cgroup: Option<PathBuf>,
@@ -147,8 +150,18 @@ impl DaemonArgs {
             },
             nft_table,
             require_signature: self.require_signature,
-            events: self.events,
-            event_format: self.event_format,
+            event_format: self.event_format.unwrap_or(
+                if self.events.is_empty() && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                    warden_events::EventFormat::Compact
+                } else {
+                    warden_events::EventFormat::Ocsf
+                },
+            ),
+            events: if self.events.is_empty() {
+                vec!["stdout".parse().expect("stdout is a sink")]
+            } else {
+                self.events
+            },
             aggregate: secs(self.aggregate_secs, 0.0, Duration::ZERO),
             loss_report: secs(self.loss_report_secs, 0.1, Duration::from_secs(10)),
             run_dir,

@@ -4,6 +4,7 @@
 mod ban;
 mod cli;
 mod daemon_cmd;
+mod events_cmd;
 mod logs;
 
 fn main() {
