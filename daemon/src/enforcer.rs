@@ -38,7 +38,16 @@ pub struct Enforcer {
     pub dns_counters: Option<Arc<crate::dns::Counters>>,
     /// This host's addresses as last told to the kernel.
     local_addrs: Vec<std::net::IpAddr>,
+    /// Allowed TCP connects waiting for their source (sock_ops), by cookie.
+    awaiting_source: std::collections::HashMap<u64, (FlowEvent, std::time::Instant)>,
 }
+
+/// How long an allowed connect's record waits for its source address and
+/// port; the sock_ops record comes from the same connect() call, so it is
+/// normally in the same batch.
+const SOURCE_WAIT: Duration = Duration::from_millis(100);
+/// Records waiting for their source at most; the oldest goes out as it is.
+const MAX_AWAITING: usize = 4096;
 
 impl Enforcer {
     /// The daemon once its backend enforces `compiled`: the state file
@@ -81,6 +90,7 @@ impl Enforcer {
             nflog_lost: 0,
             dns_counters: None,
             local_addrs: Vec::new(),
+            awaiting_source: std::collections::HashMap::new(),
         })
     }
 
@@ -199,6 +209,7 @@ impl Enforcer {
     /// The periodic backstop: pins removed are pinned again, and cgroups and
     /// interfaces the watches could not see are followed.
     pub fn rescan(&mut self) -> Result<(), DaemonError> {
+        self.flush_awaiting(SOURCE_WAIT);
         match self.backend.expire_learned(&self.current) {
             Ok(true) => self.save_learned(),
             Ok(false) => {}
@@ -304,13 +315,61 @@ impl Enforcer {
             }
             // SAFETY: the kernel wrote a whole FlowEvent; read unaligned as plain data.
             let ev: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            let rule = self.current.rule_description(ev.rule_id);
-            match self.host_of(&ev) {
-                Some(name) => self.pipeline.named(ev, rule, name),
-                None => self.pipeline.flow(ev, rule),
+            self.offer(ev);
+        }
+        self.flush_awaiting(SOURCE_WAIT);
+        n
+    }
+
+    /// An allowed TCP connect waits for its source (the sock_ops record of
+    /// the same socket), which completes it; everything else goes on at once.
+    fn offer(&mut self, ev: FlowEvent) {
+        use warden_common::{hook, verdict};
+        if ev.hook == hook::SOCK_OPS {
+            if let Some((mut connect, _)) = self.awaiting_source.remove(&ev.cookie) {
+                connect.saddr = ev.saddr;
+                connect.sport = ev.sport;
+                self.publish(connect);
+            }
+            return;
+        }
+        let awaits = ev.verdict == verdict::ALLOW
+            && ev.proto == 6
+            && ev.cookie != 0
+            && matches!(ev.hook, hook::CONNECT4 | hook::CONNECT6);
+        if !awaits {
+            return self.publish(ev);
+        }
+        if self.awaiting_source.len() >= MAX_AWAITING {
+            self.flush_awaiting(Duration::ZERO);
+        }
+        self.awaiting_source
+            .insert(ev.cookie, (ev, std::time::Instant::now()));
+    }
+
+    /// Publishes, as they are, the connects that waited longer than `wait`
+    /// (their connect() failed before the kernel chose a source).
+    pub fn flush_awaiting(&mut self, wait: Duration) {
+        let now = std::time::Instant::now();
+        let due: Vec<u64> = self
+            .awaiting_source
+            .iter()
+            .filter(|(_, (_, since))| now.duration_since(*since) >= wait)
+            .map(|(&cookie, _)| cookie)
+            .collect();
+        for cookie in due {
+            if let Some((ev, _)) = self.awaiting_source.remove(&cookie) {
+                self.publish(ev);
             }
         }
-        n
+    }
+
+    fn publish(&mut self, ev: FlowEvent) {
+        let rule = self.current.rule_description(ev.rule_id);
+        match self.host_of(&ev) {
+            Some(name) => self.pipeline.named(ev, rule, name),
+            None => self.pipeline.flow(ev, rule),
+        }
     }
 
     /// The name a connection allowed by a host rule was allowed for.
@@ -374,6 +433,7 @@ impl Enforcer {
         if let Some(ring) = inputs.ring.as_mut() {
             self.drain(ring.get_mut(), usize::MAX);
         }
+        self.flush_awaiting(Duration::ZERO);
         if let Some(nflog) = inputs.nflog.as_mut() {
             self.read_nflog(nflog.get_mut());
         }

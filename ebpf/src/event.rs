@@ -4,17 +4,31 @@
 //! daemon runs with `--kernel-log-level`: the level is a read-only global the
 //! verifier folds, so with logging off the calls are removed at load.
 
-use crate::maps::{EVENT_BUDGET, EVENTS, RULE_HITS, STATS, count, event_budget};
+use crate::maps::{CONNECTS, EVENT_BUDGET, EVENTS, RULE_HITS, STATS, count, event_budget};
 use aya_ebpf::helpers::generated::{bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns};
-use warden_common::{EVENT_WINDOW_SHIFT, FlowEvent, stat};
+use warden_common::{EVENT_WINDOW_SHIFT, FlowEvent, hook, stat, verdict};
 
-/// Counts the verdict against its rule and, if `emit`, records it.
+/// Counts the verdict against its rule and, if `emit`, records it. A
+/// recorded TCP connect that was allowed waits for its source address and
+/// port ([`crate::sockops`] sends them once the kernel has chosen them).
 #[inline(always)]
 pub fn record(ev: &FlowEvent, emit: bool) {
     count(&RULE_HITS, ev.rule_id);
     if !emit {
         return;
     }
+    if ev.verdict == verdict::ALLOW
+        && ev.proto == 6
+        && matches!(ev.hook, hook::CONNECT4 | hook::CONNECT6)
+    {
+        let _ = CONNECTS.insert(&ev.cookie, &0u8, 0);
+    }
+    emit_record(ev);
+}
+
+/// Records `ev` (within the CPU's budget), counted against no rule.
+#[inline(always)]
+pub fn emit_record(ev: &FlowEvent) {
     if !within_budget() {
         count(&STATS, stat::EVENTS_SUPPRESSED);
         return;

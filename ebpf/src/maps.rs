@@ -67,6 +67,10 @@ pub static EGRESS_LEARNED: HashMap<EgressKey, LearnedEntry> =
 #[map(name = "DNS_SOCKETS")]
 pub static DNS_SOCKETS: LruHashMap<u64, DnsOrigin> = LruHashMap::pinned(MAX_DNS_SOCKETS, 0);
 
+/// Allowed TCP connects whose record waits for its source (by socket cookie).
+#[map(name = "CONNECTS")]
+pub static CONNECTS: LruHashMap<u64, u8> = LruHashMap::pinned(MAX_DNS_SOCKETS, 0);
+
 #[map(name = "RULE_HITS")]
 pub static RULE_HITS: PerCpuArray<u64> = PerCpuArray::pinned(MAX_RULES, 0);
 

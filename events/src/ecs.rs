@@ -44,7 +44,7 @@ pub fn network_event(f: &Flow, event_uid: &str) -> Value {
     if would_block {
         o["ollama_warden"]["would_block"] = true.into();
     }
-    if hook.is_packet() {
+    if hook.is_packet() || ev.sport != 0 {
         let src = addr(ev.saddr, ev.family);
         o["source"] = json!({ "ip": src.to_string(), "port": ev.sport });
         if ev.sport != 0 && matches!(ev.proto, 6 | 17) {

@@ -336,6 +336,14 @@ pub fn flow_json(ev: &FlowEvent, rule: Option<&str>) -> Value {
             let (a, p) = (o.remove("dst_addr"), o.remove("dst_port"));
             o.insert("bind_addr".into(), a.unwrap_or_default());
             o.insert("bind_port".into(), p.unwrap_or_default());
+        } else if ev.sport != 0 {
+            // An allowed TCP connect, completed with its source (sock_ops).
+            let src = addr(ev.saddr, ev.family);
+            o.insert("src_addr".into(), src.to_string().into());
+            o.insert("src_port".into(), ev.sport.into());
+            let dst = addr(ev.daddr, ev.family);
+            let id = community_id::community_id(ev.proto, src, ev.sport, dst, ev.dport);
+            o.insert("community_id".into(), id.into());
         }
     }
     v

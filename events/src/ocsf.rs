@@ -73,8 +73,9 @@ pub fn network_activity(f: &Flow, event_uid: &str) -> Value {
     if would_block {
         warden["would_block"] = true.into();
     }
-    // Packets carry a source; system calls carry a process.
-    if hook.is_packet() {
+    // Packets carry a source; system calls carry a process, and an allowed
+    // TCP connect its source too once the kernel chose it (sock_ops).
+    if hook.is_packet() || ev.sport != 0 {
         let src = addr(ev.saddr, ev.family);
         o["src_endpoint"] = json!({ "ip": src.to_string(), "port": ev.sport });
         if ev.sport != 0 && matches!(ev.proto, 6 | 17) {

@@ -27,6 +27,9 @@ Reads one command per line on stdin and answers one word per line on stdout:
                                a DNS question to SERVER:53 (udp: a connected socket;
                                udpsend: sendto/recvfrom, the reply's source checked)
                                -> ADDR,... | empty | refused | nxdomain | servfail | timeout | denied | wrongsource
+  capture IFACE PORT           record the first TCP SYN to PORT seen on IFACE -> ok
+  captured                     that SYN's SRC SPORT DST DPORT and its Community ID (computed
+                               here, from the packet) -> "SRC SPORT DST DPORT 1:..." | none
   resolve NAME                 getaddrinfo (the C library's resolver, /etc/resolv.conf)
                                -> ADDR,... | error:GAI_ERROR
 """
@@ -115,6 +118,43 @@ def sniff_loop(s):
         seen[dst] = seen.get(dst, 0) + 1
 
 
+captures = []
+
+
+def capture_loop(s, port):
+    import struct
+    while True:
+        try:
+            frame, addr = s.recvfrom(65535)
+        except OSError:
+            return
+        if addr[2] == socket.PACKET_OUTGOING:
+            continue  # on loopback each packet is seen twice
+        kind, ip = frame[12:14], frame[14:]
+        if kind == b"\x08\x00" and ip[9] == 6:
+            fam, src, dst, tcp = socket.AF_INET, ip[12:16], ip[16:20], ip[(ip[0] & 15) * 4:]
+        elif kind == b"\x86\xdd" and ip[6] == 6:
+            fam, src, dst, tcp = socket.AF_INET6, ip[8:24], ip[24:40], ip[40:]
+        else:
+            continue
+        sport, dport = struct.unpack("!HH", tcp[:4])
+        flags = tcp[13]
+        if dport == port and flags & 0x02 and not flags & 0x10 and not captures:
+            captures.append((fam, src, sport, dst, dport))
+            return
+
+
+def community_id(fam, src, sport, dst, dport, proto=6):
+    """Community ID v1 (seed 0), as Corelight's spec defines it."""
+    import base64
+    import hashlib
+    import struct
+    if (src, sport) > (dst, dport):
+        src, sport, dst, dport = dst, dport, src, sport
+    data = struct.pack("!H", 0) + src + dst + struct.pack("!BBHH", proto, 0, sport, dport)
+    return "1:" + base64.b64encode(hashlib.sha1(data).digest()).decode()
+
+
 def srh_via(segment):
     """A type-4 (segment) routing header with one hop: the kernel puts the
     destination in segment 0 and sends the packet to SEGMENT first."""
@@ -186,6 +226,18 @@ def handle(words):
             return "reply"
         finally:
             s.close()
+    if cmd == "capture":
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+        s.bind((words[1], 0))
+        listeners.append(s)
+        threading.Thread(target=capture_loop, args=(s, int(words[2])), daemon=True).start()
+        return "ok"
+    if cmd == "captured":
+        if not captures:
+            return "none"
+        fam, src, sport, dst, dport = captures[0]
+        return "%s %d %s %d %s" % (socket.inet_ntop(fam, src), sport, socket.inet_ntop(fam, dst),
+                                   dport, community_id(fam, src, sport, dst, dport))
     if cmd == "dns":
         return dns_question(words[1], words[2], words[3] if len(words) > 3 else "udp",
                             words[4] if len(words) > 4 else "A")

@@ -164,3 +164,51 @@ fn a_subscriber_gets_exactly_the_decisions_and_a_slow_one_is_dropped_alone() {
     assert_eq!(d.events().iter().filter(|v| denied(v)).count(), 5 + FLOOD);
     drop(stalled);
 }
+
+#[test]
+fn an_allowed_connection_carries_the_community_id_of_its_packets() {
+    let mut lab = Lab::new();
+    let ns = lab.netns("host");
+    let model = lab.cgroup("model");
+    let policy =
+        format!("version = 1\n[service]\nports = [{PORT}]\nserver_cgroups = [\"{model}\"]\n");
+    let d = lab.daemon_with(
+        Some(&ns),
+        &lab.policy("p.toml", &policy),
+        &["--event-format", "ocsf"],
+    );
+    let mut server = lab.prober(Some(&ns), Some("model"));
+    assert_eq!(server.ask(&format!("listen 0.0.0.0 {PORT}")), "ok");
+    let mut sniffer = lab.prober(Some(&ns), None);
+    assert_eq!(sniffer.ask(&format!("capture lo {PORT}")), "ok");
+    let mut client = lab.prober(Some(&ns), Some("model/client"));
+    let mut rogue = lab.prober(Some(&ns), Some("rogue"));
+    let rogue_pid = rogue.pid();
+
+    assert_eq!(client.connect("127.0.0.1", PORT), "connected");
+    std::thread::sleep(Duration::from_millis(200));
+    let captured = sniffer.ask("captured");
+    let fields: Vec<&str> = captured.split(' ').collect();
+    assert_eq!(fields.len(), 5, "the SYN was captured: {captured}");
+    let (sport, cid) = (fields[1].parse::<u64>().unwrap(), fields[4]);
+    let ev = d.wait_event("the allowed connect with its source", |e| {
+        e["unmapped"]["warden"]["hook"] == "connect4"
+            && e["action_id"] == 1
+            && e["src_endpoint"]["port"] == sport
+    });
+    assert_eq!(ev["src_endpoint"]["ip"], fields[0]);
+    assert_eq!(
+        ev["connection_info"]["community_uid"], cid,
+        "the Community ID of the captured packets: {ev}"
+    );
+
+    // A denied connect never gets a source port, so it has no Community ID.
+    assert_eq!(rogue.connect("127.0.0.1", PORT), "denied");
+    let denied = d.wait_event("the denied connect", |e| {
+        e["unmapped"]["warden"]["hook"] == "connect4" && e["actor"]["process"]["pid"] == rogue_pid
+    });
+    assert!(
+        denied["connection_info"].get("community_uid").is_none(),
+        "{denied}"
+    );
+}

@@ -4,9 +4,12 @@ use crate::cmd;
 use anyhow::Result;
 use std::process::Command;
 
+/// `cargo build [--release]`, exactly: the workspace's default members, so
+/// the binaries are the ones a plain `cargo build` made (a `--package warden`
+/// build unifies dependency features differently and would rebuild them).
 pub fn build(release: bool) -> Result<()> {
     let mut c = cmd::cargo();
-    c.args(["build", "--package", "warden"]);
+    c.arg("build");
     if release {
         c.arg("--release");
     }

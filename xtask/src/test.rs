@@ -38,7 +38,7 @@ pub fn run(setup: bool, vms: bool, filter: Option<&str>) -> Result<()> {
             if !cmd::is_root() {
                 bail!("the integration tests need root (network namespaces, cgroups, bpffs)");
             }
-            cmd::run(cmd::cargo().args(["build", "--package", "warden"]))?;
+            crate::run::build(false)?;
             let mut c = cmd::cargo();
             c.env(
                 "WARDEN_BIN",

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 /// The kernel smoke (CI runs it on each kernel): every program type enforcing
 /// (XDP with the crafted frames, the sock_addr hooks with DNS steering and
-/// recvmsg, cgroup_skb), `[[remote]]`, the packet
+/// recvmsg, cgroup_skb, sock_ops with the Community ID), `[[remote]]`, the packet
 /// bypasses, pins surviving the daemon, and the nftables fallback. About a
 /// dozen daemon starts: each costs ~25 s under emulation (the verifier).
 pub const SMOKE: &[(&str, &[&str])] = &[
@@ -39,6 +39,10 @@ pub const SMOKE: &[(&str, &[&str])] = &[
     (
         "remote",
         &["a_remote_grant_reaches_other_hosts_and_never_this_one"],
+    ),
+    (
+        "live",
+        &["an_allowed_connection_carries_the_community_id_of_its_packets"],
     ),
     (
         "kernel_log",
@@ -73,7 +77,7 @@ pub struct TestBinary {
 /// Builds warden and the integration test binaries; returns those `only`
 /// names (binary, filters), or all.
 pub fn build(only: Option<&[(String, Vec<String>)]>) -> Result<Vec<TestBinary>> {
-    cmd::run(cmd::cargo().args(["build", "--package", "warden"]))?;
+    crate::run::build(false)?;
     let out = cmd::cargo()
         .args(["test", "--package", "warden-tests", "--tests", "--no-run"])
         .args(["--message-format=json-render-diagnostics"])

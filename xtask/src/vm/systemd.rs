@@ -161,7 +161,7 @@ fn rootfs() -> Result<PathBuf> {
 /// the check, on an ext4 image the guest mounts at /payload.
 fn payload(dir: &Path) -> Result<PathBuf> {
     let root = cmd::workspace_root();
-    cmd::run(cmd::cargo().args(["build", "--package", "warden"]))?;
+    crate::run::build(false)?;
     let files = dir.join("payload");
     std::fs::create_dir_all(&files)?;
     for (version, name) in [("0.1.0~vm1", "v1.deb"), ("0.1.0~vm2", "v2.deb")] {
