@@ -25,6 +25,9 @@ pub enum Style {
 pub fn line(v: &Value, origin: &dyn Fn(u64) -> Option<String>, style: Style) -> String {
     let time = clock(v["time"].as_u64().unwrap_or(0));
     let w = &v["unmapped"]["warden"];
+    if v["class_uid"] == 4002 {
+        return http(v, &time, style);
+    }
     if v["class_uid"] != 4001 {
         let msg = v["message"].as_str().unwrap_or("");
         return format!("{time} {}  {msg}", paint("EVENT ", "36", style));
@@ -75,6 +78,39 @@ pub fn line(v: &Value, origin: &dyn Fn(u64) -> Option<String>, style: Style) -> 
     }
     if let Some(n) = v["count"].as_u64() {
         out.push_str(&format!("  ×{n}"));
+    }
+    out
+}
+
+/// A proxy request: status, method and path, identity, model, why refused.
+fn http(v: &Value, time: &str, style: Style) -> String {
+    let (word, colour) = if v["action_id"] == 1 {
+        ("HTTP  ", "32")
+    } else {
+        ("HTTP  ", "31")
+    };
+    let req = &v["http_request"];
+    let mut out = format!(
+        "{time} {} {} {} {}",
+        paint(word, colour, style),
+        v["http_response"]["code"].as_u64().unwrap_or(0),
+        req["http_method"].as_str().unwrap_or("-"),
+        req["url"]["path"].as_str().unwrap_or("")
+    );
+    if let Some(src) = endpoint(&v["src_endpoint"]) {
+        out.push_str(&format!("  from {src}"));
+    }
+    if let Some(id) = v["actor"]["user"]["name"].as_str() {
+        out.push_str(&format!("  {id}"));
+    }
+    if let Some(m) = v["unmapped"]["warden"]["model"].as_str() {
+        out.push_str(&format!(" model {m}"));
+    }
+    if let Some(why) = v["status_detail"].as_str() {
+        out.push_str(&format!("  {why}"));
+    }
+    if let Some(id) = req["uid"].as_str() {
+        out.push_str(&format!("  request {id}"));
     }
     out
 }

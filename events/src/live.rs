@@ -32,6 +32,9 @@ pub enum Item {
     Repeats(Box<Repeats<Option<String>>>),
     Joined(FlowEvent, Option<String>, Option<Box<ProxyReport>>),
     Lifecycle(String, Value),
+    /// One of the proxy's audit records (OCSF HTTP Activity, or a Detection
+    /// Finding), shown to subscribers, not written to the sinks.
+    ProxyAudit(Value),
 }
 
 impl Item {
@@ -42,6 +45,10 @@ impl Item {
             Self::Repeats(r) => e.repeats(r),
             Self::Joined(ev, rule, report) => e.joined(ev, rule.as_deref(), report.as_deref()),
             Self::Lifecycle(kind, fields) => e.lifecycle(kind, fields.clone()),
+            Self::ProxyAudit(v) => match e.format {
+                EventFormat::Ocsf | EventFormat::Compact => v.clone(),
+                _ => serde_json::json!({ "type": "proxy_audit", "ocsf": v }),
+            },
         }
     }
 }
@@ -85,6 +92,15 @@ impl Filter {
             Item::Repeats(r) => (&r.last, None),
             Item::Joined(ev, _, r) => (ev, r.as_deref()),
             Item::Lifecycle(..) => return false,
+            Item::ProxyAudit(v) => {
+                // Only who: the identity the proxy authenticated.
+                let only_identity = Filter {
+                    identity: self.identity.clone(),
+                    ..Filter::default()
+                } == *self;
+                return only_identity
+                    && v["actor"]["user"]["name"].as_str() == self.identity.as_deref();
+            }
         };
         let is = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
         if !is(&self.verdict, ev.verdict().as_str())
@@ -186,17 +202,21 @@ impl Live {
         self.subs.push((s.format, s.filter, s.tx));
     }
 
-    /// Offers an event (already encoded as `main` in `main_format` for the
-    /// sinks) to every subscriber, and keeps it for later ones.
-    pub fn publish(&mut self, item: &Item, main_format: EventFormat, main: &str, time_ms: u64) {
+    /// Offers an event (encoded for the sinks as `main`: format, line, if it
+    /// went to them) to every subscriber, and keeps it for later ones.
+    pub fn publish(&mut self, item: &Item, main: Option<(EventFormat, &str)>) {
         if self.history.len() == HISTORY {
             self.history.pop_front();
         }
-        self.history.push_back((time_ms, item.clone()));
+        self.history
+            .push_back((warden_runtime::clock::unix_ms(), item.clone()));
         if self.subs.is_empty() {
             return;
         }
-        let main: Arc<str> = main.into();
+        let (main_format, main): (Option<EventFormat>, Arc<str>) = match main {
+            Some((f, line)) => (Some(f), line.into()),
+            None => (None, "".into()),
+        };
         let mut other: Vec<(EventFormat, Arc<str>)> = Vec::new();
         let mut keep = Vec::with_capacity(self.subs.len());
         for (format, filter, tx) in std::mem::take(&mut self.subs) {
@@ -204,7 +224,7 @@ impl Live {
                 keep.push((format, filter, tx));
                 continue;
             }
-            let line = if format == main_format {
+            let line = if Some(format) == main_format {
                 main.clone()
             } else if let Some((_, l)) = other.iter().find(|(f, _)| *f == format) {
                 l.clone()

@@ -81,6 +81,8 @@ enum Input {
     Report(Box<ProxyReport>, u32),
     /// A live subscriber (`warden events`).
     Subscribe(crate::live::Subscribe),
+    /// One of the proxy's audit records: for live subscribers only.
+    ProxyAudit(Value),
     /// The last input: report what aggregation holds, then `stop` with these
     /// fields and the final record counts (the kernel's given).
     Stop(Value, KernelLosses),
@@ -477,6 +479,12 @@ impl ReportTx {
         }
     }
 
+    /// One of the proxy's audit records, for live subscribers only (dropped
+    /// when the queue is full: the proxy's own audit sinks keep it).
+    pub fn audit(&self, record: Value) {
+        let _ = self.tx.try_send(Input::ProxyAudit(record));
+    }
+
     /// A lifecycle event about the proxy channel (never dropped).
     pub fn lifecycle(&self, kind: &str, fields: Value) {
         let _ = self.ctl.send(Input::Lifecycle(kind.into(), fields));
@@ -556,6 +564,7 @@ impl Encoding {
                         self.emit_flow(Item::Named(ev, rule.map(|r| r.to_string()), name));
                     }
                     Input::Subscribe(s) => self.live.subscribe(s),
+                    Input::ProxyAudit(v) => self.live.publish(&Item::ProxyAudit(v), None),
                     Input::Lifecycle(kind, fields) => {
                         proxy_seen |= kind == "proxy_connected";
                         self.publish_lifecycle(&kind, fields);
@@ -640,7 +649,9 @@ impl Encoding {
         let ev = match &item {
             Item::Flow(ev, _) | Item::Named(ev, _, _) | Item::Joined(ev, _, _) => ev,
             Item::Repeats(r) => &r.last,
-            Item::Lifecycle(..) => return self.publish(item, severity::NOTICE),
+            Item::Lifecycle(..) | Item::ProxyAudit(_) => {
+                return self.publish(item, severity::NOTICE);
+            }
         };
         let sev = if ev.verdict() == warden_common::kinds::Verdict::Allow {
             severity::INFO
@@ -653,7 +664,7 @@ impl Encoding {
     fn publish(&mut self, item: Item, sev: u8) {
         let v = item.encode(&mut self.encoder);
         let e = self.encoded(v, sev, "flow");
-        self.live.publish(&item, self.format, &e.json, e.time_ms);
+        self.live.publish(&item, Some((self.format, &e.json)));
         self.counters
             .subscribers_dropped
             .store(self.live.dropped, Relaxed);
@@ -709,7 +720,7 @@ impl Encoding {
         let item = Item::Lifecycle(kind.to_owned(), fields);
         let v = item.encode(&mut self.encoder);
         let e = self.encoded(v, sev, kind);
-        self.live.publish(&item, self.format, &e.json, e.time_ms);
+        self.live.publish(&item, Some((self.format, &e.json)));
         self.counters
             .subscribers_dropped
             .store(self.live.dropped, Relaxed);

@@ -69,6 +69,15 @@ pub struct BanRequest {
 pub enum ProxyMessage {
     Ban(BanRequest),
     Report(ProxyReport),
+    Audit(AuditLine),
+}
+
+/// One of the proxy's audit records (OCSF HTTP Activity or Detection
+/// Finding), for the daemon's live view only: the proxy's own audit sinks
+/// are where they are kept.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AuditLine {
+    pub audit: serde_json::Value,
 }
 
 /// Where accepted ban requests go (the daemon's loop), with the sender's pid.
@@ -197,6 +206,7 @@ fn serve(stream: UnixStream, peer: &Peer, reports: &ReportTx, bans: &BanTx) {
                 Ok(ProxyMessage::Ban(b)) => {
                     let _ = bans.send((b, peer.pid));
                 }
+                Ok(ProxyMessage::Audit(a)) => reports.audit(a.audit),
                 Err(_) => {
                     reports.lifecycle(
                         "proxy_rejected",

@@ -179,6 +179,9 @@ enum Item {
 
 pub struct Audit {
     tx: Mutex<Option<SyncSender<Item>>>,
+    /// The daemon's report channel: each encoded record also goes there, for
+    /// `warden events` (set once the reporter runs).
+    live: Arc<std::sync::OnceLock<crate::report::Reporter>>,
     pub counters: Arc<Counters>,
     /// Request metrics, counted as records are emitted.
     pub metrics: crate::metrics::ProxyMetrics,
@@ -194,15 +197,23 @@ impl Audit {
         let (tx, rx) = sync_channel(QUEUE);
         let counters = Arc::new(Counters::default());
         let c = counters.clone();
+        let live = Arc::new(std::sync::OnceLock::new());
+        let to_daemon = live.clone();
         let thread = std::thread::Builder::new()
             .name("audit".into())
-            .spawn(move || write_loop(rx, writers, &c))?;
+            .spawn(move || write_loop(rx, writers, &c, &to_daemon))?;
         Ok(Self {
+            live,
             tx: Mutex::new(Some(tx)),
             counters,
             metrics: Default::default(),
             thread: Mutex::new(Some(thread)),
         })
+    }
+
+    /// Sends every record from now on to the daemon too (its live view).
+    pub fn report_to(&self, reporter: crate::report::Reporter) {
+        let _ = self.live.set(reporter);
     }
 
     pub fn emit(&self, r: Record) {
@@ -243,7 +254,12 @@ impl Audit {
 
 type SinkWriter = (Box<dyn Writer>, sink::Framer);
 
-fn write_loop(rx: Receiver<Item>, mut writers: Vec<SinkWriter>, c: &Counters) {
+fn write_loop(
+    rx: Receiver<Item>,
+    mut writers: Vec<SinkWriter>,
+    c: &Counters,
+    live: &std::sync::OnceLock<crate::report::Reporter>,
+) {
     let mut seq = 0u64;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -265,6 +281,11 @@ fn write_loop(rx: Receiver<Item>, mut writers: Vec<SinkWriter>, c: &Counters) {
                 Item::Finding(v, t) => (warden_events::pipeline::to_json(v), 4, *t, "finding"),
             })
             .collect();
+        if let Some(reporter) = live.get() {
+            for (line, ..) in &lines {
+                reporter.audit(line);
+            }
+        }
         let first_seq = seq;
         seq += lines.len() as u64;
         for (w, framer) in &mut writers {

@@ -52,6 +52,15 @@ impl Reporter {
         self.send(ProxyMessage::Report(r));
     }
 
+    /// An audit record (its JSON line), for the daemon's live view.
+    pub fn audit(&self, line: &str) {
+        if let Ok(audit) = serde_json::from_str(line) {
+            self.send(ProxyMessage::Audit(warden_events::reports::AuditLine {
+                audit,
+            }));
+        }
+    }
+
     /// Asks the daemon to ban a source in the kernel.
     pub fn ban(&self, b: BanRequest) {
         self.send(ProxyMessage::Ban(b));

@@ -186,6 +186,9 @@ async fn serve(path: &Path, cfg: Config) -> Result<(Arc<Shared>, Arc<Stats>, boo
         cfg.identities.len()
     );
     let reporter = cfg.report.clone().map(super::report::Reporter::start);
+    if let Some(r) = &reporter {
+        audit.report_to(r.clone());
+    }
     let metrics_addr = cfg.metrics;
     let shared = Arc::new(Shared::new(runtime(cfg), audit, reporter));
     let stats = Arc::new(Stats::default());

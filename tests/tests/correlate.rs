@@ -339,3 +339,123 @@ fn joined_events_validate_as_ocsf_and_ecs() {
         eprintln!("{format} correlated:\n{joined:#}\n{format} unattributed:\n{un:#}");
     }
 }
+
+/// `warden events ARGS` in the background; its stdout lines as they come.
+fn follow(
+    lab: &Lab,
+    args: &[&str],
+) -> (
+    std::process::Child,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(warden_tests::warden_bin())
+        .args(lab.dir_args())
+        .arg("events")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("warden events");
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for l in out.lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(l);
+        }
+    });
+    (child, lines)
+}
+
+fn wait_line(
+    lines: &std::sync::Mutex<Vec<String>>,
+    what: &str,
+    pred: impl Fn(&str) -> bool,
+) -> String {
+    let deadline =
+        std::time::Instant::now() + warden_tests::patience(std::time::Duration::from_secs(10));
+    loop {
+        if let Some(l) = lines.lock().unwrap().iter().find(|l| pred(l)) {
+            return l.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no line {what}: {:?}",
+            lines.lock().unwrap()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_live_view_shows_proxied_requests_joined_with_their_connections() {
+    let s = setup();
+    let (lab, p) = (&s.lab, &s.proxy);
+    let (mut all, lines) = follow(lab, &["--follow", "--format", "compact"]);
+    let (mut only_carol, carol_lines) = follow(
+        lab,
+        &[
+            "--follow",
+            "--format",
+            "compact",
+            "--filter",
+            "identity=carol",
+        ],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+
+    let (code, _) = p.post(
+        "/api/chat",
+        p.token("alice"),
+        r#"{"model":"llama3","messages":[],"stream":false}"#,
+    );
+    assert_eq!(code, 200);
+    let (code, _) = p.post(
+        "/api/chat",
+        p.token("carol"),
+        r#"{"model":"llama3","messages":[],"stream":false}"#,
+    );
+    assert_eq!(code, 403);
+
+    let request = wait_line(&lines, "alice's request", |l| {
+        l.contains(" HTTP ") && l.contains("alice")
+    });
+    assert!(request.contains("200 POST /api/chat"), "{request}");
+    assert!(request.contains("alice model llama3:latest"), "{request}");
+    let id = request.rsplit("request ").next().unwrap().to_owned();
+    let connect = wait_line(&lines, "alice's connection", |l| {
+        l.contains("via proxy: alice")
+    });
+    assert!(
+        connect.contains(" ALLOW ") && connect.contains(" connect4 "),
+        "{connect}"
+    );
+    assert!(
+        connect.contains(&format!("pid {} ", p.proxy_pid())),
+        "{connect}"
+    );
+    let refused = wait_line(&lines, "carol's refusal", |l| {
+        l.contains(" HTTP ") && l.contains("carol")
+    });
+    assert!(refused.contains("403 POST /api/chat"), "{refused}");
+    assert!(!id.is_empty());
+
+    let carol = wait_line(&carol_lines, "carol's refusal, filtered", |l| {
+        l.contains("carol")
+    });
+    assert!(carol.contains("403"), "{carol}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        carol_lines
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|l| l.contains("carol")),
+        "the identity filter shows carol's only: {:?}",
+        carol_lines.lock().unwrap()
+    );
+    let _ = all.kill();
+    let _ = only_carol.kill();
+    let _ = all.wait();
+    let _ = only_carol.wait();
+}
