@@ -60,10 +60,11 @@ impl Enforcer {
         pipeline: Pipeline,
         policy: &Policy,
         compiled: Compiled,
+        policy_sets: Vec<(String, u64)>,
         applied: &Applied,
         attachments: &[Attachment],
     ) -> Result<Self, DaemonError> {
-        let state = DaemonState::new(
+        let mut state = DaemonState::new(
             &opts,
             backend.name(),
             policy,
@@ -71,6 +72,7 @@ impl Enforcer {
             applied,
             attachments,
         );
+        state.policy_sets = policy_sets;
         state.write(&opts.run_dir)?;
         print_summary(policy, &compiled, applied, attachments, backend.gaps());
         pipeline.lifecycle(
@@ -97,11 +99,14 @@ impl Enforcer {
     /// Reloads the policy; a rejected one is reported and the running one stays.
     pub fn reload_and_report(&mut self, trigger: &str) -> Result<(), DaemonError> {
         match self.reload() {
-            Ok(None) => self.pipeline.lifecycle(
-                "policy_unchanged",
-                json!({ "trigger": trigger, "digest": self.current.digest, "generation": self.state.generation }),
-            ),
-            Ok(Some((policy, compiled, applied, timing))) => {
+            Ok(None) => {
+                self.pipeline.lifecycle(
+                    "policy_unchanged",
+                    json!({ "trigger": trigger, "digest": self.current.digest, "generation": self.state.generation }),
+                );
+                self.state.write(&self.opts.run_dir)?;
+            }
+            Ok(Some((policy, compiled, applied, timing, sets))) => {
                 self.current = Arc::new(compiled);
                 self.resolved = applied.resolved_ids.clone();
                 let mut fields = applied_event(&self.current, &applied, &policy);
@@ -110,6 +115,7 @@ impl Enforcer {
                 fields["apply_ms"] = timing.1.into();
                 self.pipeline.lifecycle("policy_applied", fields);
                 self.state.policy_applied(&policy, &self.current, &applied);
+                self.state.policy_sets = sets;
                 self.state.write(&self.opts.run_dir)?;
             }
             Err(e) => {
@@ -129,11 +135,17 @@ impl Enforcer {
     }
 
     /// Re-reads the policy and swaps it in; `None` when it is the one in force.
-    fn reload(&mut self) -> Result<Option<(Policy, Compiled, Applied, Timing)>, DaemonError> {
+    #[allow(clippy::type_complexity)]
+    fn reload(
+        &mut self,
+    ) -> Result<Option<(Policy, Compiled, Applied, Timing, Vec<(String, u64)>)>, DaemonError> {
         let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1000.0;
         let started = std::time::Instant::now();
-        let (policy, compiled) = load_for(&self.opts, self.key.as_ref())?;
+        let (policy, compiled, sets) =
+            load_for(&self.opts, self.key.as_ref(), &self.state.policy_sets)?;
         if compiled == *self.current {
+            // The same policy, maybe under a newer serial: that serial is the floor now.
+            self.state.policy_sets = sets;
             return Ok(None);
         }
         let load_ms = ms(started);
@@ -145,7 +157,7 @@ impl Enforcer {
         if let Err(e) = self.backend.sync_interfaces(&compiled) {
             tracing::warn!("interfaces of the new policy: {e}");
         }
-        Ok(Some((policy, compiled, applied, (load_ms, apply_ms))))
+        Ok(Some((policy, compiled, applied, (load_ms, apply_ms), sets)))
     }
 
     /// Re-applies the policy when a cgroup it names appeared, went away or was

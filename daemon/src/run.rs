@@ -8,7 +8,7 @@
 
 use crate::enforcer::Enforcer;
 use crate::inputs::{self, Inputs};
-use crate::signature::PolicyKey;
+use crate::signature::{PolicyKey, SignedSet};
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -103,11 +103,24 @@ pub fn load_policy(
     paths: &[PathBuf],
     key: Option<&PolicyKey>,
 ) -> Result<(Policy, Compiled), DaemonError> {
+    load_signed(paths, key).map(|(p, c, _)| (p, c))
+}
+
+/// [`load_policy`], and the signed policy sets it read (directories with a
+/// signed manifest: every file listed there and nothing else, by digest).
+pub fn load_signed(
+    paths: &[PathBuf],
+    key: Option<&PolicyKey>,
+) -> Result<(Policy, Compiled, Vec<SignedSet>), DaemonError> {
+    let mut sets = Vec::new();
     let policy = if paths.is_empty() {
         warden_policy::embedded_default()
     } else {
         let loaded = match key {
-            Some(key) => warden_policy::load_paths_verified(paths, &|p, b| key.verify(p, b)),
+            Some(key) => {
+                sets = key.sets(paths).map_err(DaemonError::Policy)?;
+                warden_policy::load_paths_verified(paths, &|p, b| key.verify_in(&sets, p, b))
+            }
             None => warden_policy::load_paths(paths),
         };
         loaded.map_err(|diags| {
@@ -120,21 +133,41 @@ pub fn load_policy(
             )
         })?
     };
+    // Every file a manifest lists was read (none went missing while loading).
+    for set in &sets {
+        if let Some(missing) = set
+            .names()
+            .find(|n| !policy.sources.contains(&set.dir.join(n)))
+        {
+            return Err(DaemonError::Policy(format!(
+                "{}: {missing} is in the signed manifest but was not read",
+                set.dir.display()
+            )));
+        }
+    }
     let compiled = compile(&policy, warden_runtime::cgroupfs::own_pod().as_ref().ok())
         .map_err(|e| DaemonError::Policy(e.to_string()))?;
-    Ok((policy, compiled))
+    Ok((policy, compiled, sets))
 }
 
 /// [`load_policy`] as this daemon enforces it (everything audits with `--audit`).
+/// Refuses a signed set older than the one in force (`in_force`: directory,
+/// serial), as a replay.
 pub(crate) fn load_for(
     opts: &Options,
     key: Option<&PolicyKey>,
-) -> Result<(Policy, Compiled), DaemonError> {
-    let (policy, mut compiled) = load_policy(&opts.policy, key)?;
+    in_force: &[(String, u64)],
+) -> Result<(Policy, Compiled, Vec<(String, u64)>), DaemonError> {
+    let (policy, mut compiled, sets) = load_signed(&opts.policy, key)?;
+    crate::signature::check_serials(in_force, &sets).map_err(DaemonError::Policy)?;
     if opts.audit {
         compiled.audit_everything();
     }
-    Ok((policy, compiled))
+    let serials = sets
+        .iter()
+        .map(|s| (s.dir.display().to_string(), s.serial))
+        .collect();
+    Ok((policy, compiled, serials))
 }
 
 /// Starts the chosen backend: policy swapped in first, then attached.
@@ -196,7 +229,11 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         .map(PolicyKey::load)
         .transpose()
         .map_err(DaemonError::Policy)?;
-    let (policy, compiled) = load_for(&opts, key.as_ref())?;
+    // The sets of the daemon before this one (pinned enforcement is theirs).
+    let in_force = crate::state::DaemonState::read(&opts.run_dir)
+        .map(|s| s.policy_sets)
+        .unwrap_or_default();
+    let (policy, compiled, sets) = load_for(&opts, key.as_ref(), &in_force)?;
     let pipeline = start_pipeline(&opts)?;
     let (bans_tx, mut bans) = tokio::sync::mpsc::unbounded_channel();
     if let Some(r) = &opts.proxy_reports {
@@ -212,6 +249,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         pipeline,
         &policy,
         compiled,
+        sets,
         &applied,
         &attachments,
     )?;

@@ -29,6 +29,10 @@ pub struct DaemonState {
     /// Event delivery and losses, updated as they change.
     #[serde(default)]
     pub events: warden_events::pipeline::Losses,
+    /// Signed policy sets in force: (directory, serial); an older serial is
+    /// refused as a replay, also by the next daemon.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policy_sets: Vec<(String, u64)>,
     /// The resolver for host rules, when it runs; updated as it changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<crate::dns::DnsStats>,
@@ -81,6 +85,7 @@ impl DaemonState {
             unresolved_cgroups: Vec::new(),
             events: Default::default(),
             dns: None,
+            policy_sets: Vec::new(),
         };
         s.policy_applied(policy, c, applied);
         s

@@ -123,6 +123,19 @@ enum PolicyCommand {
         #[arg(long, value_name = "PUBKEY")]
         require_signature: Option<String>,
     },
+    /// Sign a policy directory as a set: write DIR/MANIFEST.json (every
+    /// *.toml file with its SHA-256, and a serial one above the last) and its
+    /// minisign signature. A daemon with --require-signature then loads
+    /// exactly these files, and refuses an older serial (a replay).
+    Sign {
+        dir: PathBuf,
+        /// The minisign secret key (an encrypted key's password: MINISIGN_PASSWORD, or asked).
+        #[arg(long, value_name = "SECRET_KEY")]
+        key: PathBuf,
+        /// The serial to write (default: the last one plus 1).
+        #[arg(long)]
+        serial: Option<u64>,
+    },
     /// Print the merged policy (the embedded default without paths) as JSON.
     Show {
         /// Print what the backends load instead.
@@ -190,6 +203,23 @@ pub fn main() -> i32 {
                     require_signature,
                 },
         } => policy_check(&paths, require_signature.as_deref()),
+        Command::Policy {
+            command: PolicyCommand::Sign { dir, key, serial },
+        } => match warden_daemon::signature::sign_dir(&dir, &key, serial) {
+            Ok(m) => {
+                println!(
+                    "signed {} file(s) of {} as serial {}",
+                    m.files.len(),
+                    dir.display(),
+                    m.serial
+                );
+                0
+            }
+            Err(e) => {
+                eprintln!("warden policy sign: {e}");
+                1
+            }
+        },
         Command::Policy {
             command: PolicyCommand::Show { compiled, paths },
         } => policy_show(&paths, compiled, &cli.run_dir),
