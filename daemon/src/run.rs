@@ -157,7 +157,7 @@ pub(crate) fn load_for(
     opts: &Options,
     key: Option<&PolicyKey>,
     in_force: &[(String, u64)],
-) -> Result<(Policy, Compiled, Vec<(String, u64)>), DaemonError> {
+) -> Result<(Policy, Compiled, crate::signature::Serials), DaemonError> {
     let (policy, mut compiled, sets) = load_signed(&opts.policy, key)?;
     crate::signature::check_serials(in_force, &sets).map_err(DaemonError::Policy)?;
     if opts.audit {

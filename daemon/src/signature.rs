@@ -168,6 +168,9 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// The signed sets in force: (directory, serial).
+pub type Serials = Vec<(String, u64)>;
+
 /// Refuses a set older than the one in force for the same directory.
 pub fn check_serials(in_force: &[(String, u64)], new: &[SignedSet]) -> Result<(), String> {
     for s in new {
