@@ -38,6 +38,8 @@ pub struct Enforcer {
     pub dns_counters: Option<Arc<crate::dns::Counters>>,
     /// This host's addresses as last told to the kernel.
     local_addrs: Vec<std::net::IpAddr>,
+    /// The most urgent expiry warning given per certificate (days: 30, 7, 1, 0).
+    cert_warned: std::collections::HashMap<(String, String, i64), u32>,
     /// Allowed TCP connects waiting for their source (sock_ops), by cookie.
     awaiting_source: std::collections::HashMap<u64, (FlowEvent, std::time::Instant)>,
 }
@@ -93,6 +95,7 @@ impl Enforcer {
             dns_counters: None,
             local_addrs: Vec::new(),
             awaiting_source: std::collections::HashMap::new(),
+            cert_warned: std::collections::HashMap::new(),
         })
     }
 
@@ -222,6 +225,7 @@ impl Enforcer {
     /// interfaces the watches could not see are followed.
     pub fn rescan(&mut self) -> Result<(), DaemonError> {
         self.flush_awaiting(SOURCE_WAIT);
+        self.warn_certificates();
         match self.backend.expire_learned(&self.current) {
             Ok(true) => self.save_learned(),
             Ok(false) => {}
@@ -239,6 +243,53 @@ impl Enforcer {
         self.follow_cgroups()?;
         self.follow_interfaces();
         Ok(())
+    }
+
+    /// What the proxy sends besides its connection reports.
+    pub fn on_proxy_message(&mut self, msg: warden_events::reports::FromProxy, pid: u32) {
+        match msg {
+            warden_events::reports::FromProxy::Ban(ban) => self.apply_ban(&ban, pid),
+            warden_events::reports::FromProxy::Certificates(certs) => {
+                self.state.proxy_certificates = certs;
+                if let Err(e) = self.state.write(&self.opts.run_dir) {
+                    tracing::error!("cannot update the state file: {e}");
+                }
+                self.warn_certificates();
+            }
+        }
+    }
+
+    /// A `certificate_expiring` event when a proxy certificate comes within
+    /// 30, 7 or 1 days of its end (or is past it): once per threshold.
+    pub fn warn_certificates(&mut self) {
+        let now = (warden_runtime::clock::unix_ms() / 1000) as i64;
+        for c in self.state.proxy_certificates.clone() {
+            let left = c.not_after - now;
+            let Some(threshold) = [0i64, 1, 7, 30].into_iter().find(|&d| left <= d * 86_400) else {
+                continue;
+            };
+            let key = (c.certificate.clone(), c.subject.clone(), c.not_after);
+            let threshold = threshold as u32;
+            if self.cert_warned.get(&key).is_some_and(|&w| w <= threshold) {
+                continue;
+            }
+            self.cert_warned.insert(key, threshold);
+            let days_left = left.div_euclid(86_400);
+            tracing::warn!(
+                "the proxy's {} certificate ({}) expires in {days_left} day(s): {}",
+                c.certificate,
+                c.subject,
+                c.path
+            );
+            self.pipeline.lifecycle(
+                "certificate_expiring",
+                json!({
+                    "certificate": c.certificate, "subject": c.subject, "path": c.path,
+                    "not_after": c.not_after, "seconds_left": left, "days_left": days_left,
+                    "threshold_days": threshold,
+                }),
+            );
+        }
     }
 
     /// Enforces a ban the proxy asked for in the kernel, unless the policy

@@ -27,6 +27,24 @@ pub fn render_daemon(r: &StatusReport) -> String {
         "Sources banned now",
         r.bans.len() as u64,
     );
+    if !r.proxy_certificates.is_empty() {
+        let name = "warden_proxy_certificate_expiry_seconds";
+        help(
+            &mut o,
+            name,
+            "gauge",
+            "Seconds until the proxy's certificate expires (negative: expired)",
+        );
+        for c in &r.proxy_certificates {
+            let _ = writeln!(
+                o,
+                "{name}{{certificate=\"{}\",subject=\"{}\"}} {}",
+                label(&c.certificate),
+                label(&c.subject),
+                c.seconds_left
+            );
+        }
+    }
     if let Some(d) = &r.dns {
         let name = "warden_dns_questions_total";
         help(
@@ -218,6 +236,9 @@ mod tests {
                           "fragments_passed": 0, "banned_dropped": 0 },
             "events": { "kernel_lost": 0, "records": 9, "queue_dropped": 0, "aggregated": 0,
                         "sinks": [{ "sink": "stdout", "written": 9, "dropped": 0, "failed": 0, "pending": 0 }] },
+            "proxy_certificates": [{ "certificate": "server", "subject": "CN=gpu1", "path": "/etc/c.pem",
+                                     "not_after": 100, "seconds_left": 86400 }],
+            "dns": { "answered": 5, "refused": 2, "failed": 0, "dropped": 0, "learned": 3 },
         }))
         .unwrap();
         let m = render_daemon(&r);
@@ -228,6 +249,11 @@ mod tests {
         assert!(m.contains("warden_kernel_events_lost_total 1\n"));
         assert!(m.contains("warden_sink_written_total{sink=\"stdout\"} 9\n"));
         assert!(m.contains("warden_enforcing 1\n") && m.contains("warden_policy_generation 3\n"));
+        assert!(m.contains(
+            "warden_proxy_certificate_expiry_seconds{certificate=\"server\",subject=\"CN=gpu1\"} 86400\n"
+        ));
+        assert!(m.contains("warden_dns_questions_total{outcome=\"refused\"} 2\n"));
+        assert!(m.contains("warden_dns_learned_addresses 3\n"));
         // Every sample line belongs to a declared metric.
         for line in m.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();

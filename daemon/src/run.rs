@@ -287,7 +287,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
                     d.follow_interfaces();
                 }
             }
-            Some((ban, pid)) = bans.recv() => d.apply_ban(&ban, pid),
+            Some((msg, pid)) = bans.recv() => d.on_proxy_message(msg, pid),
             Some(ask) = asks.recv() => d.dns(ask),
             guard = cgroup_watch.readable_mut() => {
                 if inputs::changed(guard?) {

@@ -33,6 +33,9 @@ pub struct DaemonState {
     /// refused as a replay, also by the next daemon.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policy_sets: Vec<(String, u64)>,
+    /// The proxy's certificates and when each expires, as it last reported.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proxy_certificates: Vec<warden_events::reports::CertificateInfo>,
     /// The resolver for host rules, when it runs; updated as it changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<crate::dns::DnsStats>,
@@ -86,6 +89,7 @@ impl DaemonState {
             events: Default::default(),
             dns: None,
             policy_sets: Vec::new(),
+            proxy_certificates: Vec::new(),
         };
         s.policy_applied(policy, c, applied);
         s

@@ -71,6 +71,10 @@ pub struct StatusReport {
     /// each stays allowed (TTL plus grace).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub learned: Vec<warden_enforce::learned::LearnedAddress>,
+    /// The proxy's certificates (as it last reported them) and the seconds
+    /// each has left.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proxy_certificates: Vec<CertificateStatus>,
     /// The resolver's questions since the daemon started, as of its last update.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<crate::dns::DnsStats>,
@@ -80,6 +84,16 @@ pub struct StatusReport {
     pub events: Option<Losses>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyInForce>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CertificateStatus {
+    pub certificate: String,
+    pub subject: String,
+    pub path: String,
+    pub not_after: i64,
+    /// Negative once expired.
+    pub seconds_left: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -149,6 +163,22 @@ pub fn report(pin_dir: &Path, run_dir: &Path, nft_table: &str) -> StatusReport {
         learned: warden_enforce::learned::Learned::load(&run_dir.join(crate::run::LEARNED_FILE))
             .list(),
         dns: state.as_ref().and_then(|s| s.dns),
+        proxy_certificates: state
+            .as_ref()
+            .map(|s| {
+                let now = (warden_runtime::clock::unix_ms() / 1000) as i64;
+                s.proxy_certificates
+                    .iter()
+                    .map(|c| CertificateStatus {
+                        certificate: c.certificate.clone(),
+                        subject: c.subject.clone(),
+                        path: c.path.clone(),
+                        not_after: c.not_after,
+                        seconds_left: c.not_after - now,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
         events: state.as_ref().map(|s| s.events.clone()),
         policy: state.as_ref().map(policy_in_force),
     };

@@ -70,6 +70,32 @@ pub enum ProxyMessage {
     Ban(BanRequest),
     Report(ProxyReport),
     Audit(AuditLine),
+    Certificates(Certificates),
+}
+
+/// The proxy's certificates and when each expires (sent at start, on
+/// reload and every few minutes), for `warden status`, metrics and the
+/// daemon's `certificate_expiring` events.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Certificates {
+    pub certificates: Vec<CertificateInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CertificateInfo {
+    /// `server` or `client_ca`.
+    pub certificate: String,
+    pub path: String,
+    pub subject: String,
+    /// Unix seconds.
+    pub not_after: i64,
+}
+
+/// What the daemon's loop gets from the proxy, with the sender's pid.
+#[derive(Debug)]
+pub enum FromProxy {
+    Ban(BanRequest),
+    Certificates(Vec<CertificateInfo>),
 }
 
 /// One of the proxy's audit records (OCSF HTTP Activity or Detection
@@ -81,7 +107,7 @@ pub struct AuditLine {
 }
 
 /// Where accepted ban requests go (the daemon's loop), with the sender's pid.
-pub type BanTx = tokio::sync::mpsc::UnboundedSender<(BanRequest, u32)>;
+pub type BanTx = tokio::sync::mpsc::UnboundedSender<(FromProxy, u32)>;
 
 pub fn listen(opts: Options, reports: ReportTx, bans: BanTx) -> std::io::Result<()> {
     let dir = opts.socket.parent().unwrap_or(Path::new("/"));
@@ -204,7 +230,10 @@ fn serve(stream: UnixStream, peer: &Peer, reports: &ReportTx, bans: &BanTx) {
             Ok(_) => match serde_json::from_str::<ProxyMessage>(&line) {
                 Ok(ProxyMessage::Report(r)) => reports.send(r, peer.pid),
                 Ok(ProxyMessage::Ban(b)) => {
-                    let _ = bans.send((b, peer.pid));
+                    let _ = bans.send((FromProxy::Ban(b), peer.pid));
+                }
+                Ok(ProxyMessage::Certificates(c)) => {
+                    let _ = bans.send((FromProxy::Certificates(c.certificates), peer.pid));
                 }
                 Ok(ProxyMessage::Audit(a)) => reports.audit(a.audit),
                 Err(_) => {

@@ -182,6 +182,9 @@ pub fn run(o: &Options) -> Vec<Check> {
     out.push(gpu_groups());
     // 5. The proxy: 401 without credentials, admin routes refused.
     out.push(proxy(&o.proxy_config));
+    if let Some(c) = certificates(&o.proxy_config) {
+        out.push(c);
+    }
     // 6. warden's own enforcement; 7. its event sinks.
     let report = warden_daemon::status::report(&o.pin_dir, &o.run_dir, &o.nft_table);
     out.push(enforcement(&report, o.port));
@@ -371,6 +374,49 @@ fn gpu_groups() -> Check {
         format!("login users can use the GPU directly: {}", list.join("; ")),
     )
     .fix("gpasswd -d <user> <group> for each; people reach the model through the proxy")
+}
+
+/// Days before a certificate's end when doctor starts warning.
+const CERT_WARN_DAYS: i64 = 30;
+
+/// The proxy's server certificate and client CAs: expired fails, within
+/// 30 days warns (None: no readable proxy config).
+fn certificates(config: &Path) -> Option<Check> {
+    let cfg = warden_proxy::config::load(config).ok()?;
+    let now = (warden_runtime::clock::unix_ms() / 1000) as i64;
+    let mut certs = warden_proxy::tls::expiries(&cfg.tls);
+    certs.sort_by_key(|c| c.not_after);
+    let first = certs.first()?;
+    let days = (first.not_after - now).div_euclid(86_400);
+    let what = format!(
+        "{} certificate {} ({})",
+        first.certificate, first.subject, first.path
+    );
+    let fix = "renew it and replace the file: the proxy reloads it on change";
+    Some(if first.not_after <= now {
+        check(
+            "proxy-certs",
+            Status::Fail,
+            format!("{what} expired {} day(s) ago", -days),
+        )
+        .fix(fix)
+    } else if days < CERT_WARN_DAYS {
+        check(
+            "proxy-certs",
+            Status::Warn,
+            format!("{what} expires in {days} day(s)"),
+        )
+        .fix(fix)
+    } else {
+        check(
+            "proxy-certs",
+            Status::Pass,
+            format!(
+                "{} certificate(s); the first to expire does so in {days} days",
+                certs.len()
+            ),
+        )
+    })
 }
 
 fn proxy(config: &Path) -> Check {

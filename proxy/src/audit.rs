@@ -53,6 +53,8 @@ pub struct Record {
     pub body_sha256: Option<String>,
     /// The response ended early (client gone, upstream failed or timed out).
     pub incomplete: Option<&'static str>,
+    /// Days the client certificate has left, when fewer than 30.
+    pub client_cert_days_left: Option<i64>,
 }
 
 pub use warden_runtime::clock::unix_ms as now_ms;
@@ -157,6 +159,9 @@ pub fn ocsf(r: &Record) -> Value {
     }
     if let Some(why) = r.incomplete {
         warden["incomplete"] = why.into();
+    }
+    if let Some(days) = r.client_cert_days_left {
+        warden["client_certificate_days_left"] = days.into();
     }
     o["unmapped"] = json!({ "warden": warden });
     o

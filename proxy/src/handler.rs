@@ -113,6 +113,10 @@ pub struct Client {
     pub activity: Arc<relay::Activity>,
 }
 
+/// Days before its end from which a client certificate is noted in the
+/// audit records of its requests.
+const CLIENT_CERT_NOTE_DAYS: i64 = 30;
+
 /// A refusal: status, message for the client, reason for the audit record.
 struct Refuse {
     status: StatusCode,
@@ -411,6 +415,12 @@ async fn authenticate(
         .await
         .map_err(|f| auth_refusal(f, shared, client, first))?;
     record.identity = Some(id.name.clone());
+    // A client certificate near its end is noted on its requests.
+    if let Some(t) = client.cert_not_after
+        && t - now_unix < CLIENT_CERT_NOTE_DAYS * 86_400
+    {
+        record.client_cert_days_left = Some((t - now_unix).div_euclid(86_400));
+    }
     client.activity.set_authenticated();
     Limiter::check_where_and_when(&id, client.addr.ip(), now_unix)
         .map_err(|r| refuse(StatusCode::FORBIDDEN, "forbidden", r.as_str()))?;

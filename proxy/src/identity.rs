@@ -344,6 +344,16 @@ pub fn certificate_not_after(der: &[u8]) -> Option<i64> {
     Some(cert.validity().not_after.timestamp())
 }
 
+/// A certificate's subject and when it stops being valid (unix seconds).
+pub fn certificate_validity(der: &[u8]) -> Option<(String, i64)> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    Some((
+        cert.subject().to_string(),
+        cert.validity().not_after.timestamp(),
+    ))
+}
+
 /// Names a verified client certificate offers: SAN DNS names and e-mail
 /// addresses, then the subject CN.
 pub fn certificate_names(der: &[u8]) -> Vec<String> {

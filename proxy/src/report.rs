@@ -61,6 +61,13 @@ impl Reporter {
         }
     }
 
+    /// The proxy's certificates and their expiry.
+    pub fn certificates(&self, certificates: Vec<warden_events::reports::CertificateInfo>) {
+        self.send(ProxyMessage::Certificates(
+            warden_events::reports::Certificates { certificates },
+        ));
+    }
+
     /// Asks the daemon to ban a source in the kernel.
     pub fn ban(&self, b: BanRequest) {
         self.send(ProxyMessage::Ban(b));
@@ -118,6 +125,8 @@ async fn connect(socket: &PathBuf, complained: &mut bool) -> Option<UnixStream> 
 async fn write_loop(socket: PathBuf, mut rx: mpsc::Receiver<ProxyMessage>, c: Arc<ReportCounters>) {
     let mut complained = false;
     let mut conn = connect(&socket, &mut complained).await;
+    // The last certificates message, for each new session.
+    let mut certificates: Option<ProxyMessage> = None;
     let mut retry_at = tokio::time::Instant::now() + RECONNECT;
     loop {
         // While the daemon is away, reconnect every second even without reports.
@@ -146,15 +155,23 @@ async fn write_loop(socket: PathBuf, mut rx: mpsc::Receiver<ProxyMessage>, c: Ar
         }
         let mut text = String::new();
         for r in &batch {
+            if matches!(r, ProxyMessage::Certificates(_)) {
+                certificates = Some(r.clone());
+            }
             text.push_str(&serde_json::to_string(r).expect("a report serialises"));
             text.push('\n');
         }
         let mut written = false;
         for attempt in 0..2 {
             if attempt == 1 {
-                // The session broke (a daemon restart): one retry on a new one.
+                // The session broke (a daemon restart): one retry on a new one,
+                // which hears the certificates again first.
                 conn = connect(&socket, &mut complained).await;
                 retry_at = tokio::time::Instant::now() + RECONNECT;
+                if let Some(c) = &certificates {
+                    let line = serde_json::to_string(c).expect("a report serialises");
+                    text = format!("{line}\n{text}");
+                }
             }
             let Some(s) = conn.as_mut() else { break };
             if s.write_all(text.as_bytes()).await.is_ok() {

@@ -32,6 +32,15 @@ use warden_runtime::watch::PolicyWatch;
 
 const DRAIN: Duration = Duration::from_secs(5);
 const WATCH_EVERY: Duration = Duration::from_millis(500);
+/// How often the daemon hears the certificates' expiry (besides start and reload).
+const CERTIFICATES_EVERY: Duration = Duration::from_secs(300);
+
+/// Tells the daemon when the certificates in use expire.
+fn report_certificates(shared: &Shared) {
+    if let Some(r) = &shared.reporter {
+        r.certificates(tls::expiries(&shared.runtime().cfg.tls));
+    }
+}
 /// How long a connection may take to close once asked to (idle): a response
 /// stuck behind a client's zero window or a full socket buffer, an HTTP/2
 /// client that ignores GOAWAY. Then it is dropped.
@@ -188,6 +197,7 @@ async fn serve(path: &Path, cfg: Config) -> Result<(Arc<Shared>, Arc<Stats>, boo
     let reporter = cfg.report.clone().map(super::report::Reporter::start);
     if let Some(r) = &reporter {
         audit.report_to(r.clone());
+        r.certificates(tls::expiries(&cfg.tls));
     }
     let metrics_addr = cfg.metrics;
     let shared = Arc::new(Shared::new(runtime(cfg), audit, reporter));
@@ -196,8 +206,12 @@ async fn serve(path: &Path, cfg: Config) -> Result<(Arc<Shared>, Arc<Stats>, boo
         serve_metrics(addr, shared.clone(), stats.clone());
     }
     let mut tick = tokio::time::interval(WATCH_EVERY);
+    // The certificates' expiry again now and then, for a daemon that restarted.
+    let mut certificates = tokio::time::interval(CERTIFICATES_EVERY);
+    certificates.tick().await;
     loop {
         tokio::select! {
+            _ = certificates.tick() => report_certificates(&shared),
             accepted = listener.accept() => {
                 let Ok((stream, peer)) = accepted else { continue };
                 let acceptor = TlsAcceptor::from(tls_config.reading().clone());
@@ -438,6 +452,7 @@ fn reload(
     keep.metrics = old.cfg.metrics;
     let n = keep.identities.len();
     *shared.runtime.writing() = Arc::new(runtime(keep));
+    report_certificates(shared);
     *tls_config.writing() = tls_new;
     tracing::info!("reloaded ({why}): {n} identities");
 }

@@ -59,3 +59,32 @@ fn read_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>> {
     }
     Ok(certs)
 }
+
+/// When the proxy's certificates stop being valid: the server certificate
+/// (the first of its chain) and each client CA, as the daemon and doctor
+/// report them. Unreadable files are left out (loading them fails loudly).
+pub fn expiries(tls: &Tls) -> Vec<warden_events::reports::CertificateInfo> {
+    let mut out = Vec::new();
+    let mut add = |kind: &str, path: &std::path::Path, certs: &[CertificateDer<'_>]| {
+        for der in certs {
+            if let Some((subject, not_after)) = super::identity::certificate_validity(der.as_ref())
+            {
+                out.push(warden_events::reports::CertificateInfo {
+                    certificate: kind.to_owned(),
+                    path: path.display().to_string(),
+                    subject,
+                    not_after,
+                });
+            }
+        }
+    };
+    if let Ok(certs) = read_certs(&tls.cert) {
+        add("server", &tls.cert, &certs[..1]);
+    }
+    if let Some(ca) = &tls.client_ca
+        && let Ok(certs) = read_certs(ca)
+    {
+        add("client_ca", ca, &certs);
+    }
+    out
+}

@@ -459,3 +459,34 @@ fn the_live_view_shows_proxied_requests_joined_with_their_connections() {
     let _ = all.wait();
     let _ = only_carol.wait();
 }
+
+#[test]
+fn the_proxys_certificates_are_reported_and_their_end_announced() {
+    let s = setup();
+    let (lab, d) = (&s.lab, &s.daemon);
+    // The test PKI lasts 2 days: the 7-day threshold is already crossed.
+    let ev = d.wait_event("certificate_expiring", |e| {
+        e["type"] == "certificate_expiring" && e["certificate"] == "server"
+    });
+    assert_eq!(ev["threshold_days"], 7, "{ev}");
+    let days = ev["days_left"].as_i64().unwrap();
+    assert!((1..=2).contains(&days), "{ev}");
+    assert!(
+        ev["subject"].as_str().unwrap().contains("localhost"),
+        "{ev}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let once = d
+        .events()
+        .iter()
+        .filter(|e| e["type"] == "certificate_expiring" && e["certificate"] == "server")
+        .count();
+    assert_eq!(once, 1, "announced once per threshold");
+    let status = lab.status();
+    let server = status["proxy_certificates"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["certificate"] == "server").cloned())
+        .unwrap_or_else(|| panic!("{status}"));
+    let left = server["seconds_left"].as_i64().unwrap();
+    assert!(left > 86_400 && left <= 2 * 86_400, "{server}");
+}

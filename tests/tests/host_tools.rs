@@ -196,6 +196,14 @@ fn doctor_flags_exactly_the_weaknesses_of_a_weak_setup_and_none_of_a_good_one() 
         let c = checks.iter().find(|c| c["id"] == id).unwrap();
         assert_eq!(c["status"], "pass", "{c}");
     }
+    // The test PKI lasts 2 days: the proxy's certificates are close to their end.
+    let certs = checks.iter().find(|c| c["id"] == "proxy-certs").unwrap();
+    assert_eq!(certs["status"], "warn", "{certs}");
+    let detail = certs["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("expires in 1 day(s)") || detail.contains("expires in 2 day(s)"),
+        "{certs}"
+    );
 }
 
 #[test]

@@ -234,6 +234,28 @@ fn real_clients_through_the_proxy() {
             .iter()
             .any(|r| r["status_detail"] == "unknown user or wrong password")
     );
+    // The test PKI's certificates last 2 days: requests made with alice's
+    // client certificate say so; her token's requests have none to note.
+    let days = |r: &Value| {
+        r["unmapped"]["warden"]
+            .get("client_certificate_days_left")
+            .cloned()
+    };
+    assert!(
+        records.iter().any(|r| {
+            r["actor"]["user"]["name"] == "alice"
+                && days(r)
+                    .and_then(|d| d.as_i64())
+                    .is_some_and(|d| (1..=2).contains(&d))
+        }),
+        "a request with alice's certificate notes its end"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["actor"]["user"]["name"] == "alice" && days(r).is_none()),
+        "token requests note no certificate"
+    );
     let verdicts = warden_tests::validate_ocsf(&records);
     assert!(verdicts.iter().all(|v| v == "ok 4002"), "{verdicts:?}");
     assert!(

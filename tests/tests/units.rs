@@ -41,11 +41,18 @@ fn the_daemon_enforces_with_only_its_units_capabilities() {
         &t.lab,
         Some(&t.srv),
         &t.lab.policy("p.toml", &policy),
-        // No fallback: the eBPF backend must load with these capabilities.
-        &["--backend", "ebpf"],
+        // No fallback: the eBPF backend must load with these capabilities,
+        // and the resolver of host rules bind its privileged port (in the
+        // lab's namespace).
+        &["--backend", "ebpf", "--dns-port", "54"],
     );
     let status = t.lab.status();
     assert_eq!(status["backend"], "ebpf", "{status}");
+    let resolver = warden_tests::sh(&format!("ip netns exec {} ss -Hlun 'sport = :54'", t.srv));
+    assert!(
+        resolver.contains("127.0.0.1:54"),
+        "the resolver bound its port: {resolver:?}"
+    );
     let mut server = t.lab.prober(Some(&t.srv), Some("server"));
     assert_eq!(server.ask("listen :: 11434"), "ok");
     let mut good = t.lab.prober(Some(&t.good), None);
@@ -65,7 +72,7 @@ fn both_units_keep_their_hardening() {
     // Exposure as `systemd-analyze security` scores it (0 = locked down, 10 =
     // fully exposed); docs/OPERATIONS.md reports these figures.
     for (name, max) in [
-        ("ollama-warden.service", 2.8),
+        ("ollama-warden.service", 2.9),
         ("ollama-warden-proxy.service", 1.4),
     ] {
         let path = workspace().join("packaging/systemd").join(name);

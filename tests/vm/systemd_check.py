@@ -20,11 +20,12 @@ PAYLOAD = "/payload"
 POLICY = "/etc/ollama-warden/policy.d/00-default.toml"
 PINS = "/sys/fs/bpf/ollama-warden"
 # `systemd-analyze security` exposure the docs report (docs/OPERATIONS.md).
-EXPOSURE = {"ollama-warden.service": 2.8, "ollama-warden-proxy.service": 1.4}
+EXPOSURE = {"ollama-warden.service": 2.9, "ollama-warden-proxy.service": 1.4}
 # The daemon unit's CapabilityBoundingSet.
-DAEMON_CAPS = {"cap_bpf", "cap_net_admin", "cap_perfmon", "cap_sys_ptrace"}
+DAEMON_CAPS = {"cap_bpf", "cap_net_admin", "cap_perfmon", "cap_sys_ptrace", "cap_net_bind_service"}
 # Capability numbers (linux/capability.h) of those warden may be left with.
-CAP_NAMES = {12: "cap_net_admin", 19: "cap_sys_ptrace", 38: "cap_perfmon", 39: "cap_bpf"}
+CAP_NAMES = {10: "cap_net_bind_service", 12: "cap_net_admin", 19: "cap_sys_ptrace",
+             38: "cap_perfmon", 39: "cap_bpf"}
 
 results = open(f"{PAYLOAD}/results.jsonl", "w")
 console = open("/dev/ttyS0", "w")
@@ -174,7 +175,10 @@ def the_daemons_hardening_is_in_force():
     expect(st["NoNewPrivs"] == "1" and st["Seccomp"] == "2", f"NoNewPrivs {st['NoNewPrivs']} Seccomp {st['Seccomp']}")
     score = exposure("ollama-warden.service")
     expect(score <= EXPOSURE["ollama-warden.service"], f"exposure {score}")
-    return f"exposure {score} (running); CapBnd {','.join(sorted(bnd))}; seccomp on"
+    # The resolver for egress host rules took its privileged port.
+    resolver = sh("ss -Hlun 'sport = :54'", ok=False)
+    expect("127.0.0.1:54" in resolver, f"the resolver is not on 127.0.0.1:54: {resolver!r}")
+    return f"exposure {score} (running); CapBnd {','.join(sorted(bnd))}; seccomp on; resolver on :54"
 
 
 @check
@@ -277,8 +281,11 @@ def ollama_never_starts_unprotected():
     sh("systemctl unmask --runtime ollama-warden.service")
     expect(state != "active", "ollama.service started with nothing enforcing")
     expect("not enforcing: nothing is pinned" in why, f"the refusal's reason: {why!r}")
-    # The daemon back first, then Ollama.
+    # The daemon back first, then Ollama (the stand-in binds a moment after
+    # its unit starts, the proxy likewise).
     sh("systemctl start ollama-warden.service ollama-warden-proxy.service ollama.service")
+    until("Ollama listening again", lambda: "11434" in sh("ss -Hltn 'sport = :11434'", ok=False))
+    until("the proxy listening again", lambda: "8443" in sh("ss -Hltn 'sport = :8443'", ok=False))
     expect(connect(11434) == "denied", "denied after the daemon came back")
     return f"with pins: restarts; after `warden down`: {state} ({why.strip()[:60]})"
 

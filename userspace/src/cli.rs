@@ -449,6 +449,15 @@ fn print_status(r: &StatusReport) {
             rule.id, rule.hits, rule.description, rule.origin
         );
     }
+    for c in &r.proxy_certificates {
+        println!(
+            "certificate: proxy {} {} expires in {} day(s) ({})",
+            c.certificate,
+            c.subject,
+            c.seconds_left.div_euclid(86_400),
+            c.path
+        );
+    }
     if let Some(d) = &r.dns {
         println!(
             "dns:         {} answered, {} refused, {} failed, {} dropped; {} address(es) learned",
