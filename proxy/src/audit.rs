@@ -55,6 +55,8 @@ pub struct Record {
     pub incomplete: Option<&'static str>,
     /// Days the client certificate has left, when fewer than 30.
     pub client_cert_days_left: Option<i64>,
+    /// Flagging content rules the prompt matched (never the text).
+    pub content_flags: Vec<String>,
 }
 
 pub use warden_runtime::clock::unix_ms as now_ms;
@@ -159,6 +161,9 @@ pub fn ocsf(r: &Record) -> Value {
     }
     if let Some(why) = r.incomplete {
         warden["incomplete"] = why.into();
+    }
+    if !r.content_flags.is_empty() {
+        warden["content_rules"] = r.content_flags.clone().into();
     }
     if let Some(days) = r.client_cert_days_left {
         warden["client_certificate_days_left"] = days.into();

@@ -307,6 +307,40 @@ fn apply_cap(route: &Route, top: &mut Object, cap: u64) {
     }
 }
 
+/// The text a model is asked about in a (judged, forwarded) body: `prompt`,
+/// `system`, `suffix`, `input`, and every string in `messages` (a message's
+/// `content`, or the `text` of its parts), as each dialect sends them. Only
+/// those fields are decoded; the rest stays raw.
+pub fn prompt_texts(body: &[u8]) -> Vec<String> {
+    let Ok(top) = parse(body) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for key in ["prompt", "system", "suffix", "input", "messages"] {
+        if let Some(raw) = top.raw(key)
+            && let Ok(v) = serde_json::from_str::<Value>(raw.get())
+        {
+            collect_text(&v, &mut out);
+        }
+    }
+    out
+}
+
+fn collect_text(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::String(s) => out.push(s.clone()),
+        Value::Array(items) => items.iter().for_each(|i| collect_text(i, out)),
+        Value::Object(o) => {
+            for key in ["content", "text", "prompt", "input"] {
+                if let Some(x) = o.get(key) {
+                    collect_text(x, out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,6 +28,7 @@ const TOP_KEYS: &[&str] = &[
     "limits",
     "brute_force",
     "pull_from",
+    "content_rule",
     "identity",
 ];
 const BRUTE_FORCE_KEYS: &[&str] = &["failures", "window", "ban", "identity_failures", "exempt"];
@@ -59,8 +60,10 @@ const IDENTITY_KEYS: &[&str] = &[
     "concurrency",
     "max_body",
     "max_tokens",
+    "max_prompt_chars",
     "pull_from",
 ];
+const CONTENT_RULE_KEYS: &[&str] = &["name", "pattern", "action"];
 const TOKEN_KEYS: &[&str] = &["hash", "expires"];
 
 pub const DEFAULT_MAX_BODY: u64 = 16 << 20;
@@ -83,6 +86,8 @@ pub struct Config {
     /// Registries and namespaces pulls may come from and pushes may go to
     /// (empty: any), unless an identity says otherwise.
     pub pull_from: Vec<RegistryGlob>,
+    /// `[[content_rule]]`: patterns that flag or refuse a request's prompt.
+    pub content_rules: Vec<crate::content::ContentRule>,
     pub identities: Vec<Arc<Identity>>,
 }
 
@@ -221,6 +226,8 @@ pub struct Identity {
     pub concurrency: Option<u32>,
     pub max_body: u64,
     pub max_tokens: Option<u64>,
+    /// The prompt's length in characters (`prompt`, `system`, `messages`, ...).
+    pub max_prompt_chars: Option<u64>,
     /// This identity's registries (`None`: the global `pull_from`).
     pub pull_from: Option<Vec<RegistryGlob>>,
 }
@@ -334,6 +341,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<Diagnostic>> {
         .get("brute_force")
         .map_or_else(BruteForce::default, |e| r.brute_force(e));
     let pull_from = r.parsed_list(root, "pull_from", RegistryGlob::parse);
+    let content_rules = root
+        .get("content_rule")
+        .map(|e| r.content_rules(e))
+        .unwrap_or_default();
     let identities = r.identities(root, tls.as_ref().is_some_and(|t| t.client_ca.is_some()));
 
     if !r.ctx.diagnostics.is_empty() {
@@ -353,6 +364,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<Diagnostic>> {
         limits,
         brute_force,
         pull_from,
+        content_rules,
         identities,
     })
 }
@@ -713,6 +725,10 @@ impl Reader<'_, '_> {
             .get("max_tokens")
             .and_then(|e| self.int(e, 1, i64::MAX))
             .map(|n| n as u64);
+        let max_prompt_chars = t
+            .get("max_prompt_chars")
+            .and_then(|e| self.int(e, 1, i64::MAX))
+            .map(|n| n as u64);
         let pull_from = t
             .get("pull_from")
             .is_some()
@@ -737,8 +753,62 @@ impl Reader<'_, '_> {
             concurrency,
             max_body,
             max_tokens,
+            max_prompt_chars,
             pull_from,
         })
+    }
+
+    /// `[[content_rule]]` blocks: a unique name, a pattern (Rust regex syntax,
+    /// compiled within a size bound) and `flag` (default) or `refuse`.
+    fn content_rules(&mut self, e: Entry<'_>) -> Vec<crate::content::ContentRule> {
+        let Some(blocks) = array_of_tables(e.item) else {
+            self.err(
+                e,
+                "`content_rule` must be an array of tables ([[content_rule]])",
+            );
+            return Vec::new();
+        };
+        let mut out: Vec<crate::content::ContentRule> = Vec::new();
+        for block in blocks {
+            let Ok(t) = block else { continue };
+            t.check_keys(&mut self.ctx, CONTENT_RULE_KEYS, "in [[content_rule]]");
+            let origin = self.ctx.origin(t.span()).to_string();
+            let name = self.required(t, "name", |r, e| r.identity_name(e));
+            let pattern = self.required(t, "pattern", |r, e| {
+                let s = r.string(e)?;
+                regex::RegexBuilder::new(s)
+                    .size_limit(1 << 20)
+                    .build()
+                    .map_err(|err| r.err(e, format!("pattern: {err}")))
+                    .ok()
+            });
+            let action = match t.get("action") {
+                None => Some(crate::content::Action::Flag),
+                Some(e) => match self.string(e) {
+                    Some("flag") => Some(crate::content::Action::Flag),
+                    Some("refuse") => Some(crate::content::Action::Refuse),
+                    Some(other) => {
+                        self.err(e, format!("action `{other}`: `flag` or `refuse`"));
+                        None
+                    }
+                    None => None,
+                },
+            };
+            if let (Some(name), Some(pattern), Some(action)) = (name, pattern, action) {
+                if out.iter().any(|r| r.name == name) {
+                    self.ctx
+                        .error(t.span(), format!("a second content rule named `{name}`"));
+                    continue;
+                }
+                out.push(crate::content::ContentRule {
+                    name,
+                    pattern,
+                    action,
+                    origin,
+                });
+            }
+        }
+        out
     }
 
     fn identity_name(&mut self, e: Entry<'_>) -> Option<String> {
@@ -1002,6 +1072,36 @@ mod tests {
         format!(
             "listen = \"127.0.0.1:8443\"\nupstream = \"http://127.0.0.1:11434\"\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n[[identity]]\n{identity}\n"
         )
+    }
+
+    #[test]
+    fn content_rules_are_checked_where_they_are_written() {
+        let id = format!("name = \"a\"\ntokens = [\"{HASH}\"]\nmax_prompt_chars = 0\n");
+        let text = format!(
+            "{}[[content_rule]]\nname = \"x\"\npattern = \"(unclosed\"\n\
+             [[content_rule]]\nname = \"y\"\npattern = \"ok\"\naction = \"block\"\n\
+             [[content_rule]]\nname = \"z\"\npattern = \"ok\"\n\
+             [[content_rule]]\nname = \"z\"\npattern = \"ok\"\n",
+            minimal(&id)
+        );
+        let e = errors(&text);
+        assert_eq!(e.len(), 4, "{e:?}");
+        assert!(
+            e[0].starts_with("/etc/w/proxy.toml:9:20: `max_prompt_chars` must be"),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("/etc/w/proxy.toml:13:11: pattern: regex parse error"),
+            "{e:?}"
+        );
+        assert!(
+            e[2].starts_with("/etc/w/proxy.toml:17:10: action `block`: `flag` or `refuse`"),
+            "{e:?}"
+        );
+        assert!(
+            e[3].starts_with("/etc/w/proxy.toml:21:1: a second content rule named `z`"),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
-use serde_json::Value;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -569,7 +569,7 @@ async fn judged_body(
         .await
         .map_err(body_refusal)?;
     record.bytes_in = bytes.len() as u64;
-    let (digest, inspected) = inspect_body(bytes, route, id, &rt.cfg).await?;
+    let (digest, inspected, texts) = inspect_body(bytes, route, id, &rt.cfg).await?;
     record.body_sha256 = digest;
     let inspected = inspected.map_err(|e| {
         refuse(
@@ -582,6 +582,7 @@ async fn judged_body(
         allowed_model(id, m, record)?;
         allowed_registry(route, id, &rt.cfg, m)?;
     }
+    judge_content(&texts, id, &rt.cfg, shared, client, record)?;
     Ok(JudgedBody {
         body: full_req(inspected.body),
         uploaded: None,
@@ -590,18 +591,94 @@ async fn judged_body(
     })
 }
 
-/// The body's digest (when audited) and what it names, read the way Go's
-/// decoder reads it. A large body is scanned and hashed off the async
-/// workers, so it never stalls other requests.
+/// The prompt's length and the content rules: refused (413, 403) or
+/// forwarded, flagging rules named in the record and raised as findings. The
+/// text itself is never recorded.
+fn judge_content(
+    texts: &[String],
+    id: &Identity,
+    cfg: &Config,
+    shared: &Shared,
+    client: &Client,
+    record: &mut Record,
+) -> Result<(), Refuse> {
+    use crate::content::{Verdict, judge};
+    if id.max_prompt_chars.is_none() && cfg.content_rules.is_empty() {
+        return Ok(());
+    }
+    let finding = |rule: &str, action: &str| {
+        shared
+            .audit
+            .finding(content_finding(rule, action, id, client, record));
+    };
+    match judge(texts, id.max_prompt_chars, &cfg.content_rules) {
+        Verdict::Pass(flags) => {
+            for f in &flags {
+                finding(f, "flag");
+            }
+            record.content_flags = flags;
+            Ok(())
+        }
+        Verdict::TooLong { max, .. } => Err(refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "prompt too long",
+            format!("prompt longer than {max} characters"),
+        )),
+        Verdict::Refused(rule) => {
+            finding(&rule, "refuse");
+            Err(refuse(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("content rule {rule}"),
+            ))
+        }
+    }
+}
+
+/// A content rule's match as an OCSF Detection Finding: the rule, the
+/// identity, the request; never the text.
+fn content_finding(rule: &str, action: &str, id: &Identity, client: &Client, r: &Record) -> Value {
+    let now = super::audit::now_ms();
+    json!({
+        "class_uid": 2004, "class_name": "Detection Finding", "category_uid": 2,
+        "category_name": "Findings", "activity_id": 1, "activity_name": "Create",
+        "type_uid": 200401, "type_name": "Detection Finding: Create",
+        "severity_id": if action == "refuse" { 3 } else { 2 },
+        "time": now,
+        "message": format!("content rule {rule} matched ({action})"),
+        "finding_info": {
+            "uid": format!("{}-{rule}", r.request_id),
+            "title": format!("content rule {rule} matched"),
+            "types": ["Content Rule"],
+            "related_events": [{ "uid": r.request_id }],
+        },
+        "actor": { "user": { "name": id.name } },
+        "src_endpoint": { "ip": client.addr.ip().to_canonical().to_string(), "port": client.addr.port() },
+        "metadata": {
+            "version": warden_events::ocsf::OCSF_VERSION,
+            "profiles": ["security_control"],
+            "product": { "name": "ollama-warden", "vendor_name": "ollama-warden", "version": env!("CARGO_PKG_VERSION") },
+        },
+        "action_id": if action == "refuse" { 2 } else { 1 },
+        "disposition_id": if action == "refuse" { 2 } else { 15 },
+        "unmapped": { "warden": { "content_rule": rule, "action": action, "request_id": r.request_id } },
+    })
+}
+
+/// The body's digest (when audited), what it names, read the way Go's
+/// decoder reads it, and its prompt text when a content check needs it. A
+/// large body is scanned and hashed off the async workers, so it never
+/// stalls other requests.
 async fn inspect_body(
     bytes: Bytes,
     route: &'static routes::Route,
     id: &Arc<Identity>,
     cfg: &Config,
-) -> Result<(Option<String>, Result<body::Inspected, body::BodyError>), Refuse> {
+) -> Result<InspectedBody, Refuse> {
     let cap = if id.admin { None } else { id.max_tokens };
     let sha = cfg.audit_body_sha256;
     let who = id.clone();
+    let texts_wanted = id.max_prompt_chars.is_some() || !cfg.content_rules.is_empty();
     let large = bytes.len() as u64 > INLINE_BODY;
     let work = move || {
         let digest = sha.then(|| {
@@ -609,7 +686,12 @@ async fn inspect_body(
             d.iter().map(|b| format!("{b:02x}")).collect::<String>()
         });
         let may_use = |m: &str| ModelName::parse(m).is_some_and(|n| who.may_run(&n));
-        (digest, body::inspect(route, &bytes, cap, may_use))
+        let inspected = body::inspect(route, &bytes, cap, may_use);
+        let texts = match &inspected {
+            Ok(i) if texts_wanted => body::prompt_texts(&i.body),
+            _ => Vec::new(),
+        };
+        (digest, inspected, texts)
     };
     if !large {
         return Ok(work());
@@ -622,6 +704,13 @@ async fn inspect_body(
         )
     })
 }
+
+/// A body's digest, what it names, and its prompt text.
+type InspectedBody = (
+    Option<String>,
+    Result<body::Inspected, body::BodyError>,
+    Vec<String>,
+);
 
 /// Forwards exactly what was judged, reporting the upstream socket to the
 /// daemon as it connects. A streamed upload (blobs) may take long; its pace

@@ -404,6 +404,7 @@ mod tests {
             concurrency: None,
             max_body: 1,
             max_tokens: None,
+            max_prompt_chars: None,
             pull_from: None,
         })
     }

@@ -12,6 +12,7 @@ pub mod body;
 pub mod budget;
 pub mod canon;
 pub mod config;
+pub mod content;
 pub mod guard;
 pub mod handler;
 pub mod identity;

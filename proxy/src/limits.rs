@@ -143,6 +143,7 @@ mod tests {
             concurrency: conc,
             max_body: 1,
             max_tokens: None,
+            max_prompt_chars: None,
             pull_from: None,
         }
     }
