@@ -210,7 +210,17 @@ fn flips_between_audit_and_enforce_atomically(backend: &str) {
             results.len(),
             got("timeout"),
         );
-        assert_eq!(let_through, count("would_deny"), "{what}");
+        // nft records packets, not connect() calls: a let-through attempt
+        // whose SYN went out twice (a reused 4-tuple answered with a
+        // challenge, then a new SYN; about one in several thousand here) is
+        // two records. Counted as such, at most one per thousand attempts;
+        // the eBPF hooks record each call once, exactly.
+        let duplicates = if backend == "nft" { 1 + results.len() / 1000 } else { 0 };
+        assert!(
+            (let_through..=let_through + duplicates).contains(&count("would_deny")),
+            "{what}: {} would_deny for {let_through} let through",
+            count("would_deny")
+        );
         assert!(
             (got(blocked)..=got(blocked) + got("timeout")).contains(&count("deny")),
             "{what}: {} denies",
