@@ -215,7 +215,11 @@ fn flips_between_audit_and_enforce_atomically(backend: &str) {
         // challenge, then a new SYN; about one in several thousand here) is
         // two records. Counted as such, at most one per thousand attempts;
         // the eBPF hooks record each call once, exactly.
-        let duplicates = if backend == "nft" { 1 + results.len() / 1000 } else { 0 };
+        let duplicates = if backend == "nft" {
+            1 + results.len() / 1000
+        } else {
+            0
+        };
         assert!(
             (let_through..=let_through + duplicates).contains(&count("would_deny")),
             "{what}: {} would_deny for {let_through} let through",
