@@ -113,13 +113,13 @@ fn decide(ctx: &SockAddrContext, hook: u8) -> i32 {
                 ev.reason = reason::LOCAL_ALLOWED;
                 ev.rule_id = rule.rule_id;
                 // Every accepted connection is recorded; datagrams only counted.
-                event::record(&ev, is_connect);
+                event::record_allowed_connect(&ev, is_connect);
             }
             (_, Some(rule_id)) => {
                 ev.verdict = verdict::ALLOW;
                 ev.reason = reason::REMOTE_ALLOWED;
                 ev.rule_id = rule_id;
-                event::record(&ev, is_connect);
+                event::record_allowed_connect(&ev, is_connect);
             }
             (rule, None) => {
                 ev.reason = reason::LOCAL_NOT_ALLOWED;
@@ -168,7 +168,7 @@ fn decide(ctx: &SockAddrContext, hook: u8) -> i32 {
             ev.verdict = verdict::ALLOW;
             ev.reason = reason::HOST_ALLOWED;
             ev.rule_id = rule_id;
-            event::record(&ev, is_connect);
+            event::record_allowed_connect(&ev, is_connect);
         }
         return ALLOW;
     }

@@ -6,24 +6,26 @@
 
 use crate::maps::{CONNECTS, EVENT_BUDGET, EVENTS, RULE_HITS, STATS, count, event_budget};
 use aya_ebpf::helpers::generated::{bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns};
-use warden_common::{EVENT_WINDOW_SHIFT, FlowEvent, hook, stat, verdict};
+use warden_common::{EVENT_WINDOW_SHIFT, FlowEvent, stat};
 
-/// Counts the verdict against its rule and, if `emit`, records it. A
-/// recorded TCP connect that was allowed waits for its source address and
-/// port ([`crate::sockops`] sends them once the kernel has chosen them).
+/// Counts the verdict against its rule and, if `emit`, records it.
 #[inline(always)]
 pub fn record(ev: &FlowEvent, emit: bool) {
     count(&RULE_HITS, ev.rule_id);
-    if !emit {
-        return;
+    if emit {
+        emit_record(ev);
     }
-    if ev.verdict == verdict::ALLOW
-        && ev.proto == 6
-        && matches!(ev.hook, hook::CONNECT4 | hook::CONNECT6)
-    {
+}
+
+/// Records an allowed connect; a TCP one then waits for its source address
+/// and port ([`crate::sockops`] sends them once the kernel has chosen them).
+/// Only the connect hooks call this, so no other program carries the map.
+#[inline(always)]
+pub fn record_allowed_connect(ev: &FlowEvent, is_connect: bool) {
+    record(ev, is_connect);
+    if is_connect && ev.proto == 6 {
         let _ = CONNECTS.insert(&ev.cookie, &0u8, 0);
     }
-    emit_record(ev);
 }
 
 /// Records `ev` (within the CPU's budget), counted against no rule.
