@@ -160,7 +160,7 @@ fn policy_files(dir: &Path) -> std::io::Result<std::collections::BTreeSet<String
     Ok(out)
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     Sha256::digest(bytes)
         .iter()
@@ -217,23 +217,13 @@ pub fn sign_dir(dir: &Path, key: &Path, serial: Option<u64>) -> Result<Manifest,
     // that does not match it, and rejects).
     let tmp = dir.join(".MANIFEST.json");
     std::fs::write(&tmp, &text).map_err(|e| e.to_string())?;
-    let trusted = format!("ollama-warden policy set, serial {serial}");
-    let status = std::process::Command::new("minisign")
-        .arg("-S")
-        .arg("-s")
-        .arg(key)
-        .arg("-m")
-        .arg(&tmp)
-        .args(["-t", &trusted])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .map_err(|e| format!("running minisign (it signs the manifest): {e}"))?;
-    if !status.success() {
+    if let Err(e) = minisign_sign(
+        &tmp,
+        key,
+        &format!("ollama-warden policy set, serial {serial}"),
+    ) {
         let _ = std::fs::remove_file(&tmp);
-        return Err(format!(
-            "minisign could not sign with {} ({status})",
-            key.display()
-        ));
+        return Err(e);
     }
     let mut sig_tmp = tmp.as_os_str().to_owned();
     sig_tmp.push(".minisig");
@@ -242,4 +232,28 @@ pub fn sign_dir(dir: &Path, key: &Path, serial: Option<u64>) -> Result<Manifest,
     std::fs::rename(&sig_tmp, &sig_path).map_err(|e| e.to_string())?;
     std::fs::rename(&tmp, &path).map_err(|e| e.to_string())?;
     Ok(manifest)
+}
+
+/// Signs `file` with the `minisign` tool (which asks for an encrypted key's
+/// password), writing
+/// `file.minisig` with `trusted` as its trusted comment.
+pub fn minisign_sign(file: &Path, key: &Path, trusted: &str) -> Result<(), String> {
+    let status = std::process::Command::new("minisign")
+        .arg("-S")
+        .arg("-s")
+        .arg(key)
+        .arg("-m")
+        .arg(file)
+        .args(["-t", trusted])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map_err(|e| format!("running minisign (it makes the signature): {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "minisign could not sign with {} ({status})",
+            key.display()
+        ))
+    }
 }

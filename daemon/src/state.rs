@@ -22,6 +22,12 @@ pub struct DaemonState {
     #[serde(default)]
     pub audit: Vec<String>,
     pub sources: Vec<String>,
+    /// The policy paths as given (`--policy`; empty: the embedded default).
+    #[serde(default)]
+    pub policy_paths: Vec<String>,
+    /// The key policy files must be signed by (`--require-signature`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature_key: Option<String>,
     pub ports: Vec<u16>,
     pub rules: Vec<StateRule>,
     pub attachments: Vec<serde_json::Value>,
@@ -79,6 +85,12 @@ impl DaemonState {
             mode: PolicyMode::Enforce,
             audit: Vec::new(),
             sources: Vec::new(),
+            policy_paths: opts
+                .policy
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
+            signature_key: opts.require_signature.clone(),
             ports: Vec::new(),
             rules: Vec::new(),
             attachments: att

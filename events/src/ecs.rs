@@ -104,6 +104,33 @@ pub fn rfc3339_ms(ms: u64) -> String {
     )
 }
 
+/// The inverse of [`rfc3339_ms`]: `YYYY-MM-DDTHH:MM:SS[.fff]Z` as Unix
+/// milliseconds (`None` for anything else).
+pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
+    let s = s.strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let num = |t: &str| t.parse::<i64>().ok();
+    let mut d = date.splitn(3, '-').map(num);
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.splitn(3, ':').map(num);
+    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
+    let millis = num(&format!("{frac:0<3}")[..3])?;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    // Days since 1970-01-01 from the civil date (Howard Hinnant's algorithm).
+    let y = y - i64::from(m <= 2);
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(((days * 24 + hh) * 60 + mm) * 60 + ss)
+        .ok()
+        .map(|secs| secs * 1000 + millis as u64)
+}
+
 /// Warden's lifecycle events in ECS.
 pub fn lifecycle(kind: &str, fields: Value, event_uid: &str) -> Value {
     let (category, kind_type, outcome) = match kind {
@@ -134,6 +161,26 @@ pub fn lifecycle(kind: &str, fields: Value, event_uid: &str) -> Value {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn timestamps_read_back() {
+        for ms in [0, 951_782_400_123, 1_796_083_200_999, 4_107_542_399_000] {
+            let text = super::rfc3339_ms(ms);
+            assert_eq!(super::parse_rfc3339_ms(&text), Some(ms), "{text}");
+        }
+        assert_eq!(
+            super::parse_rfc3339_ms("2026-12-01T20:02:05Z"),
+            Some(1_796_155_325_000)
+        );
+        for bad in [
+            "2026-13-01T00:00:00Z",
+            "2026-12-01 00:00:00Z",
+            "2026-12-01T00:00:00",
+            "x",
+        ] {
+            assert_eq!(super::parse_rfc3339_ms(bad), None, "{bad}");
+        }
+    }
+
     #[test]
     fn timestamps() {
         assert_eq!(super::rfc3339_ms(0), "1970-01-01T00:00:00.000Z");

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 const SIZE_EXAMPLE: &str = "e.g. 16MiB, 512K, 1000000";
-const DURATION_EXAMPLE: &str = "e.g. 500ms, 10s, 5m, 1h";
+const DURATION_EXAMPLE: &str = "e.g. 500ms, 10s, 5m, 1h, 30d";
 
 /// Bytes: a number with an optional binary unit, `K`/`KiB`, `M`/`MiB`,
 /// `G`/`GiB` (any case), or `B`. Zero is refused.
@@ -27,7 +27,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     }
 }
 
-/// A number with a unit, `ms`, `s`, `m` or `h`. Zero is refused.
+/// A number with a unit, `ms`, `s`, `m`, `h` or `d`. Zero is refused.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
@@ -38,6 +38,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
+        "d" => Duration::from_secs(n.saturating_mul(86_400)),
         _ => return Err(not_a_duration()),
     };
     if d.is_zero() {
@@ -67,7 +68,8 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        for bad in ["0s", "10", "1d", "s", "1.5s"] {
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        for bad in ["0s", "10", "1w", "s", "1.5s"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

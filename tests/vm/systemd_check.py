@@ -297,6 +297,32 @@ def doctor_passes():
 
 
 @check
+def an_evidence_bundle_reads_the_journal_and_the_loaded_units():
+    for _ in range(3):
+        expect(connect(11434) == "denied", "root outside the allowed cgroups is denied")
+    time.sleep(1)
+    sh("rm -rf /tmp/evidence && mkdir /tmp/evidence && warden evidence --since 1h --out /tmp/evidence.tar"
+       " && tar -xf /tmp/evidence.tar -C /tmp/evidence && cd /tmp/evidence && sha256sum --strict -c SHA256SUMS")
+    part = lambda name: json.load(open(f"/tmp/evidence/{name}"))
+    ev = part("events.json")
+    expect("journal of ollama-warden.service" in ev["sources"], f"event sources: {ev['sources']}")
+    denied = ev["by_reason"].get("deny connect4 local_not_allowed", 0)
+    expect(denied >= 3, f"the journal's denies: {ev['by_reason']}")
+    expect(ev["lifecycle"].get("start", 0) >= 1 and ev["unreadable"] == 0, f"events.json: {ev}")
+    units = {u["unit"]: u for u in part("units.json")["units"]}
+    daemon = units["ollama-warden.service"]
+    expect(daemon.get("scored") == "loaded unit" and daemon["exposure"] == exposure("ollama-warden.service"),
+           f"units.json: {units}")
+    policy = part("policy.json")
+    expect(policy["on_disk"].get("matches_in_force") is True, f"policy.json: {policy['on_disk']}")
+    expect(any(f["path"].startswith("/etc/ollama-warden/policy.d/") for f in policy["files"]),
+           f"policy files: {policy['files']}")
+    expect(part("enforcement.json")["status"]["enforcing"] is True, "enforcement.json says enforcing")
+    return (f"{denied} denies and {ev['records']} records from the journal; "
+            f"daemon unit scored {daemon['exposure']} loaded")
+
+
+@check
 def the_journal_has_the_daemons_log_with_levels():
     lines = [json.loads(l) for l in
              sh("journalctl -u ollama-warden.service -o json --no-pager").splitlines()]

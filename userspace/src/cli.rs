@@ -89,6 +89,10 @@ enum Command {
     },
     /// Check this host against the Ollama hardening guides; exit 1 if a check fails.
     Doctor(DoctorArgs),
+    /// Write an evidence bundle for auditors: the policy in force, enforcement,
+    /// hardening, doctor, the proxy's identities and the period's event
+    /// counts, with a SHA256SUMS signed when --key is given (docs/EVIDENCE.md).
+    Evidence(crate::evidence::EvidenceArgs),
     /// Credentials for proxy identities.
     Token {
         #[command(subcommand)]
@@ -129,7 +133,7 @@ enum PolicyCommand {
     /// exactly these files, and refuses an older serial (a replay).
     Sign {
         dir: PathBuf,
-        /// The minisign secret key (an encrypted key's password: MINISIGN_PASSWORD, or asked).
+        /// The minisign secret key (minisign asks for an encrypted key's password).
         #[arg(long, value_name = "SECRET_KEY")]
         key: PathBuf,
         /// The serial to write (default: the last one plus 1).
@@ -254,6 +258,9 @@ pub fn main() -> i32 {
             0
         }
         Command::Doctor(args) => doctor(args, cli.pin_dir, cli.run_dir, cli.nft_table),
+        Command::Evidence(args) => {
+            crate::evidence::run(args, &cli.pin_dir, &cli.run_dir, &cli.nft_table)
+        }
     }
 }
 

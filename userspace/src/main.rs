@@ -5,6 +5,7 @@ mod ban;
 mod cli;
 mod daemon_cmd;
 mod events_cmd;
+mod evidence;
 mod logs;
 
 fn main() {
