@@ -634,6 +634,10 @@ impl Encoding {
             EventFormat::Compact => crate::compact::line(&v, &|_| None, self.style),
             _ => to_json(&v),
         };
+        self.encoded_line(json, severity, msgid)
+    }
+
+    fn encoded_line(&self, json: String, severity: u8, msgid: &str) -> Arc<Encoded> {
         Arc::new(Encoded {
             json,
             severity,
@@ -662,8 +666,18 @@ impl Encoding {
     }
 
     fn publish(&mut self, item: Item, sev: u8) {
-        let v = item.encode(&mut self.encoder);
-        let e = self.encoded(v, sev, "flow");
+        // A plain flow goes straight to bytes where the format can.
+        let line = match &item {
+            Item::Flow(ev, rule) => self.encoder.flow_line(ev, rule.as_deref()),
+            _ => None,
+        };
+        let e = match line {
+            Some(json) => self.encoded_line(json, sev, "flow"),
+            None => {
+                let v = item.encode(&mut self.encoder);
+                self.encoded(v, sev, "flow")
+            }
+        };
         self.live.publish(&item, Some((self.format, &e.json)));
         self.counters
             .subscribers_dropped
