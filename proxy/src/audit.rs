@@ -27,6 +27,9 @@ pub struct UpstreamConn {
     pub local: SocketAddr,
     /// SO_COOKIE of the proxy's socket (the kernel's id for the connection).
     pub cookie: u64,
+    /// The connection was opened for an earlier request of the same identity
+    /// (its kernel connection event and report came with that one).
+    pub reused: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -155,6 +158,9 @@ pub fn ocsf(r: &Record) -> Value {
         o["dst_endpoint"] = json!({ "ip": u.addr.ip().to_string(), "port": u.addr.port() });
         warden["socket_cookie"] = u.cookie.into();
         warden["upstream_local_port"] = u.local.port().into();
+        if u.reused {
+            warden["upstream_reused"] = true.into();
+        }
     }
     if let Some(h) = &r.body_sha256 {
         warden["body_sha256"] = h.as_str().into();

@@ -22,6 +22,7 @@ const TOP_KEYS: &[&str] = &[
     "audit",
     "audit_body_sha256",
     "pass_cors",
+    "upstream_keepalive",
     "report",
     "metrics",
     "tls",
@@ -67,6 +68,7 @@ const CONTENT_RULE_KEYS: &[&str] = &["name", "pattern", "action"];
 const TOKEN_KEYS: &[&str] = &["hash", "expires"];
 
 pub const DEFAULT_MAX_BODY: u64 = 16 << 20;
+pub const DEFAULT_UPSTREAM_KEEPALIVE: usize = 32;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -77,6 +79,9 @@ pub struct Config {
     pub audit_body_sha256: bool,
     /// Forward the upstream's CORS headers (dropped by default).
     pub pass_cors: bool,
+    /// Idle upstream connections kept per identity for reuse (0: a fresh
+    /// connection, so a kernel connection event, per request).
+    pub upstream_keepalive: usize,
     /// The daemon's socket for upstream-connection reports (correlation).
     pub report: Option<PathBuf>,
     /// Where to serve Prometheus metrics (`GET /metrics`); off when unset.
@@ -334,6 +339,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<Diagnostic>> {
         .get("pass_cors")
         .and_then(|e| r.bool(e))
         .unwrap_or(false);
+    let upstream_keepalive = root
+        .get("upstream_keepalive")
+        .and_then(|e| r.int(e, 0, 1024))
+        .map_or(DEFAULT_UPSTREAM_KEEPALIVE, |n| n as usize);
     let limits = root
         .get("limits")
         .map_or_else(Limits::default, |e| r.limits(e));
@@ -359,6 +368,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<Diagnostic>> {
         audit,
         audit_body_sha256,
         pass_cors,
+        upstream_keepalive,
         report,
         metrics,
         limits,
@@ -1102,6 +1112,21 @@ mod tests {
             e[3].starts_with("/etc/w/proxy.toml:21:1: a second content rule named `z`"),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn upstream_keepalive_defaults_to_32_and_is_bounded() {
+        let id = format!("name = \"a\"\ntokens = [\"{HASH}\"]\n");
+        let cfg = |top: &str| {
+            parse(
+                Path::new("/etc/w/proxy.toml"),
+                &format!("{top}\n{}", minimal(&id)),
+            )
+        };
+        assert_eq!(cfg("").unwrap().upstream_keepalive, 32);
+        assert_eq!(cfg("upstream_keepalive = 0").unwrap().upstream_keepalive, 0);
+        let e = errors(&format!("upstream_keepalive = 5000\n{}", minimal(&id)));
+        assert!(e[0].starts_with("/etc/w/proxy.toml:1:22: "), "{e:?}");
     }
 
     #[test]

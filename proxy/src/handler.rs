@@ -57,6 +57,8 @@ pub struct Shared {
     /// Failed authentications and bans (kept across reloads; `[brute_force]`
     /// changes apply at restart).
     pub guard: super::guard::Guard,
+    /// Upstream connections kept for reuse, per identity.
+    pub upstream_pool: super::upstream::Pool,
     id_prefix: u32,
     next_id: AtomicU64,
 }
@@ -80,6 +82,7 @@ impl Shared {
             reporter,
             body_budget,
             guard,
+            upstream_pool: Default::default(),
             id_prefix: u32::from_ne_bytes(b),
             next_id: AtomicU64::new(1),
         }
@@ -296,7 +299,10 @@ async fn judge_and_forward(
             head.headers.remove(header::CONTENT_LENGTH);
         } else if head.status == StatusCode::OK {
             let listing = read_listing(upstream_body, &rt.cfg).await;
-            sent.task.abort();
+            if listing.is_err() {
+                // Not read to its end: the connection cannot carry another request.
+                sent.task.abort();
+            }
             let filtered = filtered_listing(&canonical.path, listing, &id)?;
             head.headers.remove(header::CONTENT_LENGTH);
             fin.record().ttfb = Some(started.elapsed());
@@ -751,7 +757,13 @@ async fn forward(
             });
         }
     };
-    let sent = upstream::send(cfg.upstream.addr, upstream_req, head_timeout, on_connect)
+    let target = upstream::Target {
+        addr: cfg.upstream.addr,
+        identity: &id.name,
+        pool: &shared.upstream_pool,
+        keepalive: cfg.upstream_keepalive,
+    };
+    let sent = upstream::send(target, upstream_req, head_timeout, on_connect)
         .await
         .map_err(
             |e| match body.upload_failure.as_ref().and_then(|f| f.get()) {

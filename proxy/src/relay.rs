@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Sleep;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -293,7 +293,7 @@ pub struct Relay {
     bytes: u64,
     idle: Duration,
     sleep: Pin<Box<Sleep>>,
-    task: JoinHandle<()>,
+    task: AbortHandle,
     /// When hyper last asked for data (ms, monotonic); the watchdog reads it.
     polled: Arc<AtomicU64>,
     /// Set by the watchdog: the client stopped taking data.
@@ -311,13 +311,13 @@ impl Relay {
         finish: Finish,
         idle: Duration,
         send_timeout: Duration,
-        task: JoinHandle<()>,
+        task: AbortHandle,
         slot: Slot,
         activity: Arc<Activity>,
     ) -> Self {
         let polled = Arc::new(AtomicU64::new(mono_ms()));
         let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let abort = task.abort_handle();
+        let abort = task.clone();
         let (p, st) = (polled.clone(), stalled.clone());
         let limit = send_timeout.as_millis() as u64;
         let watchdog = tokio::spawn(async move {

@@ -1,30 +1,90 @@
-//! The upstream side: one fresh HTTP/1.1 connection to Ollama per request.
+//! The upstream side: HTTP/1.1 connections to Ollama, kept per identity.
 //!
-//! A connection per request makes each request one kernel connection event, so
-//! the socket cookie in the audit record names exactly one request. Loopback
-//! connects cost tens of microseconds, small next to a generation. The
-//! connection's task is aborted when the response body is dropped, so a client
-//! that goes away closes the upstream socket and Ollama cancels the generation.
+//! A connection only ever carries one identity's requests. It is reported to
+//! the daemon (cookie, local address, the identity and the request it was
+//! opened for) while it connects, so the kernel's one connection event for it
+//! joins that report one-to-one; every request's audit record names the
+//! socket it rode (`socket_cookie`, `upstream_reused`). With
+//! `upstream_keepalive = 0` every request gets a fresh connection, and so a
+//! kernel event of its own. The connection's task is aborted when a response
+//! body is dropped before its end, so a client that goes away closes the
+//! upstream socket and Ollama cancels the generation; only connections whose
+//! last response ended cleanly are reused.
 
 use super::audit::UpstreamConn;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::time::Duration;
-use tokio::task::JoinHandle;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::task::AbortHandle;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// An idle connection older than this is closed instead of reused (Ollama
+/// keeps idle connections open; this bounds what the pool holds).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub type ReqBody = BoxBody<Bytes, super::relay::BoxError>;
 
 pub struct Sent {
     pub response: hyper::Response<Incoming>,
     pub conn: UpstreamConn,
-    /// Drives the connection; abort it to close the socket.
-    pub task: JoinHandle<()>,
+    /// Stops the task that drives the connection: abort it to close the socket.
+    pub task: AbortHandle,
+}
+
+/// A connection that may take another request of its identity.
+struct Idle {
+    sender: SendRequest<ReqBody>,
+    conn: UpstreamConn,
+    task: AbortHandle,
+    since: Instant,
+}
+
+/// Upstream connections by identity, each ready for reuse once its last
+/// response ended.
+#[derive(Default)]
+pub struct Pool {
+    idle: Mutex<HashMap<String, Vec<Idle>>>,
+}
+
+impl Pool {
+    /// One of `identity`'s connections to `addr` that can take a request now;
+    /// closed and expired ones are dropped on the way.
+    fn checkout(&self, identity: &str, addr: SocketAddr) -> Option<Idle> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.get_mut(identity)?;
+        list.retain(|c| !c.sender.is_closed() && c.since.elapsed() < IDLE_TIMEOUT);
+        let i = list
+            .iter()
+            .position(|c| c.conn.addr == addr && c.sender.is_ready())?;
+        Some(list.swap_remove(i))
+    }
+
+    /// Keeps `c` for `identity`'s next requests (at most `max` each; one more
+    /// is dropped, and closes once its response is done).
+    fn checkin(&self, identity: &str, c: Idle, max: usize) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.entry(identity.to_owned()).or_default();
+        list.retain(|c| !c.sender.is_closed());
+        if list.len() < max {
+            list.push(c);
+        }
+    }
+}
+
+/// Where a request goes and whose connections it may use.
+pub struct Target<'a> {
+    pub addr: SocketAddr,
+    pub identity: &'a str,
+    pub pool: &'a Pool,
+    /// Idle connections kept per identity (0: none, a fresh one per request).
+    pub keepalive: usize,
 }
 
 #[derive(Debug)]
@@ -61,23 +121,101 @@ pub fn socket_cookie(fd: &impl AsRawFd) -> u64 {
     if rc == 0 { cookie } else { 0 }
 }
 
+/// Sends `req` over one of the identity's idle connections, or over a new
+/// one (reported through `on_socket` while it connects), and waits for the
+/// response head (at most `timeout` after the request is sent, when given).
+/// A reused connection that turns out closed before the request went out is
+/// replaced; one that fails after is not retried (the request may have run).
+pub async fn send(
+    to: Target<'_>,
+    mut req: hyper::Request<ReqBody>,
+    timeout: Option<Duration>,
+    on_socket: impl FnOnce(&UpstreamConn),
+) -> Result<Sent, UpstreamError> {
+    if to.keepalive > 0 {
+        while let Some(mut c) = to.pool.checkout(to.identity, to.addr) {
+            let sent = with_timeout(timeout, c.sender.try_send_request(req)).await;
+            match sent {
+                Ok(Ok(response)) => {
+                    let conn = UpstreamConn {
+                        reused: true,
+                        ..c.conn
+                    };
+                    let task = c.task.clone();
+                    to.pool.checkin(to.identity, c, to.keepalive);
+                    return Ok(Sent {
+                        response,
+                        conn,
+                        task,
+                    });
+                }
+                // Closed before the request went out: the next one, or a new one.
+                Ok(Err(mut e)) => match e.take_message() {
+                    Some(back) => req = back,
+                    None => {
+                        c.task.abort();
+                        return Err(UpstreamError::Http(e.into_error()));
+                    }
+                },
+                Err(_) => {
+                    c.task.abort();
+                    return Err(UpstreamError::Timeout);
+                }
+            }
+        }
+    }
+    let (mut sender, conn, task) = connect(to.addr, on_socket).await?;
+    match with_timeout(timeout, sender.send_request(req)).await {
+        Ok(Ok(response)) => {
+            if to.keepalive > 0 {
+                let idle = Idle {
+                    sender,
+                    conn,
+                    task: task.clone(),
+                    since: Instant::now(),
+                };
+                to.pool.checkin(to.identity, idle, to.keepalive);
+            }
+            Ok(Sent {
+                response,
+                conn,
+                task,
+            })
+        }
+        Ok(Err(e)) => {
+            task.abort();
+            Err(UpstreamError::Http(e))
+        }
+        Err(_) => {
+            task.abort();
+            Err(UpstreamError::Timeout)
+        }
+    }
+}
+
+async fn with_timeout<F: std::future::Future>(
+    timeout: Option<Duration>,
+    f: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    match timeout {
+        Some(t) => tokio::time::timeout(t, f).await,
+        None => Ok(f.await),
+    }
+}
+
 /// Opens the upstream socket, starts the connect, calls `on_socket` with its
 /// cookie and local address while the handshake is still under way (so the
 /// daemon has the report by the time the kernel's connect event needs it,
-/// however long the handshake takes), finishes the connect, sends the request
-/// and waits for the response head (at most `timeout` after the request is
-/// sent, when given).
+/// however long the handshake takes), and finishes the connect.
 ///
 /// The kernel picks the local address and port in the connect call itself, the
 /// way a plain connect does: binding first to learn the port would search the
 /// port space on every request and, with thousands of TIME_WAIT sockets from
 /// earlier requests, slow each connect down to tens of milliseconds.
-pub async fn send(
+async fn connect(
     addr: SocketAddr,
-    req: hyper::Request<ReqBody>,
-    timeout: Option<Duration>,
     on_socket: impl FnOnce(&UpstreamConn),
-) -> Result<Sent, UpstreamError> {
+) -> Result<(SendRequest<ReqBody>, UpstreamConn, AbortHandle), UpstreamError> {
     use socket2::{Domain, Protocol, Socket, Type};
     let domain = if addr.is_ipv4() {
         Domain::IPV4
@@ -102,6 +240,7 @@ pub async fn send(
         addr,
         local,
         cookie: socket_cookie(&socket),
+        reused: false,
     };
     on_socket(&conn);
     let stream = tokio::net::TcpStream::from_std(std::net::TcpStream::from(socket))
@@ -113,31 +252,11 @@ pub async fn send(
     if let Some(e) = stream.take_error().map_err(UpstreamError::Connect)? {
         return Err(UpstreamError::Connect(e));
     }
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(UpstreamError::Http)?;
     let task = tokio::spawn(async move {
         let _ = connection.await;
     });
-    let response = async {
-        match timeout {
-            Some(t) => tokio::time::timeout(t, sender.send_request(req)).await,
-            None => Ok(sender.send_request(req).await),
-        }
-    };
-    match response.await {
-        Ok(Ok(response)) => Ok(Sent {
-            response,
-            conn,
-            task,
-        }),
-        Ok(Err(e)) => {
-            task.abort();
-            Err(UpstreamError::Http(e))
-        }
-        Err(_) => {
-            task.abort();
-            Err(UpstreamError::Timeout)
-        }
-    }
+    Ok((sender, conn, task.abort_handle()))
 }
