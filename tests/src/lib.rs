@@ -90,6 +90,21 @@ pub fn cgroup_id(dir: &Path) -> u64 {
     std::fs::metadata(dir).expect("cgroup exists").ino()
 }
 
+/// A minisign key pair without a password, `DIR/NAME.pub` and `DIR/NAME.key`:
+/// (public, secret) paths.
+pub fn keypair(dir: &Path, name: &str) -> (String, String) {
+    let (public, secret) = (
+        dir.join(format!("{name}.pub")),
+        dir.join(format!("{name}.key")),
+    );
+    sh(&format!(
+        "minisign -G -W -f -p {} -s {} >/dev/null",
+        public.display(),
+        secret.display()
+    ));
+    (public.display().to_string(), secret.display().to_string())
+}
+
 pub fn sh(cmd: &str) -> String {
     let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
     assert!(

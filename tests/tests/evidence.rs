@@ -7,22 +7,9 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use warden_tests::proxy::{helper, python};
-use warden_tests::{Lab, sh, warden_bin, workspace};
+use warden_tests::{Lab, keypair, sh, warden_bin, workspace};
 
 const PORT: u16 = 11434;
-
-fn keypair(dir: &Path, name: &str) -> (String, String) {
-    let (public, secret) = (
-        dir.join(format!("{name}.pub")),
-        dir.join(format!("{name}.key")),
-    );
-    sh(&format!(
-        "minisign -G -W -f -p {} -s {} >/dev/null",
-        public.display(),
-        secret.display()
-    ));
-    (public.display().to_string(), secret.display().to_string())
-}
 
 fn warden(args: &[&str]) -> String {
     let out = Command::new(warden_bin()).args(args).output().unwrap();

@@ -4,22 +4,9 @@
 
 use std::path::Path;
 use std::process::Command;
-use warden_tests::{Lab, sh};
+use warden_tests::{Lab, keypair, sh};
 
 const PORT: u16 = 11434;
-
-fn keypair(dir: &Path, name: &str) -> (String, String) {
-    let (public, secret) = (
-        dir.join(format!("{name}.pub")),
-        dir.join(format!("{name}.key")),
-    );
-    sh(&format!(
-        "minisign -G -W -f -p {} -s {} >/dev/null",
-        public.display(),
-        secret.display()
-    ));
-    (public.display().to_string(), secret.display().to_string())
-}
 
 fn sign(secret: &str, file: &Path) {
     sh(&format!(
