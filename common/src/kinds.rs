@@ -54,7 +54,7 @@ kernel_codes!(
         SkbEgress = SKB_EGRESS, "skb-egress";
         SkbIngress = SKB_INGRESS, "skb-ingress";
         Dns = DNS, "dns";
-        SockOps = SOCK_OPS, "sock-ops";
+        ConnectSource = CONNECT_SOURCE, "connect-source";
         Unknown = UNKNOWN, "unknown";
     }
 );

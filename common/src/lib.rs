@@ -147,10 +147,10 @@ pub mod hook {
     pub const SKB_INGRESS: u8 = 11;
     /// The daemon's resolver: a DNS question from a cgroup with host rules.
     pub const DNS: u8 = 12;
-    /// sock_ops at TCP connect: the source address and port of a connection
-    /// connect4/6 allowed and recorded (completes that record; never
-    /// published alone).
-    pub const SOCK_OPS: u8 = 13;
+    /// The first SYN of a TCP connection connect4/6 allowed and recorded, as
+    /// the egress packet hook saw it: its source address and port (completes
+    /// that record; never published alone).
+    pub const CONNECT_SOURCE: u8 = 13;
     /// Never sent: what userspace reads a code it does not know as.
     pub const UNKNOWN: u8 = 0;
 }

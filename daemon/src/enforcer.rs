@@ -40,12 +40,12 @@ pub struct Enforcer {
     local_addrs: Vec<std::net::IpAddr>,
     /// The most urgent expiry warning given per certificate (days: 30, 7, 1, 0).
     cert_warned: std::collections::HashMap<(String, String, i64), u32>,
-    /// Allowed TCP connects waiting for their source (sock_ops), by cookie.
+    /// Allowed TCP connects waiting for their source (its first SYN), by cookie.
     awaiting_source: std::collections::HashMap<u64, (FlowEvent, std::time::Instant)>,
 }
 
 /// How long an allowed connect's record waits for its source address and
-/// port; the sock_ops record comes from the same connect() call, so it is
+/// port; the source record comes from the same connect() call's SYN, so it is
 /// normally in the same batch.
 const SOURCE_WAIT: Duration = Duration::from_millis(100);
 /// Records waiting for their source at most; the oldest goes out as it is.
@@ -384,11 +384,11 @@ impl Enforcer {
         n
     }
 
-    /// An allowed TCP connect waits for its source (the sock_ops record of
+    /// An allowed TCP connect waits for its source (the source record of
     /// the same socket), which completes it; everything else goes on at once.
     fn offer(&mut self, ev: FlowEvent) {
         use warden_common::{hook, verdict};
-        if ev.hook == hook::SOCK_OPS {
+        if ev.hook == hook::CONNECT_SOURCE {
             if let Some((mut connect, _)) = self.awaiting_source.remove(&ev.cookie) {
                 connect.saddr = ev.saddr;
                 connect.sport = ev.sport;

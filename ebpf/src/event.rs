@@ -18,7 +18,7 @@ pub fn record(ev: &FlowEvent, emit: bool) {
 }
 
 /// Records an allowed connect; a TCP one then waits for its source address
-/// and port ([`crate::sockops`] sends them once the kernel has chosen them).
+/// and port (the egress packet hook sends them from the connection's SYN).
 /// Only the connect hooks call this, so no other program carries the map.
 #[inline(always)]
 pub fn record_allowed_connect(ev: &FlowEvent, is_connect: bool) {

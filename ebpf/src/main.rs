@@ -6,7 +6,6 @@
 //! - [`dns`]: DNS steering to the daemon's resolver for cgroups with host
 //!   rules, and cgroup `recvmsg4/6` to give the replies their resolver's address (5.2).
 //! - [`remote`]: `[[remote]]` cgroups reaching the protected ports on other hosts only.
-//! - [`sockops`]: sock_ops at TCP connect, the source of an allowed connection.
 //! - [`bind`]: cgroup `bind4/6` — only server cgroups may bind a protected port (4.17).
 //! - [`packet`]: cgroup_skb `egress/ingress` — the packets of restricted sockets,
 //!   judged by the socket's cgroup, and packets for protected ports (4.10).
@@ -26,7 +25,6 @@ mod event;
 mod maps;
 mod packet;
 mod remote;
-mod sockops;
 mod xdp;
 
 #[cfg(not(test))]

@@ -31,7 +31,7 @@ use crate::{
     cgroup::{self, Cgroup, Socket},
     egress::{self, IPPROTO_TCP, IPPROTO_UDP, Verdict},
     event::{self, EMPTY},
-    maps::{active_slot, port_protected, slot_meta},
+    maps::{CONNECTS, active_slot, port_protected, slot_meta},
 };
 use aya_ebpf::{
     helpers::generated::bpf_get_socket_cookie, macros::cgroup_skb, programs::SkBuffContext,
@@ -84,6 +84,9 @@ pub fn skb_egress(ctx: SkBuffContext) -> i32 {
     if p.established_tcp() {
         return PASS;
     }
+    if p.syn {
+        connection_source(&ctx, &p);
+    }
     let slot = active_slot();
     let meta = slot_meta(slot);
     if p.syn && through_loopback(&ctx) && port_protected(slot, p.dport) {
@@ -116,6 +119,33 @@ pub fn skb_ingress(ctx: SkBuffContext) -> i32 {
         return PASS;
     }
     judge_peer(&ctx, slot, meta, &p, hook::SKB_INGRESS)
+}
+
+/// The SYN of a TCP connection connect4/6 allowed and recorded (`CONNECTS`):
+/// its source address and port, which exist only once connect() chose them,
+/// complete that record (and give it its Community ID). Every other SYN costs
+/// one lookup, in a hook that runs anyway (a sock_ops program would run for
+/// every TCP socket at about nine points of each connection). Out of line:
+/// the record needs stack of its own, which the hook's frame cannot spare.
+#[inline(never)]
+fn connection_source(ctx: &SkBuffContext, p: &Packet) {
+    // SAFETY: the context pointer of a cgroup_skb program.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
+    // SAFETY: presence test only.
+    if unsafe { CONNECTS.get(&cookie) }.is_none() {
+        return;
+    }
+    // The first SYN only: a retransmit finds nothing.
+    let _ = CONNECTS.remove(&cookie);
+    let mut ev = EMPTY;
+    ev.hook = hook::CONNECT_SOURCE;
+    ev.verdict = verdict::ALLOW;
+    ev.proto = IPPROTO_TCP;
+    ev.cookie = cookie;
+    ev.family = p.family;
+    ev.saddr = p.saddr;
+    ev.sport = p.sport;
+    event::emit_record(&ev);
 }
 
 /// The kernel's loopback device is always interface 1 (`LOOPBACK_IFINDEX`).

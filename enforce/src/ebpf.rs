@@ -12,7 +12,7 @@ use crate::learned::Learned;
 use aya::maps::{MapData, RingBuf};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{
-    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SockOps, Xdp, XdpMode,
+    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, Xdp, XdpMode,
 };
 use aya::{Ebpf, EbpfLoader};
 use std::path::{Path, PathBuf};
@@ -25,7 +25,7 @@ pub static EBPF_OBJECT: &[u8] =
 
 /// cgroup programs, attached at the attach cgroup (the cgroup2 root by default):
 /// the system-call hooks, then the packet hooks.
-pub const CGROUP_PROGRAMS: [&str; 11] = [
+pub const CGROUP_PROGRAMS: [&str; 10] = [
     "connect4",
     "connect6",
     "sendmsg4",
@@ -36,7 +36,6 @@ pub const CGROUP_PROGRAMS: [&str; 11] = [
     "bind6",
     "skb_egress",
     "skb_ingress",
-    "tcp_connect",
 ];
 const XDP_PROGRAM: &str = "xdp_ingress";
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
@@ -315,14 +314,7 @@ impl EbpfBackend {
                 .ok_or_else(|| EnforceError::Bpffs(format!("object has no program {name}")))?;
             // Through a bpf link (5.7+) the attachment always coexists with other
             // programs (multi-attach); link_create rejects attach flags, so pass none.
-            let link = if name == "tcp_connect" {
-                let prog: &mut SockOps = program.try_into().map_err(perr)?;
-                prog.load().map_err(perr)?;
-                let id = prog
-                    .attach(&cgroup, CgroupAttachMode::Single)
-                    .map_err(perr)?;
-                prog.take_link(id).map_err(perr)?.try_into()
-            } else if let Some(direction) = skb_direction(name) {
+            let link = if let Some(direction) = skb_direction(name) {
                 let prog: &mut CgroupSkb = program.try_into().map_err(perr)?;
                 prog.load().map_err(perr)?;
                 let id = prog

@@ -352,7 +352,7 @@ pub fn flow_json(ev: &FlowEvent, rule: Option<&str>) -> Value {
             o.insert("bind_addr".into(), a.unwrap_or_default());
             o.insert("bind_port".into(), p.unwrap_or_default());
         } else if ev.sport != 0 {
-            // An allowed TCP connect, completed with its source (sock_ops).
+            // An allowed TCP connect, completed with its source (its SYN).
             let src = addr(ev.saddr, ev.family);
             o.insert("src_addr".into(), src.to_string().into());
             o.insert("src_port".into(), ev.sport.into());

@@ -203,7 +203,7 @@ impl<'a> NetworkActivity<'a> {
         };
         let dst = addr(ev.daddr, ev.family);
         // Packets carry a source; system calls carry a process, and an allowed
-        // TCP connect its source too once the kernel chose it (sock_ops).
+        // TCP connect its source too once the kernel chose it (its SYN).
         let has_source = hook.is_packet() || ev.sport != 0;
         let src = addr(ev.saddr, ev.family);
         let cgroup = f.cgroup.as_ref();

@@ -48,7 +48,7 @@ fn enforcement_survives_sigkill_restart_adopts_and_down_removes() {
 
     let d = lab.daemon(Some(&ns), &p);
     let programs_before = lab.cgroup_programs();
-    assert_eq!(programs_before.len(), 11, "{programs_before:?}");
+    assert_eq!(programs_before.len(), 10, "{programs_before:?}");
     let stop = Arc::new(AtomicBool::new(false));
     let rogue = hammer(lab.prober(Some(&ns), Some("rogue")), stop.clone());
     let allowed = hammer(lab.prober(Some(&ns), Some("proxy")), stop.clone());
@@ -86,8 +86,8 @@ fn enforcement_survives_sigkill_restart_adopts_and_down_removes() {
     assert_eq!(status["generation"], 2);
     assert_eq!(
         status["links"].as_array().unwrap().len(),
-        12,
-        "11 cgroup links + 1 XDP link"
+        11,
+        "10 cgroup links + 1 XDP link"
     );
     let start = d.wait_event("start", |e| e["type"] == "start");
     assert!(

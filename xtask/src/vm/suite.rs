@@ -10,7 +10,7 @@ use std::time::Duration;
 
 /// The kernel smoke (CI runs it on each kernel): every program type enforcing
 /// (XDP with the crafted frames, the sock_addr hooks with DNS steering and
-/// recvmsg, cgroup_skb, sock_ops with the Community ID), `[[remote]]`, the packet
+/// recvmsg, cgroup_skb with the Community ID), `[[remote]]`, the packet
 /// bypasses, pins surviving the daemon, and the nftables fallback. About a
 /// dozen daemon starts: each costs ~25 s under emulation (the verifier).
 pub const SMOKE: &[(&str, &[&str])] = &[
