@@ -73,8 +73,10 @@ fn apt_packages() -> Result<String> {
         .iter()
         .copied()
         .filter(|p| {
+            // The status's third word: `unknown ok not-installed` is a package
+            // dpkg has heard of, not one it has.
             output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
-                .is_none_or(|s| !s.ends_with("installed"))
+                .is_none_or(|s| s.split_whitespace().nth(2) != Some("installed"))
         })
         .collect();
     if missing.is_empty() {
