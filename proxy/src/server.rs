@@ -10,6 +10,7 @@ use super::handler::{self, Client, Runtime, Shared};
 use super::identity::{Authenticator, certificate_names, certificate_not_after};
 use super::relay::Activity;
 use super::tls;
+use super::workers::Workers;
 use anyhow::{Context, Result};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
@@ -129,16 +130,19 @@ fn release_large_buffers() {
 pub fn run(path: &Path) -> Result<()> {
     release_large_buffers();
     let cfg = check(path)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    // This thread accepts, reloads and reports; the workers serve.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("tokio runtime")?;
-    let (shared, stats, drained) = rt.block_on(serve(path, cfg))?;
+    let workers = Workers::per_core().context("worker threads")?;
+    let (shared, stats, drained) = rt.block_on(serve(path, cfg, &workers))?;
+    // Requests still in flight are dropped with the workers: their audit
+    // records ("client went away") are written before the audit closes.
+    workers.stop();
     if let Some(r) = &shared.reporter {
         rt.block_on(r.flush(Duration::from_secs(1)));
     }
-    // Requests still in flight are dropped with the runtime: their audit
-    // records ("client went away") are written before the audit closes.
     rt.shutdown_timeout(Duration::from_secs(1));
     shared.audit.finish();
     let c = &shared.audit.counters;
@@ -170,7 +174,11 @@ pub fn run(path: &Path) -> Result<()> {
     Ok(())
 }
 
-async fn serve(path: &Path, cfg: Config) -> Result<(Arc<Shared>, Arc<Stats>, bool)> {
+async fn serve(
+    path: &Path,
+    cfg: Config,
+    workers: &Workers,
+) -> Result<(Arc<Shared>, Arc<Stats>, bool)> {
     // Before anything says the proxy is up: a reload sent then must not find
     // SIGHUP's default action (terminate).
     let mut hup = signal(SignalKind::hangup())?;
@@ -189,10 +197,11 @@ async fn serve(path: &Path, cfg: Config) -> Result<(Arc<Shared>, Arc<Stats>, boo
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut watch = PolicyWatch::new(&watched(path, &cfg)).context("watch config files")?;
     tracing::info!(
-        "listening on https://{} for {} ({} identities)",
+        "listening on https://{} for {} ({} identities, {} workers)",
         listener.local_addr()?,
         cfg.upstream.host,
-        cfg.identities.len()
+        cfg.identities.len(),
+        workers.len()
     );
     let reporter = cfg.report.clone().map(super::report::Reporter::start);
     if let Some(r) = &reporter {
@@ -215,7 +224,8 @@ async fn serve(path: &Path, cfg: Config) -> Result<(Arc<Shared>, Arc<Stats>, boo
             accepted = listener.accept() => {
                 let Ok((stream, peer)) = accepted else { continue };
                 let acceptor = TlsAcceptor::from(tls_config.reading().clone());
-                accept(stream, peer, acceptor, &slots, &shared, &stats, &stop_rx);
+                let to = Conn { acceptor, slots: &slots, shared: &shared, stats: &stats, stop: &stop_rx };
+                accept(stream, peer, to, workers.next());
             }
             _ = hup.recv() => reload(path, &shared, &tls_config, &mut watch, "SIGHUP"),
             _ = tick.tick() => {
@@ -234,18 +244,26 @@ async fn serve(path: &Path, cfg: Config) -> Result<(Arc<Shared>, Arc<Stats>, boo
     Ok((shared, stats, drained))
 }
 
+/// What serving an accepted connection needs.
+struct Conn<'a> {
+    acceptor: TlsAcceptor,
+    slots: &'a Slots,
+    shared: &'a Arc<Shared>,
+    stats: &'a Arc<Stats>,
+    stop: &'a tokio::sync::watch::Receiver<bool>,
+}
+
 /// Takes a connection in: a banned source is closed before the handshake (it
 /// costs nothing more), a source over its share is refused, the rest wait
-/// for a slot and are served on a task of their own.
-fn accept(
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    acceptor: TlsAcceptor,
-    slots: &Slots,
-    shared: &Arc<Shared>,
-    stats: &Arc<Stats>,
-    stop: &tokio::sync::watch::Receiver<bool>,
-) {
+/// for a slot and are served on a task of their own on `worker`.
+fn accept(stream: TcpStream, peer: SocketAddr, to: Conn<'_>, worker: &tokio::runtime::Handle) {
+    let Conn {
+        acceptor,
+        slots,
+        shared,
+        stats,
+        stop,
+    } = to;
     let ip = peer.ip().to_canonical();
     if shared.guard.banned(ip).is_some() {
         stats.banned_connections.fetch_add(1, Ordering::Relaxed);
@@ -255,10 +273,19 @@ fn accept(
         stats.refused_connections.fetch_add(1, Ordering::Relaxed);
         return;
     }
+    // The worker's own reactor takes the socket over.
+    let Ok(stream) = stream.into_std() else {
+        slots.leave(ip);
+        return;
+    };
     let (slots, shared, stats, stop) = (slots.clone(), shared.clone(), stats.clone(), stop.clone());
-    tokio::spawn(async move {
-        match slots.take(&stats).await {
-            Some(permit) => {
+    worker.spawn(async move {
+        let taken = match TcpStream::from_std(stream) {
+            Ok(stream) => slots.take(&stats).await.map(|p| (p, stream)),
+            Err(_) => None,
+        };
+        match taken {
+            Some((permit, stream)) => {
                 let activity = Activity::new();
                 let key = slots.open.locked().add(activity.clone());
                 connection(stream, peer, acceptor, shared, &stats, stop, activity).await;

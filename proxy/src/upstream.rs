@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Mutex;
+use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 use tokio::task::AbortHandle;
 
@@ -46,11 +47,13 @@ struct Idle {
     since: Instant,
 }
 
-/// Upstream connections by identity, each ready for reuse once its last
-/// response ended.
+/// Upstream connections by worker thread and identity, each ready for reuse
+/// once its last response ended. A connection is driven by a task on the
+/// worker that opened it, so only that worker's requests reuse it: the two
+/// never wake each other across threads.
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<HashMap<String, Vec<Idle>>>,
+    idle: Mutex<HashMap<ThreadId, HashMap<String, Vec<Idle>>>>,
 }
 
 impl Pool {
@@ -58,7 +61,9 @@ impl Pool {
     /// closed and expired ones are dropped on the way.
     fn checkout(&self, identity: &str, addr: SocketAddr) -> Option<Idle> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.get_mut(identity)?;
+        let list = idle
+            .get_mut(&std::thread::current().id())?
+            .get_mut(identity)?;
         list.retain(|c| !c.sender.is_closed() && c.since.elapsed() < IDLE_TIMEOUT);
         let i = list
             .iter()
@@ -70,7 +75,13 @@ impl Pool {
     /// is dropped, and closes once its response is done).
     fn checkin(&self, identity: &str, c: Idle, max: usize) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.entry(identity.to_owned()).or_default();
+        let worker = idle.entry(std::thread::current().id()).or_default();
+        if !worker.contains_key(identity) {
+            worker.insert(identity.to_owned(), Vec::new());
+        }
+        let Some(list) = worker.get_mut(identity) else {
+            return;
+        };
         list.retain(|c| !c.sender.is_closed());
         if list.len() < max {
             list.push(c);
