@@ -50,7 +50,13 @@ enum Class {
 
 #[xdp]
 pub fn xdp_ingress(ctx: XdpContext) -> u32 {
-    match classify(&ctx) {
+    let slot = active_slot();
+    let bans = bans();
+    // A port that is neither protected nor the proxy's under bans passes as
+    // soon as it is read: nothing else of the packet is looked at.
+    let wanted =
+        |dport: u16| port_protected(slot, dport) || (bans != 0 && (bans & 0xffff) as u16 == dport);
+    match classify(&ctx, wanted) {
         Class::Pass => XDP_PASS,
         Class::Malformed => {
             count(&STATS, stat::MALFORMED);
@@ -65,9 +71,7 @@ pub fn xdp_ingress(ctx: XdpContext) -> u32 {
             dport,
             syn,
         } => {
-            let slot = active_slot();
             let protected = port_protected(slot, dport);
-            let bans = bans();
             // Banned sources reach neither the protected ports nor the proxy.
             if bans != 0 && (protected || (bans & 0xffff) as u16 == dport) && banned(&saddr) {
                 count(&STATS, stat::BANNED_DROPPED);
@@ -154,12 +158,6 @@ fn at<T>(ctx: &XdpContext, off: usize) -> Option<*const T> {
 }
 
 #[inline(always)]
-fn u8_at(ctx: &XdpContext, off: usize) -> Option<u8> {
-    // SAFETY: `at` checked the bounds.
-    at::<u8>(ctx, off).map(|p| unsafe { *p })
-}
-
-#[inline(always)]
 fn be16_at(ctx: &XdpContext, off: usize) -> Option<u16> {
     // SAFETY: `at` checked the bounds; unaligned read of plain bytes.
     at::<[u8; 2]>(ctx, off).map(|p| u16::from_be_bytes(unsafe { *p }))
@@ -194,31 +192,55 @@ fn read4(ctx: &XdpContext, off: usize) -> i64 {
     }
 }
 
-/// Source and destination port and TCP flags at `l4`; `direct` when `l4` is one of
-/// the common constant offsets (read straight from the packet, cheapest).
+/// The ports and TCP flags at `l4`, or `Pass` (as `Err`) when `wanted` says
+/// the destination port is of no interest; `direct` when `l4` is one of the
+/// common constant offsets (read straight from the packet, cheapest).
 #[inline(always)]
-fn ports(ctx: &XdpContext, l4: usize, proto: u8, direct: bool) -> Option<(u16, u16, bool)> {
-    let (sport, dport) = if direct {
-        (be16_at(ctx, l4)?, be16_at(ctx, l4 + 2)?)
-    } else {
-        let b = load4(ctx, l4)?;
-        (
-            u16::from_be_bytes([b[0], b[1]]),
-            u16::from_be_bytes([b[2], b[3]]),
-        )
-    };
-    let syn = proto == IPPROTO_TCP
-        && if direct {
-            u8_at(ctx, l4 + 13)
+fn ports(
+    ctx: &XdpContext,
+    l4: usize,
+    proto: u8,
+    direct: bool,
+    wanted: impl Fn(u16) -> bool,
+) -> Result<(u16, u16, bool), Class> {
+    if direct {
+        // One bounds check for TCP's ports and flags; the ports alone for UDP
+        // (or a TCP header cut short, which carries no SYN).
+        let tcp = if proto == IPPROTO_TCP {
+            at::<[u8; 14]>(ctx, l4)
         } else {
-            load4(ctx, l4 + 12).map(|b| b[1])
+            None
+        };
+        let (b, flags) = match tcp {
+            // SAFETY: `at` checked the bounds; unaligned read of plain bytes.
+            Some(t) => unsafe { ([(*t)[0], (*t)[1], (*t)[2], (*t)[3]], (*t)[13]) },
+            None => {
+                // SAFETY: as above.
+                let u = at::<[u8; 4]>(ctx, l4).map(|p| unsafe { *p });
+                (u.ok_or(Class::Malformed)?, 0)
+            }
+        };
+        let dport = u16::from_be_bytes([b[2], b[3]]);
+        if !wanted(dport) {
+            return Err(Class::Pass);
         }
-        .is_some_and(|f| f & 0x12 == 0x02);
-    Some((sport, dport, syn))
+        let syn = proto == IPPROTO_TCP && flags & 0x12 == 0x02;
+        return Ok((u16::from_be_bytes([b[0], b[1]]), dport, syn));
+    }
+    let b = load4(ctx, l4).ok_or(Class::Malformed)?;
+    let dport = u16::from_be_bytes([b[2], b[3]]);
+    if !wanted(dport) {
+        return Err(Class::Pass);
+    }
+    let syn = proto == IPPROTO_TCP
+        && load4(ctx, l4 + 12)
+            .map(|b| b[1])
+            .is_some_and(|f| f & 0x12 == 0x02);
+    Ok((u16::from_be_bytes([b[0], b[1]]), dport, syn))
 }
 
 #[inline(always)]
-fn classify(ctx: &XdpContext) -> Class {
+fn classify(ctx: &XdpContext, wanted: impl Fn(u16) -> bool) -> Class {
     let Some(mut proto) = be16_at(ctx, 12) else {
         // Shorter than an Ethernet header: the stack drops it anyway.
         return Class::Pass;
@@ -235,8 +257,8 @@ fn classify(ctx: &XdpContext) -> Class {
         tags += 1;
     }
     match proto {
-        ETH_P_IP => ipv4(ctx, off),
-        ETH_P_IPV6 => ipv6(ctx, off),
+        ETH_P_IP => ipv4(ctx, off, wanted),
+        ETH_P_IPV6 => ipv6(ctx, off, wanted),
         // A third tag could hide IP from this parser; the stack would not
         // deliver it locally either, but drop rather than guess.
         ETH_P_8021Q | ETH_P_8021AD => Class::Malformed,
@@ -245,7 +267,7 @@ fn classify(ctx: &XdpContext) -> Class {
 }
 
 #[inline(always)]
-fn ipv4(ctx: &XdpContext, off: usize) -> Class {
+fn ipv4(ctx: &XdpContext, off: usize, wanted: impl Fn(u16) -> bool) -> Class {
     let Some(hdr) = at::<[u8; 20]>(ctx, off) else {
         return Class::Malformed;
     };
@@ -269,8 +291,9 @@ fn ipv4(ctx: &XdpContext, off: usize) -> Class {
     if total_len < ihl + 4 {
         return Class::Malformed;
     }
-    let Some((sport, dport, syn)) = ports(ctx, off + ihl, proto, ihl == 20) else {
-        return Class::Malformed;
+    let (sport, dport, syn) = match ports(ctx, off + ihl, proto, ihl == 20, wanted) {
+        Ok(p) => p,
+        Err(class) => return class,
     };
     Class::L4 {
         family: 2,
@@ -284,7 +307,7 @@ fn ipv4(ctx: &XdpContext, off: usize) -> Class {
 }
 
 #[inline(always)]
-fn ipv6(ctx: &XdpContext, off: usize) -> Class {
+fn ipv6(ctx: &XdpContext, off: usize, wanted: impl Fn(u16) -> bool) -> Class {
     let Some(hdr) = at::<[u8; 40]>(ctx, off) else {
         return Class::Malformed;
     };
@@ -343,8 +366,9 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Class {
     if payload_len < l4 - off - 40 + 4 {
         return Class::Malformed;
     }
-    let Some((sport, dport, syn)) = ports(ctx, l4, next, walked == 0) else {
-        return Class::Malformed;
+    let (sport, dport, syn) = match ports(ctx, l4, next, walked == 0, wanted) {
+        Ok(p) => p,
+        Err(class) => return class,
     };
     Class::L4 {
         family: 10,
