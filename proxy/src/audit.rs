@@ -6,11 +6,11 @@
 //! and a record that does not fit is counted as dropped (the totals are printed
 //! when the proxy stops), never lost silently.
 
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 use warden_events::ocsf::OCSF_VERSION;
 use warden_events::sink::{self, SinkSpec, Writer};
@@ -18,6 +18,9 @@ use warden_runtime::sync::Locked;
 
 const QUEUE: usize = 65_536;
 const BATCH: usize = 256;
+/// How long records gather before the writer takes them (unless a quarter
+/// of the queue fills first).
+const GATHER: Duration = Duration::from_millis(5);
 
 /// The upstream connection a request went over (for correlation with the
 /// kernel's connection events).
@@ -79,103 +82,233 @@ fn activity(method: &str) -> u8 {
     }
 }
 
-/// OCSF HTTP Activity.
+/// OCSF HTTP Activity, as a `Value` (tests and tools; the writer serializes
+/// [`HttpActivity`] straight to bytes).
 pub fn ocsf(r: &Record) -> Value {
-    let allowed = r.refused.is_none();
-    let act = activity(&r.method);
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let mut o = json!({
-        "class_uid": 4002,
-        "class_name": "HTTP Activity",
-        "category_uid": 4,
-        "category_name": "Network Activity",
-        "activity_id": act,
-        "type_uid": 400200 + u32::from(act),
-        "time": r.time_ms,
-        "start_time": r.time_ms,
-        "end_time": r.time_ms + r.duration.as_millis() as u64,
-        "duration": r.duration.as_millis() as u64,
-        "severity_id": if allowed { 1 } else { 3 },
-        "status_id": if allowed && r.status < 400 && r.incomplete.is_none() { 1 } else { 2 },
-        "action_id": if allowed { 1 } else { 2 },
-        "disposition_id": if allowed { 1 } else { 2 },
-        "message": match &r.refused {
-            None => format!("{} {} {}", r.method, r.path, r.status),
-            Some(why) if r.method.is_empty() => format!("refused: {why}"),
-            Some(why) => format!("{} {} refused: {why}", r.method, r.path),
-        },
-        "metadata": {
-            "uid": r.request_id,
-            "version": OCSF_VERSION,
-            "profiles": ["host", "security_control"],
-            "log_name": "proxy",
-            "product": { "name": "ollama-warden", "vendor_name": "ollama-warden", "version": env!("CARGO_PKG_VERSION") },
-        },
-        "http_request": {
-            "uid": r.request_id,
-            "http_method": r.method,
-            "version": r.http_version,
-            "url": { "path": r.path },
-            "length": r.bytes_in,
-        },
-        "http_response": { "code": r.status, "length": r.bytes_out },
-        "traffic": { "bytes_in": r.bytes_in, "bytes_out": r.bytes_out },
-    });
-    if r.method.is_empty() {
-        // Refused by the HTTP layer before a method could be read.
-        if let Some(req) = o["http_request"].as_object_mut() {
-            req.remove("http_method");
+    serde_json::to_value(HttpActivity::new(r)).expect("plain data serializes")
+}
+
+/// A record's OCSF HTTP Activity line.
+pub fn ocsf_line(r: &Record) -> String {
+    serde_json::to_string(&HttpActivity::new(r)).expect("plain data serializes")
+}
+
+/// OCSF HTTP Activity (class 4002), borrowed from a [`Record`]: serialized
+/// straight to bytes, with no `Value` tree per request.
+#[derive(Serialize)]
+struct HttpActivity<'a> {
+    class_uid: u32,
+    class_name: &'static str,
+    category_uid: u8,
+    category_name: &'static str,
+    activity_id: u8,
+    type_uid: u32,
+    time: u64,
+    start_time: u64,
+    end_time: u64,
+    duration: u64,
+    severity_id: u8,
+    status_id: u8,
+    action_id: u8,
+    disposition_id: u8,
+    message: String,
+    metadata: Metadata<'a>,
+    http_request: HttpRequest<'a>,
+    http_response: HttpResponse,
+    traffic: Traffic,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    src_endpoint: Option<Endpoint>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dst_endpoint: Option<Endpoint>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    actor: Option<Actor<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status_detail: Option<&'a str>,
+    unmapped: Unmapped<'a>,
+}
+
+#[derive(Serialize)]
+struct Product {
+    name: &'static str,
+    vendor_name: &'static str,
+    version: &'static str,
+}
+
+#[derive(Serialize)]
+struct Metadata<'a> {
+    uid: &'a str,
+    version: &'static str,
+    profiles: [&'static str; 2],
+    log_name: &'static str,
+    product: Product,
+}
+
+#[derive(Serialize)]
+struct HttpRequest<'a> {
+    uid: &'a str,
+    /// Absent when the HTTP layer refused the request before its method.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    http_method: &'a str,
+    version: &'static str,
+    url: Url<'a>,
+    length: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_agent: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Url<'a> {
+    path: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    query_string: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct HttpResponse {
+    code: u16,
+    length: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latency: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Traffic {
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+#[derive(Serialize)]
+struct Endpoint {
+    ip: std::net::IpAddr,
+    port: u16,
+}
+
+#[derive(Serialize)]
+struct Actor<'a> {
+    user: User<'a>,
+}
+
+#[derive(Serialize)]
+struct User<'a> {
+    name: &'a str,
+}
+
+#[derive(Serialize)]
+struct Unmapped<'a> {
+    warden: Warden<'a>,
+}
+
+#[derive(Serialize)]
+struct Warden<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttfb_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    socket_cookie: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream_local_port: Option<u16>,
+    /// Only ever `true`: absent for a request that opened its connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream_reused: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body_sha256: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    incomplete: Option<&'static str>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    content_rules: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_certificate_days_left: Option<i64>,
+}
+
+impl<'a> HttpActivity<'a> {
+    fn new(r: &'a Record) -> Self {
+        let allowed = r.refused.is_none();
+        let act = activity(&r.method);
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let duration = r.duration.as_millis() as u64;
+        Self {
+            class_uid: 4002,
+            class_name: "HTTP Activity",
+            category_uid: 4,
+            category_name: "Network Activity",
+            activity_id: act,
+            type_uid: 400200 + u32::from(act),
+            time: r.time_ms,
+            start_time: r.time_ms,
+            end_time: r.time_ms + duration,
+            duration,
+            severity_id: if allowed { 1 } else { 3 },
+            status_id: if allowed && r.status < 400 && r.incomplete.is_none() {
+                1
+            } else {
+                2
+            },
+            action_id: if allowed { 1 } else { 2 },
+            disposition_id: if allowed { 1 } else { 2 },
+            message: match &r.refused {
+                None => format!("{} {} {}", r.method, r.path, r.status),
+                Some(why) if r.method.is_empty() => format!("refused: {why}"),
+                Some(why) => format!("{} {} refused: {why}", r.method, r.path),
+            },
+            metadata: Metadata {
+                uid: &r.request_id,
+                version: OCSF_VERSION,
+                profiles: ["host", "security_control"],
+                log_name: "proxy",
+                product: Product {
+                    name: "ollama-warden",
+                    vendor_name: "ollama-warden",
+                    version: env!("CARGO_PKG_VERSION"),
+                },
+            },
+            http_request: HttpRequest {
+                uid: &r.request_id,
+                http_method: &r.method,
+                version: r.http_version,
+                url: Url {
+                    path: &r.path,
+                    query_string: r.query.as_deref(),
+                },
+                length: r.bytes_in,
+                user_agent: r.user_agent.as_deref(),
+            },
+            http_response: HttpResponse {
+                code: r.status,
+                length: r.bytes_out,
+                latency: r.ttfb.map(|t| t.as_millis() as u64),
+            },
+            traffic: Traffic {
+                bytes_in: r.bytes_in,
+                bytes_out: r.bytes_out,
+            },
+            src_endpoint: r.client.map(|c| Endpoint {
+                ip: c.ip().to_canonical(),
+                port: c.port(),
+            }),
+            dst_endpoint: r.upstream.map(|u| Endpoint {
+                ip: u.addr.ip(),
+                port: u.addr.port(),
+            }),
+            actor: r.identity.as_deref().map(|name| Actor {
+                user: User { name },
+            }),
+            status_detail: r.refused.as_deref().or(r.incomplete),
+            unmapped: Unmapped {
+                warden: Warden {
+                    model: r.model.as_deref(),
+                    ttfb_ms: r.ttfb.map(ms),
+                    socket_cookie: r.upstream.map(|u| u.cookie),
+                    upstream_local_port: r.upstream.map(|u| u.local.port()),
+                    upstream_reused: r.upstream.filter(|u| u.reused).map(|_| true),
+                    body_sha256: r.body_sha256.as_deref(),
+                    incomplete: r.incomplete,
+                    content_rules: &r.content_flags,
+                    client_certificate_days_left: r.client_cert_days_left,
+                },
+            },
         }
     }
-    if let Some(q) = &r.query {
-        o["http_request"]["url"]["query_string"] = q.as_str().into();
-    }
-    if let Some(ua) = &r.user_agent {
-        o["http_request"]["user_agent"] = ua.as_str().into();
-    }
-    if let Some(t) = r.ttfb {
-        o["http_response"]["latency"] = (t.as_millis() as u64).into();
-    }
-    if let Some(c) = r.client {
-        o["src_endpoint"] = json!({ "ip": c.ip().to_canonical().to_string(), "port": c.port() });
-    }
-    if let Some(id) = &r.identity {
-        o["actor"] = json!({ "user": { "name": id } });
-    }
-    if let Some(why) = &r.refused {
-        o["status_detail"] = why.as_str().into();
-    } else if let Some(why) = r.incomplete {
-        o["status_detail"] = why.into();
-    }
-    let mut warden = json!({});
-    if let Some(m) = &r.model {
-        warden["model"] = m.as_str().into();
-    }
-    if let Some(t) = r.ttfb {
-        warden["ttfb_ms"] = ms(t).into();
-    }
-    if let Some(u) = r.upstream {
-        o["dst_endpoint"] = json!({ "ip": u.addr.ip().to_string(), "port": u.addr.port() });
-        warden["socket_cookie"] = u.cookie.into();
-        warden["upstream_local_port"] = u.local.port().into();
-        if u.reused {
-            warden["upstream_reused"] = true.into();
-        }
-    }
-    if let Some(h) = &r.body_sha256 {
-        warden["body_sha256"] = h.as_str().into();
-    }
-    if let Some(why) = r.incomplete {
-        warden["incomplete"] = why.into();
-    }
-    if !r.content_flags.is_empty() {
-        warden["content_rules"] = r.content_flags.clone().into();
-    }
-    if let Some(days) = r.client_cert_days_left {
-        warden["client_certificate_days_left"] = days.into();
-    }
-    o["unmapped"] = json!({ "warden": warden });
-    o
 }
 
 #[derive(Default)]
@@ -193,8 +326,71 @@ enum Item {
     Finding(Value, u64),
 }
 
+/// The records waiting for the writer. A request's record is a push under a
+/// lock: the writer is woken only when the queue was empty and it sleeps
+/// (once per burst, not per request), or a quarter full; otherwise it takes
+/// what gathered every [`GATHER`]. A wake-up per record (a futex call, and
+/// the writer's thread scheduled in between requests) cost more than
+/// writing the record.
+#[derive(Default)]
+struct Queue {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Pending {
+    items: Vec<Item>,
+    /// Cleared by `finish`: no more records are taken.
+    closed: bool,
+    /// The writer waits for a first record (it must be woken).
+    idle: bool,
+}
+
+impl Queue {
+    /// Queues `item`; false when the queue is full or closed.
+    fn push(&self, item: Item) -> bool {
+        let mut p = self.pending.locked();
+        if p.closed || p.items.len() >= QUEUE {
+            return false;
+        }
+        p.items.push(item);
+        if (p.idle && p.items.len() == 1) || p.items.len() == QUEUE / 4 {
+            p.idle = false;
+            self.wake.notify_one();
+        }
+        true
+    }
+
+    fn close(&self) {
+        self.pending.locked().closed = true;
+        self.wake.notify_one();
+    }
+
+    /// What gathered, once there is some; `None` once closed and drained.
+    fn take(&self) -> Option<Vec<Item>> {
+        let mut p = self.pending.locked();
+        while p.items.is_empty() && !p.closed {
+            p.idle = true;
+            p = self.wake.wait(p).unwrap_or_else(|e| e.into_inner());
+        }
+        p.idle = false;
+        if !p.closed && p.items.len() < QUEUE / 4 {
+            p = self
+                .wake
+                .wait_timeout_while(p, GATHER, |p| !p.closed && p.items.len() < QUEUE / 4)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        if p.items.is_empty() && p.closed {
+            return None;
+        }
+        Some(std::mem::take(&mut p.items))
+    }
+}
+
 pub struct Audit {
-    tx: Mutex<Option<SyncSender<Item>>>,
+    queue: Arc<Queue>,
     /// The daemon's report channel: each encoded record also goes there, for
     /// `warden events` (set once the reporter runs).
     live: Arc<std::sync::OnceLock<crate::report::Reporter>>,
@@ -210,7 +406,8 @@ impl Audit {
         for s in specs {
             writers.push((sink::open(s)?, sink::Framer::new(s)));
         }
-        let (tx, rx) = sync_channel(QUEUE);
+        let queue = Arc::new(Queue::default());
+        let rx = queue.clone();
         let counters = Arc::new(Counters::default());
         let c = counters.clone();
         let live = Arc::new(std::sync::OnceLock::new());
@@ -220,7 +417,7 @@ impl Audit {
             .spawn(move || write_loop(rx, writers, &c, &to_daemon))?;
         Ok(Self {
             live,
-            tx: Mutex::new(Some(tx)),
+            queue,
             counters,
             metrics: Default::default(),
             thread: Mutex::new(Some(thread)),
@@ -246,22 +443,14 @@ impl Audit {
     }
 
     fn queue(&self, item: Item) {
-        let tx = self.tx.locked();
-        let sent = match &*tx {
-            Some(tx) => tx.try_send(item),
-            None => Err(TrySendError::Disconnected(item)),
-        };
-        match sent {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        if !self.queue.push(item) {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Writes what is queued and stops the writer.
     pub fn finish(&self) {
-        self.tx.locked().take();
+        self.queue.close();
         if let Some(t) = self.thread.locked().take() {
             let _ = t.join();
         }
@@ -271,53 +460,60 @@ impl Audit {
 type SinkWriter = (Box<dyn Writer>, sink::Framer);
 
 fn write_loop(
-    rx: Receiver<Item>,
+    rx: Arc<Queue>,
     mut writers: Vec<SinkWriter>,
     c: &Counters,
     live: &std::sync::OnceLock<crate::report::Reporter>,
 ) {
     let mut seq = 0u64;
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < BATCH
-            && let Ok(r) = rx.try_recv()
-        {
-            batch.push(r);
+    while let Some(items) = rx.take() {
+        for batch in items.chunks(BATCH) {
+            write_batch(batch, &mut writers, &mut seq, c, live);
         }
-        // (line, syslog severity, time, MSGID)
-        let lines: Vec<(String, u8, u64, &str)> = batch
+    }
+}
+
+/// Encodes `batch` once and writes it to every sink.
+fn write_batch(
+    batch: &[Item],
+    writers: &mut [SinkWriter],
+    seq: &mut u64,
+    c: &Counters,
+    live: &std::sync::OnceLock<crate::report::Reporter>,
+) {
+    // (line, syslog severity, time, MSGID)
+    let lines: Vec<(String, u8, u64, &str)> = batch
+        .iter()
+        .map(|item| match item {
+            Item::Request(r) => (
+                ocsf_line(r),
+                if r.refused.is_some() { 4 } else { 6 },
+                r.time_ms,
+                "http",
+            ),
+            Item::Finding(v, t) => (warden_events::pipeline::to_json(v), 4, *t, "finding"),
+        })
+        .collect();
+    if let Some(reporter) = live.get() {
+        for (line, ..) in &lines {
+            reporter.audit(line);
+        }
+    }
+    let first_seq = *seq;
+    *seq += lines.len() as u64;
+    for (w, framer) in writers.iter_mut() {
+        let msgs: Vec<Vec<u8>> = lines
             .iter()
-            .map(|item| match item {
-                Item::Request(r) => (
-                    warden_events::pipeline::to_json(&ocsf(r)),
-                    if r.refused.is_some() { 4 } else { 6 },
-                    r.time_ms,
-                    "http",
-                ),
-                Item::Finding(v, t) => (warden_events::pipeline::to_json(v), 4, *t, "finding"),
+            .zip(first_seq + 1..)
+            .map(|((line, severity, time_ms, msgid), seq)| {
+                framer.frame(line, *severity, *time_ms, msgid, seq)
             })
             .collect();
-        if let Some(reporter) = live.get() {
-            for (line, ..) in &lines {
-                reporter.audit(line);
-            }
-        }
-        let first_seq = seq;
-        seq += lines.len() as u64;
-        for (w, framer) in &mut writers {
-            let msgs: Vec<Vec<u8>> = lines
-                .iter()
-                .zip(first_seq + 1..)
-                .map(|((line, severity, time_ms, msgid), seq)| {
-                    framer.frame(line, *severity, *time_ms, msgid, seq)
-                })
-                .collect();
-            let out = w.write_batch(&msgs);
-            c.written.fetch_add(out.ok as u64, Ordering::Relaxed);
-            c.failed.fetch_add(out.failed as u64, Ordering::Relaxed);
-            if let Some(e) = out.error {
-                tracing::warn!("audit sink: {e}");
-            }
+        let out = w.write_batch(&msgs);
+        c.written.fetch_add(out.ok as u64, Ordering::Relaxed);
+        c.failed.fetch_add(out.failed as u64, Ordering::Relaxed);
+        if let Some(e) = out.error {
+            tracing::warn!("audit sink: {e}");
         }
     }
 }
