@@ -10,12 +10,15 @@ use std::time::Duration;
 use warden_runtime::metrics::{Histogram, help, label};
 use warden_runtime::sync::Locked;
 
+/// (route group, status) → requests.
+type ByGroup = HashMap<(&'static str, u16), u64>;
+
 /// The proxy's request metrics, updated as each request's record is written.
 #[derive(Default)]
 pub struct ProxyMetrics {
-    /// (identity, route group, status) → requests. Bounded: identities come
+    /// identity → (route group, status) → requests. Bounded: identities come
     /// from the config, groups from the route table, statuses from HTTP.
-    requests: Mutex<HashMap<(String, &'static str, u16), u64>>,
+    requests: Mutex<HashMap<String, ByGroup>>,
     duration: Histogram,
     ttfb: Histogram,
     /// Requests being answered now (streams included).
@@ -31,8 +34,15 @@ impl ProxyMetrics {
         duration: Duration,
         ttfb: Option<Duration>,
     ) {
-        let key = (identity.unwrap_or("-").to_owned(), group, status);
-        *self.requests.locked().entry(key).or_default() += 1;
+        let identity = identity.unwrap_or("-");
+        let mut requests = self.requests.locked();
+        // The identity's name is copied once, not per request.
+        if !requests.contains_key(identity) {
+            requests.insert(identity.to_owned(), HashMap::new());
+        }
+        if let Some(by_group) = requests.get_mut(identity) {
+            *by_group.entry((group, status)).or_default() += 1;
+        }
         self.duration.observe(duration);
         if let Some(t) = ttfb {
             self.ttfb.observe(t);
@@ -52,7 +62,11 @@ impl ProxyMetrics {
             .requests
             .locked()
             .iter()
-            .map(|(k, v)| (k.clone(), *v))
+            .flat_map(|(identity, by_group)| {
+                by_group
+                    .iter()
+                    .map(|(&(group, status), &n)| ((identity.clone(), group, status), n))
+            })
             .collect();
         rows.sort();
         for ((identity, group, status), n) in rows {

@@ -57,22 +57,29 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// One of `identity`'s connections to `addr` that can take a request now;
-    /// closed and expired ones are dropped on the way.
+    /// One of `identity`'s connections to `addr` that can take a request
+    /// now, the most recently used first (it is the likeliest to be open,
+    /// and the rest age out); an expired one found is dropped.
     fn checkout(&self, identity: &str, addr: SocketAddr) -> Option<Idle> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle
             .get_mut(&std::thread::current().id())?
             .get_mut(identity)?;
-        list.retain(|c| !c.sender.is_closed() && c.since.elapsed() < IDLE_TIMEOUT);
-        let i = list
-            .iter()
-            .position(|c| c.conn.addr == addr && c.sender.is_ready())?;
-        Some(list.swap_remove(i))
+        loop {
+            let i = list.iter().rposition(|c| {
+                c.conn.addr == addr && c.sender.is_ready() && !c.sender.is_closed()
+            })?;
+            let c = list.swap_remove(i);
+            if c.since.elapsed() < IDLE_TIMEOUT {
+                return Some(c);
+            }
+        }
     }
 
     /// Keeps `c` for `identity`'s next requests (at most `max` each; one more
-    /// is dropped, and closes once its response is done).
+    /// is dropped, and closes once its response is done). The oldest kept
+    /// connection goes if it closed or expired: one look per request keeps
+    /// the list clean without walking it.
     fn checkin(&self, identity: &str, c: Idle, max: usize) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let worker = idle.entry(std::thread::current().id()).or_default();
@@ -82,7 +89,12 @@ impl Pool {
         let Some(list) = worker.get_mut(identity) else {
             return;
         };
-        list.retain(|c| !c.sender.is_closed());
+        if list
+            .first()
+            .is_some_and(|o| o.sender.is_closed() || o.since.elapsed() >= IDLE_TIMEOUT)
+        {
+            list.remove(0);
+        }
         if list.len() < max {
             list.push(c);
         }
