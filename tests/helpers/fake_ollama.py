@@ -47,6 +47,10 @@ def host_ok(host):
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "ollama-standin/0.12"
+    # Go's net/http sets TCP_NODELAY on every connection: without it, a kept
+    # connection's response waits for the client's delayed ACK (40 ms) between
+    # the head and the body.
+    disable_nagle_algorithm = True
 
     def log_message(self, *args):
         pass
