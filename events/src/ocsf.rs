@@ -53,14 +53,15 @@ impl std::fmt::Display for Message {
     }
 }
 
+/// OCSF `metadata.product`: warden, for every record it writes.
 #[derive(Serialize)]
-struct Product {
+pub struct Product {
     name: &'static str,
     vendor_name: &'static str,
     version: &'static str,
 }
 
-const PRODUCT: Product = Product {
+pub const PRODUCT: Product = Product {
     name: "ollama-warden",
     vendor_name: "ollama-warden",
     version: env!("CARGO_PKG_VERSION"),

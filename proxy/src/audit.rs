@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
-use warden_events::ocsf::OCSF_VERSION;
+use warden_events::ocsf::{OCSF_VERSION, PRODUCT, Product};
 use warden_events::sink::{self, SinkSpec, Writer};
 use warden_runtime::sync::Locked;
 
@@ -125,13 +125,6 @@ struct HttpActivity<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     status_detail: Option<&'a str>,
     unmapped: Unmapped<'a>,
-}
-
-#[derive(Serialize)]
-struct Product {
-    name: &'static str,
-    vendor_name: &'static str,
-    version: &'static str,
 }
 
 #[derive(Serialize)]
@@ -256,11 +249,7 @@ impl<'a> HttpActivity<'a> {
                 version: OCSF_VERSION,
                 profiles: ["host", "security_control"],
                 log_name: "proxy",
-                product: Product {
-                    name: "ollama-warden",
-                    vendor_name: "ollama-warden",
-                    version: env!("CARGO_PKG_VERSION"),
-                },
+                product: PRODUCT,
             },
             http_request: HttpRequest {
                 uid: &r.request_id,
