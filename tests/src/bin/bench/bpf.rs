@@ -1,5 +1,6 @@
 //! The few bpf(2) commands the benchmarks need, as raw syscalls: open a pinned
-//! link, find its program, load an empty XDP program, and BPF_PROG_TEST_RUN.
+//! link, find its program, load an empty XDP program, BPF_PROG_TEST_RUN, and
+//! the kernel's run-time statistics of a program.
 
 use std::ffi::CString;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -61,6 +62,31 @@ pub fn pinned_link_program(pin: &Path) -> std::io::Result<OwnedFd> {
     Ok(fd(Attr::new()
         .u32(0, prog_id)
         .call(BPF_PROG_GET_FD_BY_ID)?))
+}
+
+/// Turns on the kernel's per-program run-time statistics for as long as the
+/// returned descriptor is open (BPF_ENABLE_STATS, Linux 5.8): the same as
+/// `kernel.bpf_stats_enabled`, without changing the sysctl.
+pub fn enable_stats() -> std::io::Result<OwnedFd> {
+    const BPF_ENABLE_STATS: i64 = 32;
+    const BPF_STATS_RUN_TIME: u32 = 0;
+    Ok(fd(Attr::new()
+        .u32(0, BPF_STATS_RUN_TIME)
+        .call(BPF_ENABLE_STATS)?))
+}
+
+/// A program's (runs, nanoseconds spent in it) since it was loaded, counted
+/// while statistics are enabled.
+pub fn run_stats(prog: &OwnedFd) -> std::io::Result<(u64, u64)> {
+    // struct bpf_prog_info: run_time_ns at 192, run_cnt at 200.
+    let mut info = [0u8; 216];
+    Attr::new()
+        .u32(0, std::os::fd::AsRawFd::as_raw_fd(prog) as u32)
+        .u32(4, info.len() as u32)
+        .u64(8, info.as_mut_ptr() as u64)
+        .call(BPF_OBJ_GET_INFO_BY_FD)?;
+    let at = |off: usize| u64::from_ne_bytes(info[off..off + 8].try_into().unwrap());
+    Ok((at(200), at(192)))
 }
 
 fn load_xdp(insns: &[u8]) -> std::io::Result<OwnedFd> {
