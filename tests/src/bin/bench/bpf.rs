@@ -118,6 +118,38 @@ pub fn empty_xdp() -> std::io::Result<OwnedFd> {
     ])
 }
 
+/// A per-CPU array of one u64 counter.
+pub fn counter_map() -> std::io::Result<OwnedFd> {
+    const BPF_MAP_CREATE: i64 = 0;
+    const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+    Ok(fd(Attr::new()
+        .u32(0, BPF_MAP_TYPE_PERCPU_ARRAY)
+        .u32(4, 4)
+        .u32(8, 8)
+        .u32(12, 1)
+        .call(BPF_MAP_CREATE)?))
+}
+
+/// Counts every frame in `counter` (see [`counter_map`]) and drops it: the
+/// least a program that drops can do.
+pub fn counting_drop_xdp(counter: &OwnedFd) -> std::io::Result<OwnedFd> {
+    let m = (std::os::fd::AsRawFd::as_raw_fd(counter) as u32).to_le_bytes();
+    load_xdp(&[
+        0x62, 0x0a, 0xfc, 0xff, 0, 0, 0, 0, // *(u32 *)(r10 - 4) = 0
+        0x18, 0x11, 0, 0, m[0], m[1], m[2], m[3], // r1 = the map (ld_imm64, map fd)
+        0, 0, 0, 0, 0, 0, 0, 0, //
+        0xbf, 0xa2, 0, 0, 0, 0, 0, 0, // r2 = r10
+        0x07, 0x02, 0, 0, 0xfc, 0xff, 0xff, 0xff, // r2 += -4
+        0x85, 0, 0, 0, 1, 0, 0, 0, // call bpf_map_lookup_elem
+        0x15, 0x00, 3, 0, 0, 0, 0, 0, // if r0 == 0 goto drop
+        0x79, 0x01, 0, 0, 0, 0, 0, 0, // r1 = *(u64 *)(r0 + 0)
+        0x07, 0x01, 0, 0, 1, 0, 0, 0, // r1 += 1
+        0x7b, 0x10, 0, 0, 0, 0, 0, 0, // *(u64 *)(r0 + 0) = r1
+        0xb7, 0x00, 0, 0, 1, 0, 0, 0, // drop: r0 = XDP_DROP
+        0x95, 0, 0, 0, 0, 0, 0, 0, // exit
+    ])
+}
+
 /// `return bpf_redirect(ifindex, 0)`: sends every frame out of `ifindex`.
 pub fn redirect_xdp(ifindex: u32) -> std::io::Result<OwnedFd> {
     let i = ifindex.to_le_bytes();
@@ -191,9 +223,14 @@ const BPF_MAP_LOOKUP_ELEM: i64 = 1;
 pub fn percpu_sum(pin: &Path, index: u32) -> std::io::Result<u64> {
     let path = CString::new(pin.as_os_str().as_encoded_bytes()).unwrap();
     let map = fd(Attr::new().u64(0, path.as_ptr() as u64).call(BPF_OBJ_GET)?);
+    percpu_sum_of(&map, index)
+}
+
+/// Sum over CPUs of `index` in a per-CPU array of u64 counters.
+pub fn percpu_sum_of(map: &OwnedFd, index: u32) -> std::io::Result<u64> {
     let mut values = vec![0u64; possible_cpus()];
     Attr::new()
-        .u32(0, std::os::fd::AsRawFd::as_raw_fd(&map) as u32)
+        .u32(0, std::os::fd::AsRawFd::as_raw_fd(map) as u32)
         .u64(8, (&raw const index) as u64)
         .u64(16, values.as_mut_ptr() as u64)
         .call(BPF_MAP_LOOKUP_ELEM)?;

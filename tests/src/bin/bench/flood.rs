@@ -1,7 +1,8 @@
 //! Drop throughput under a SYN flood: an XDP packet generator (live frames
 //! redirected out of a veth) floods TCP SYNs to the protected port; in one
 //! namespace pair warden's XDP program drops them, in another an equivalent
-//! nftables rule (prerouting, priority raw). Runs alternate. Throughput is what was judged and dropped per second (warden's
+//! nftables rule (prerouting, priority raw), in a third a program that only
+//! counts and drops (the most any program could do here). Runs alternate. Throughput is what was judged and dropped per second (warden's
 //! default-deny counter, the nft rule's counter), CPU is busy time over all
 //! CPUs (`/proc/stat`) per dropped packet.
 
@@ -128,6 +129,7 @@ pub fn run() -> String {
     };
     let (xdp_srv, xdp_pair) = pair(&mut lab, "fx", 202);
     let (nft_srv, nft_pair) = pair(&mut lab, "fn", 203);
+    let (floor_srv, floor_pair) = pair(&mut lab, "fd", 204);
     // veth receives redirected frames only with NAPI on, which an attached XDP
     // program turns on: the nft side gets the empty one (XDP_PASS, then the stack).
     let pass = bpf::empty_xdp().unwrap();
@@ -137,6 +139,17 @@ pub fn run() -> String {
     let _pass_link = in_netns(&nft_srv, || {
         bpf::attach_xdp(&pass, ifindex(&nft_ifc)).expect("attach XDP_PASS")
     });
+    // The ceiling of this generator and veth: a program that only counts
+    // and drops.
+    let counter = bpf::counter_map().unwrap();
+    let drop_all = bpf::counting_drop_xdp(&counter).unwrap();
+    let floor_ifc = sh(&format!("ip -n {floor_srv} -j link show type veth"));
+    let floor_ifc: serde_json::Value = serde_json::from_str(&floor_ifc).unwrap();
+    let floor_ifc = floor_ifc[0]["ifname"].as_str().unwrap().to_owned();
+    let _drop_link = in_netns(&floor_srv, || {
+        bpf::attach_xdp(&drop_all, ifindex(&floor_ifc)).expect("attach the counting drop")
+    });
+    let floor_dropped = || bpf::percpu_sum_of(&counter, 0).unwrap();
 
     // warden: the allowlist names another network, so the flood is denied.
     let policy = format!(
@@ -172,7 +185,11 @@ pub fn run() -> String {
     };
 
     let (mut xp, mut xc, mut np, mut nc) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut fp, mut fc) = (Vec::new(), Vec::new());
     for _ in 0..RUNS {
+        let (p, c) = run_once(&floor_pair, &floor_dropped);
+        fp.push(p / 1e6);
+        fc.push(c);
         let (p, c) = run_once(&xdp_pair, &xdp_dropped);
         xp.push(p / 1e6);
         xc.push(c);
@@ -182,13 +199,16 @@ pub fn run() -> String {
     }
     let (xp, xc, np, nc): (Stats, Stats, Stats, Stats) =
         (stats(xp), stats(xc), stats(np), stats(nc));
+    let (fp, fc): (Stats, Stats) = (stats(fp), stats(fc));
     let ratio = xp.median / np.median;
+    let floor_ratio = fp.median / np.median;
+    let of_floor = 100.0 * xp.median / fp.median;
     format!(
         "## Drop throughput under a SYN flood\n\n\
          A packet generator in the attacker's namespace (an XDP program redirecting \
          {FRAMES} live frames per run out of its veth, as xdp-trafficgen does) floods TCP \
          SYNs to port 11434; the frames arrive as XDP frames, as from a NIC. {RUNS} runs \
-         alternating between two namespace pairs: in one warden's XDP program (attached {}) \
+         alternating between three namespace pairs: in one warden's XDP program (attached {}) \
          drops them (its allowlist names another network), in the other an nftables rule \
          does (`tcp dport 11434 ip saddr != 192.0.2.0/24 counter drop`, prerouting at \
          priority raw; an empty XDP program is attached there too, since veth only takes \
@@ -198,7 +218,11 @@ pub fn run() -> String {
          | dropped by | Mpps: median (min–max, runs) | CPU ns per packet | ratio | goal |\n\
          |---|---|---|---|---|\n\
          | nftables rule (baseline) | {np} | {nc} | 1.00 | |\n\
-         | warden XDP | {xp} | {xc} | {ratio:.2} | ≥ 3 ({}) |\n\n\
+         | warden XDP | {xp} | {xc} | {ratio:.2} | ≥ 3 ({}) |\n\
+         | the harness's ceiling: an XDP program that only counts and drops | {fp} | {fc} | {floor_ratio:.2} | |\n\n\
+         warden drops at {of_floor:.0}% of the rate at which this generator and veth can \
+         deliver frames to any program at all (a third namespace pair, in the same \
+         alternation).\n\n\
          Reproduce: `cargo xtask bench flood`\n",
         if native {
             "in native mode"
