@@ -55,6 +55,10 @@ pub mod slot_flags {
     /// At least one egress policy resolved to a cgroup: the packet hooks judge
     /// restricted sockets' packets (without it they only guard the service ports).
     pub const EGRESS: u32 = 8;
+    /// The slot's ingress allowlist has no single hosts: the `INGRESS_HOSTS`
+    /// lookup (a 20-byte hash) is skipped. Said as an absence, so a slot
+    /// written before the flag existed is still looked up.
+    pub const NO_INGRESS_HOSTS: u32 = 16;
 }
 
 /// `EgressPolicyRef::flags` bits.

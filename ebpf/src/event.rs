@@ -31,13 +31,28 @@ pub fn record_allowed_connect(ev: &FlowEvent, is_connect: bool) {
 /// Records `ev` (within the CPU's budget), counted against no rule.
 #[inline(always)]
 pub fn emit_record(ev: &FlowEvent) {
+    emit_built(|| *ev);
+}
+
+/// [`record`] with the record built only when it is emitted: a flood past
+/// the CPU's budget costs the counters, not the building of a record.
+#[inline(always)]
+pub fn record_built(rule_id: u32, emit: bool, build: impl FnOnce() -> FlowEvent) {
+    count(&RULE_HITS, rule_id);
+    if emit {
+        emit_built(build);
+    }
+}
+
+#[inline(always)]
+fn emit_built(build: impl FnOnce() -> FlowEvent) {
     if !within_budget() {
         count(&STATS, stat::EVENTS_SUPPRESSED);
         return;
     }
     match EVENTS.reserve::<FlowEvent>(0) {
         Some(mut entry) => {
-            let mut ev = *ev;
+            let mut ev = build();
             // SAFETY: helper without preconditions.
             ev.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
             entry.write(ev);

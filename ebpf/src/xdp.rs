@@ -100,46 +100,64 @@ pub fn xdp_ingress(ctx: XdpContext) -> u32 {
                 slot_port: (slot << 16 | dport as u32).to_be_bytes(),
                 addr: saddr,
             };
-            // SAFETY: the value is copied out before the program returns.
-            let rule = match unsafe { INGRESS_HOSTS.get(&key) } {
+            let host = if meta.flags & slot_flags::NO_INGRESS_HOSTS == 0 {
+                // SAFETY: the value is copied out before the program returns.
+                unsafe { INGRESS_HOSTS.get(&key) }
+            } else {
+                None
+            };
+            let rule = match host {
                 Some(r) => Some(r.rule_id),
                 None if meta.flags & slot_flags::INGRESS_PREFIXES != 0 => INGRESS
                     .get(&Key::new(INGRESS_KEY_FIXED_BITS + 128, key))
                     .map(|r| r.rule_id),
                 None => None,
             };
-            let mut ev = EMPTY;
-            ev.family = family;
-            ev.proto = proto;
-            ev.hook = hook::XDP;
-            ev.generation = meta.generation;
-            ev.saddr = saddr;
-            ev.daddr = daddr;
-            ev.sport = sport;
-            ev.dport = dport;
-            ev.ifindex = ctx.ingress_ifindex() as u32;
+            let ifindex = ctx.ingress_ifindex() as u32;
+            let ev = |verdict: u8, reason: u8, rule_id: u32| {
+                let mut ev = EMPTY;
+                ev.family = family;
+                ev.proto = proto;
+                ev.hook = hook::XDP;
+                ev.generation = meta.generation;
+                ev.saddr = saddr;
+                ev.daddr = daddr;
+                ev.sport = sport;
+                ev.dport = dport;
+                ev.ifindex = ifindex;
+                ev.verdict = verdict;
+                ev.reason = reason;
+                ev.rule_id = rule_id;
+                ev
+            };
             match rule {
                 Some(rule_id) => {
-                    ev.verdict = verdict::ALLOW;
-                    ev.reason = reason::INGRESS_ALLOWED;
-                    ev.rule_id = rule_id;
                     // One record per new connection, not per packet.
-                    event::record(&ev, syn);
+                    event::record_built(rule_id, syn, || {
+                        ev(verdict::ALLOW, reason::INGRESS_ALLOWED, rule_id)
+                    });
                     XDP_PASS
                 }
                 None if meta.flags & slot_flags::AUDIT_INGRESS != 0 => {
-                    ev.verdict = verdict::WOULD_DENY;
-                    ev.reason = reason::INGRESS_NOT_ALLOWED;
-                    ev.rule_id = RULE_DEFAULT_DENY;
                     // Audit passes the flow: one record per new connection or datagram.
-                    event::record(&ev, syn || proto == IPPROTO_UDP);
+                    event::record_built(RULE_DEFAULT_DENY, syn || proto == IPPROTO_UDP, || {
+                        ev(
+                            verdict::WOULD_DENY,
+                            reason::INGRESS_NOT_ALLOWED,
+                            RULE_DEFAULT_DENY,
+                        )
+                    });
                     XDP_PASS
                 }
                 None => {
-                    ev.verdict = verdict::DENY;
-                    ev.reason = reason::INGRESS_NOT_ALLOWED;
-                    ev.rule_id = RULE_DEFAULT_DENY;
-                    event::record(&ev, true);
+                    // A flood past the budget is counted, its records not built.
+                    event::record_built(RULE_DEFAULT_DENY, true, || {
+                        ev(
+                            verdict::DENY,
+                            reason::INGRESS_NOT_ALLOWED,
+                            RULE_DEFAULT_DENY,
+                        )
+                    });
                     XDP_DROP
                 }
             }

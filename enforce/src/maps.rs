@@ -165,12 +165,12 @@ impl Maps {
         Ok(slot)
     }
 
-    /// The ingress allowlist; returns the slot flag telling the programs
-    /// whether the trie is worth a walk. A host entry is the longest match
-    /// there can be: the program looks hosts up first and walks the trie only
-    /// when the slot has prefixes.
+    /// The ingress allowlist; returns the slot flags telling the programs
+    /// which of its two maps are worth a lookup. A host entry is the longest
+    /// match there can be: the program looks hosts up first (when the slot has
+    /// any) and walks the trie only when the slot has prefixes.
     fn write_ingress(&mut self, slot: u32, compiled: &Compiled) -> Result<u32, EnforceError> {
-        let mut flags = 0;
+        let mut flags = slot_flags::NO_INGRESS_HOSTS;
         for e in &compiled.ingress {
             let (len, addr) = lpm_addr(e.net);
             let key = IngressKey {
@@ -179,6 +179,7 @@ impl Maps {
             };
             let rule = IngressRule { rule_id: e.rule_id };
             if len == 128 {
+                flags &= !slot_flags::NO_INGRESS_HOSTS;
                 self.ingress_hosts
                     .insert(key, rule, 0)
                     .map_err(map_error("INGRESS_HOSTS"))?;
