@@ -11,10 +11,7 @@ use warden_common::{EVENT_WINDOW_SHIFT, FlowEvent, stat};
 /// Counts the verdict against its rule and, if `emit`, records it.
 #[inline(always)]
 pub fn record(ev: &FlowEvent, emit: bool) {
-    count(&RULE_HITS, ev.rule_id);
-    if emit {
-        emit_record(ev);
-    }
+    record_built(ev.rule_id, emit, || *ev);
 }
 
 /// Records an allowed connect; a TCP one then waits for its source address

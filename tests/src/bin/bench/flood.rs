@@ -2,9 +2,9 @@
 //! redirected out of a veth) floods TCP SYNs to the protected port; in one
 //! namespace pair warden's XDP program drops them, in another an equivalent
 //! nftables rule (prerouting, priority raw), in a third a program that only
-//! counts and drops (the most any program could do here). Runs alternate. Throughput is what was judged and dropped per second (warden's
-//! default-deny counter, the nft rule's counter), CPU is busy time over all
-//! CPUs (`/proc/stat`) per dropped packet.
+//! counts and drops (the most any program could do here). Runs alternate.
+//! Throughput is what was judged and dropped per second (each side's
+//! counter), CPU is busy time over all CPUs (`/proc/stat`) per dropped packet.
 
 use crate::{PRODUCTION, Stats, bpf, packet, stats};
 use std::net::Ipv4Addr;
@@ -73,6 +73,13 @@ fn cpu_busy() -> u64 {
     f.iter().sum::<u64>() - f[3] - f[4]
 }
 
+/// The name of the veth end in namespace `ns`.
+fn veth_of(ns: &str) -> String {
+    let out = sh(&format!("ip -n {ns} -j link show type veth"));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v[0]["ifname"].as_str().unwrap().to_owned()
+}
+
 struct Pair {
     attacker: String,
     ifc: String,
@@ -133,9 +140,7 @@ pub fn run() -> String {
     // veth receives redirected frames only with NAPI on, which an attached XDP
     // program turns on: the nft side gets the empty one (XDP_PASS, then the stack).
     let pass = bpf::empty_xdp().unwrap();
-    let nft_ifc = sh(&format!("ip -n {nft_srv} -j link show type veth"));
-    let nft_ifc: serde_json::Value = serde_json::from_str(&nft_ifc).unwrap();
-    let nft_ifc = nft_ifc[0]["ifname"].as_str().unwrap().to_owned();
+    let nft_ifc = veth_of(&nft_srv);
     let _pass_link = in_netns(&nft_srv, || {
         bpf::attach_xdp(&pass, ifindex(&nft_ifc)).expect("attach XDP_PASS")
     });
@@ -143,9 +148,7 @@ pub fn run() -> String {
     // and drops.
     let counter = bpf::counter_map().unwrap();
     let drop_all = bpf::counting_drop_xdp(&counter).unwrap();
-    let floor_ifc = sh(&format!("ip -n {floor_srv} -j link show type veth"));
-    let floor_ifc: serde_json::Value = serde_json::from_str(&floor_ifc).unwrap();
-    let floor_ifc = floor_ifc[0]["ifname"].as_str().unwrap().to_owned();
+    let floor_ifc = veth_of(&floor_srv);
     let _drop_link = in_netns(&floor_srv, || {
         bpf::attach_xdp(&drop_all, ifindex(&floor_ifc)).expect("attach the counting drop")
     });
